@@ -1,1 +1,43 @@
-//! placeholder
+//! ringfs benchmarks.
+//!
+//! - `cargo bench -p ringfs-bench --bench wire`: criterion micro-benchmarks of
+//!   the frame codec and CRC32C block math (results in docs/BENCHMARKS.md).
+//!
+//! The cluster benchmark binary (`ringfs-bench chunkd|meta|cluster|failover`)
+//! lands with the chunkd, masterd, client and HA issues.
+
+use ringfs_wire::msg::{Body, ReadChunk, ReadChunkReply};
+
+/// The control message of the micro-benchmarks: a typical read request.
+pub fn typical_control_message() -> Body {
+    Body::ReadChunk(Box::new(ReadChunk {
+        handle: 0x1234_5678,
+        min_version: 17,
+        offset: 3 << 20,
+        length: 1 << 20,
+    }))
+}
+
+/// The meta of a 1 MiB read reply: 16 block checksums.
+pub fn data_reply_meta(block_crcs: Vec<u32>) -> Body {
+    Body::ReadChunkReply(Box::new(ReadChunkReply {
+        handle: 0x1234_5678,
+        version: 17,
+        chunk_length_bytes: 64 << 20,
+        offset: 3 << 20,
+        block_crcs: Some(block_crcs),
+    }))
+}
+
+/// Deterministic, incompressible-looking bytes.
+pub fn pattern(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}

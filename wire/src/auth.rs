@@ -5,8 +5,8 @@
 //! initiator                                   acceptor
 //!   Hello{cluster_id, kind, node_id, Nc}  ->
 //!                                         <-  Challenge{cluster_id, kind, node_id, Ns,
-//!                                                       server_proof = MAC("server", T)}
-//!   Proof{client_proof = MAC("client", T)} ->
+//!                                                       server_proof = MAC("acceptor", T)}
+//!   Proof{client_proof = MAC("initiator", T)} ->
 //!                                         <-  Welcome | ErrorReply
 //! T = the transcript: protocol version, cluster id, both identities, Nc, Ns.
 //! ```
@@ -38,9 +38,9 @@ pub const KEY_MAX_BYTES: usize = 1024;
 
 type HmacSha256 = Hmac<Sha256>;
 
-/// The cluster's shared secret. `Debug` never shows it.
+/// The cluster's shared secret. `Debug` never shows it; memory is zeroed on drop.
 #[derive(Clone, PartialEq, Eq)]
-pub struct ClusterKey(Vec<u8>);
+pub struct ClusterKey(zeroize::Zeroizing<Vec<u8>>);
 
 impl fmt::Debug for ClusterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -72,22 +72,28 @@ impl ClusterKey {
         if !(KEY_MIN_BYTES..=KEY_MAX_BYTES).contains(&bytes.len()) {
             return Err(KeyError::Length(bytes.len()));
         }
-        Ok(ClusterKey(bytes.to_vec()))
+        Ok(ClusterKey(zeroize::Zeroizing::new(bytes.to_vec())))
     }
 
     /// Parses a key file's text: hex digits, surrounding whitespace ignored.
     pub fn from_hex(text: &str) -> Result<ClusterKey, KeyError> {
-        let bytes = hex::decode(text.trim()).map_err(|e| KeyError::NotHex(e.to_string()))?;
+        let bytes = zeroize::Zeroizing::new(
+            hex::decode(text.trim()).map_err(|e| KeyError::NotHex(e.to_string()))?,
+        );
         ClusterKey::from_bytes(&bytes)
     }
 
     /// Reads a key file, refusing one that group or others can access.
     pub fn load(path: &Path) -> Result<ClusterKey, KeyError> {
+        use std::io::Read as _;
         let shown = path.display().to_string();
-        let meta = std::fs::metadata(path).map_err(|source| KeyError::Read {
+        let read_error = |source| KeyError::Read {
             path: shown.clone(),
             source,
-        })?;
+        };
+        // Check the mode of the file we opened, not of whatever the path names later.
+        let mut file = std::fs::File::open(path).map_err(read_error)?;
+        let meta = file.metadata().map_err(read_error)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -98,10 +104,18 @@ impl ClusterKey {
         }
         #[cfg(not(unix))]
         let _ = meta;
-        let text = std::fs::read_to_string(path).map_err(|source| KeyError::Read {
-            path: shown,
-            source,
-        })?;
+        let mut text = zeroize::Zeroizing::new(String::new());
+        // A key file is a line of hex; anything much longer is not one.
+        let limit = 4 * KEY_MAX_BYTES as u64;
+        file.by_ref()
+            .take(limit)
+            .read_to_string(&mut text)
+            .map_err(read_error)?;
+        if text.len() as u64 >= limit {
+            return Err(KeyError::NotHex(format!(
+                "{shown} is larger than a key file can be"
+            )));
+        }
         ClusterKey::from_hex(&text)
     }
 
@@ -114,7 +128,7 @@ impl ClusterKey {
 
     /// The key file's text: lowercase hex and a newline.
     pub fn to_hex_line(&self) -> String {
-        format!("{}\n", hex::encode(&self.0))
+        format!("{}\n", hex::encode(self.0.as_slice()))
     }
 }
 
@@ -180,7 +194,8 @@ enum Direction {
 
 impl Transcript {
     fn mac(&self, key: &ClusterKey, direction: Direction) -> HmacSha256 {
-        let mut mac = HmacSha256::new_from_slice(&key.0).expect("HMAC takes keys of any length");
+        let mut mac =
+            HmacSha256::new_from_slice(key.0.as_slice()).expect("HMAC takes keys of any length");
         mac.update(b"ringfs-auth-v1\0");
         mac.update(match direction {
             Direction::AcceptorProves => b"acceptor\0",

@@ -15,7 +15,7 @@
 //! http_addr = "10.0.0.1:9402"       # GET /metrics, GET /status
 //! role = "voter"                    # or "shadow" (read-only learner)
 //!
-//! [master]                           # optional tuning, defaults shown by `ringfs config show`
+//! [master]                           # optional tuning; defaults in docs/design/003-configuration.md
 //! lease_duration_ms = 60000
 //! ```
 //!
@@ -69,6 +69,7 @@ pub struct MasterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct MasterTuning {
     pub lease_duration_ms: u64,
+    /// Chunkservers heartbeat this often (the master tells them at registration).
     pub heartbeat_interval_ms: u64,
     /// A chunkserver silent this long is dead.
     pub chunkserver_timeout_ms: u64,
@@ -117,7 +118,6 @@ pub struct ChunkserverTuning {
     pub buffer_bytes: u32,
     /// Pushed data waiting for its mutation, per core.
     pub push_buffer_max_bytes: u64,
-    pub heartbeat_interval_ms: u64,
 }
 
 impl Default for ChunkserverTuning {
@@ -127,7 +127,6 @@ impl Default for ChunkserverTuning {
             buffer_pool_buffers_per_core: 64,
             buffer_bytes: 1 << 20,
             push_buffer_max_bytes: 256 << 20,
-            heartbeat_interval_ms: 1_000,
         }
     }
 }
@@ -238,6 +237,8 @@ impl Config {
         let mut problems = file.validate();
         let key_path = file.key_file_path(base_dir);
         let key = match ClusterKey::load(&key_path) {
+            // An empty key_file is already reported by validate().
+            _ if file.key_file.as_os_str().is_empty() => None,
             Ok(key) => Some(key),
             Err(e) => {
                 problems.push(FieldError {
@@ -328,7 +329,7 @@ impl ConfigFile {
         }
         let block = BLOCK_BYTES as u64;
         if self.chunk_size_bytes == 0
-            || self.chunk_size_bytes % block != 0
+            || !self.chunk_size_bytes.is_multiple_of(block)
             || self.chunk_size_bytes > CHUNK_SIZE_MAX_BYTES
         {
             bad(
@@ -359,7 +360,7 @@ impl ConfigFile {
                 "masters".into(),
                 "at least one master must have role = \"voter\"".into(),
             );
-        } else if voters % 2 == 0 && voters > 0 {
+        } else if voters.is_multiple_of(2) && voters > 0 {
             bad(
                 "masters".into(),
                 format!(
@@ -434,17 +435,13 @@ impl ConfigFile {
                 "chunkserver.push_buffer_max_bytes",
                 self.chunkserver.push_buffer_max_bytes,
             ),
-            (
-                "chunkserver.heartbeat_interval_ms",
-                self.chunkserver.heartbeat_interval_ms,
-            ),
         ];
         for (field, value) in positive {
             if value == 0 {
                 bad(field.into(), "must be greater than 0".into());
             }
         }
-        if t.chunkserver_timeout_ms < 2 * t.heartbeat_interval_ms {
+        if t.chunkserver_timeout_ms < t.heartbeat_interval_ms.saturating_mul(2) {
             bad(
                 "master.chunkserver_timeout_ms".into(),
                 format!(
@@ -471,8 +468,29 @@ impl ConfigFile {
                 ),
             );
         }
+        // These travel as u32 milliseconds (RegisterReply, GrantLease).
+        for (field, value) in [
+            ("master.lease_duration_ms", t.lease_duration_ms),
+            ("master.heartbeat_interval_ms", t.heartbeat_interval_ms),
+        ] {
+            if value > u64::from(u32::MAX) {
+                bad(
+                    field.into(),
+                    format!("must be at most {} ms, is {value}", u32::MAX),
+                );
+            }
+        }
+        if t.heartbeat_interval_ms >= t.lease_duration_ms {
+            bad(
+                "master.heartbeat_interval_ms".into(),
+                format!(
+                    "must be below master.lease_duration_ms ({}) so leases can be renewed, is {}",
+                    t.lease_duration_ms, t.heartbeat_interval_ms
+                ),
+            );
+        }
         let buffer = self.chunkserver.buffer_bytes;
-        if buffer == 0 || buffer as usize % BLOCK_BYTES != 0 {
+        if buffer == 0 || !(buffer as usize).is_multiple_of(BLOCK_BYTES) {
             bad(
                 "chunkserver.buffer_bytes".into(),
                 format!("must be a non-zero multiple of 64 KiB, is {buffer}"),

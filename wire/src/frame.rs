@@ -2,7 +2,8 @@
 //! `Message`), then raw `data`. Byte layout and rationale:
 //! `docs/design/001-wire-frames.md`.
 //!
-//! Pure functions over byte slices: no I/O, no runtime, no allocation. A
+//! Pure functions over byte slices: no I/O, no runtime; decoding never
+//! allocates, encoding appends to the caller's buffer. A
 //! reader decodes the header first, which checks both lengths against its
 //! [`FrameLimits`] *before* it allocates anything for meta or data, then
 //! reads meta and checks its CRC, then reads data straight into wherever
@@ -65,9 +66,11 @@ pub struct FrameHeader {
     pub meta_crc32c: u32,
 }
 
-/// Why a frame was refused. Every variant is final for the connection: the
-/// stream position can no longer be trusted, so the receiver answers
-/// `BadFrame` where it can and closes.
+/// Why a frame was refused. `Truncated` only means "read more bytes" to a
+/// stream reader (and is final for a datagram-like whole buffer); every
+/// other variant is final for the connection: the stream position can no
+/// longer be trusted, so the receiver answers `BadFrame` where it can and
+/// closes.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
     #[error("truncated frame: have {have} bytes, need {need}")]
@@ -113,6 +116,8 @@ impl FrameHeader {
     /// Checks this header against `limits`; encoders call it so that a frame
     /// we send is one we would accept.
     pub fn check_limits(&self, limits: &FrameLimits) -> Result<(), FrameError> {
+        // The fields are public: clamp here too, whoever built the limits.
+        let limits = FrameLimits::new(limits.max_meta_bytes, limits.max_data_bytes);
         if self.meta_len == 0 {
             return Err(FrameError::EmptyMeta);
         }

@@ -3803,7 +3803,8 @@ mod root {
             ///  The request is well framed but its fields make no sense.
             BadRequest = 1,
 
-            ///  The frame itself is malformed (the connection is closed after this).
+            ///  The frame itself is malformed or over the frame limits (the
+            ///  connection is closed after this).
             BadFrame = 2,
 
             ///  Protocol version not spoken by this peer.
@@ -3887,7 +3888,8 @@ mod root {
             /// The variant `Unsupported` in the enum `ErrorCode`
             Unsupported = 29,
 
-            ///  A request exceeds a configured limit (frame size, name length...).
+            ///  A well-framed request asks for more than a limit allows (a read
+            ///  longer than the data frame limit, a name too long...).
             TooLarge = 30,
 
             ///  A mutation names pushed data this chunkserver does not hold (evicted or never pushed).
@@ -4104,7 +4106,7 @@ mod root {
         ///  Error reply. `code` is the contract; the other fields qualify it.
         ///
         /// Generated from these locations:
-        /// * Table `ErrorReply` in the file `wire/schema/common.fbs:63`
+        /// * Table `ErrorReply` in the file `wire/schema/common.fbs:65`
         #[derive(
             Clone,
             Debug,
@@ -4844,7 +4846,7 @@ mod root {
         ///  A chunkserver as seen by others.
         ///
         /// Generated from these locations:
-        /// * Table `Replica` in the file `wire/schema/common.fbs:84`
+        /// * Table `Replica` in the file `wire/schema/common.fbs:86`
         #[derive(
             Clone,
             Debug,
@@ -5200,7 +5202,7 @@ mod root {
         ///  Idempotency key of a mutation: a retried request with the same pair is applied once.
         ///
         /// Generated from these locations:
-        /// * Struct `RequestId` in the file `wire/schema/common.fbs:92`
+        /// * Struct `RequestId` in the file `wire/schema/common.fbs:94`
         #[derive(
             Copy,
             Clone,
@@ -5409,7 +5411,7 @@ mod root {
         ///  Where a metadata answer comes from and how fresh it is (shadows lag).
         ///
         /// Generated from these locations:
-        /// * Struct `ReadStamp` in the file `wire/schema/common.fbs:98`
+        /// * Struct `ReadStamp` in the file `wire/schema/common.fbs:100`
         #[derive(
             Copy,
             Clone,
@@ -5653,7 +5655,7 @@ mod root {
         ///  Generic success reply for requests that return nothing else.
         ///
         /// Generated from these locations:
-        /// * Table `Ack` in the file `wire/schema/common.fbs:108`
+        /// * Table `Ack` in the file `wire/schema/common.fbs:110`
         #[derive(
             Clone,
             Debug,
@@ -5915,7 +5917,7 @@ mod root {
         /// The table `Ping` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `Ping` in the file `wire/schema/common.fbs:112`
+        /// * Table `Ping` in the file `wire/schema/common.fbs:114`
         #[derive(
             Clone,
             Debug,
@@ -6173,7 +6175,7 @@ mod root {
         /// The table `Pong` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `Pong` in the file `wire/schema/common.fbs:116`
+        /// * Table `Pong` in the file `wire/schema/common.fbs:118`
         #[derive(
             Clone,
             Debug,
@@ -35253,6 +35255,11 @@ mod root {
             pub length: u32,
             /// The field `data_id` in the table `ForwardMutation`
             pub data_id: ::core::option::Option<self::RequestId>,
+            ///  The client sent the data inline to the primary: it follows in this
+            ///  frame's data section, checked against block_crcs like any data frame.
+            pub inline: bool,
+            /// The field `block_crcs` in the table `ForwardMutation`
+            pub block_crcs: ::core::option::Option<::planus::alloc::vec::Vec<u32>>,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -35267,6 +35274,8 @@ mod root {
                     offset: 0,
                     length: 0,
                     data_id: ::core::default::Default::default(),
+                    inline: false,
+                    block_crcs: ::core::default::Default::default(),
                 }
             }
         }
@@ -35289,6 +35298,8 @@ mod root {
                 field_offset: impl ::planus::WriteAsDefault<u64, u64>,
                 field_length: impl ::planus::WriteAsDefault<u32, u32>,
                 field_data_id: impl ::planus::WriteAsOptional<self::RequestId>,
+                field_inline: impl ::planus::WriteAsDefault<bool, bool>,
+                field_block_crcs: impl ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             ) -> ::planus::Offset<Self> {
                 let prepared_epoch = field_epoch.prepare(builder, &0);
                 let prepared_handle = field_handle.prepare(builder, &0);
@@ -35298,8 +35309,10 @@ mod root {
                 let prepared_offset = field_offset.prepare(builder, &0);
                 let prepared_length = field_length.prepare(builder, &0);
                 let prepared_data_id = field_data_id.prepare(builder);
+                let prepared_inline = field_inline.prepare(builder, &false);
+                let prepared_block_crcs = field_block_crcs.prepare(builder);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<20> =
+                let mut table_writer: ::planus::table_writer::TableWriter<24> =
                     ::core::default::Default::default();
                 if prepared_epoch.is_some() {
                     table_writer.write_entry::<u64>(0);
@@ -35322,8 +35335,14 @@ mod root {
                 if prepared_length.is_some() {
                     table_writer.write_entry::<u32>(6);
                 }
+                if prepared_block_crcs.is_some() {
+                    table_writer.write_entry::<::planus::Offset<[u32]>>(9);
+                }
                 if prepared_kind.is_some() {
                     table_writer.write_entry::<self::MutationKind>(4);
+                }
+                if prepared_inline.is_some() {
+                    table_writer.write_entry::<bool>(8);
                 }
 
                 unsafe {
@@ -35349,8 +35368,16 @@ mod root {
                         if let ::core::option::Option::Some(prepared_length) = prepared_length {
                             object_writer.write::<_, _, 4>(&prepared_length);
                         }
+                        if let ::core::option::Option::Some(prepared_block_crcs) =
+                            prepared_block_crcs
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_block_crcs);
+                        }
                         if let ::core::option::Option::Some(prepared_kind) = prepared_kind {
                             object_writer.write::<_, _, 1>(&prepared_kind);
+                        }
+                        if let ::core::option::Option::Some(prepared_inline) = prepared_inline {
+                            object_writer.write::<_, _, 1>(&prepared_inline);
                         }
                     });
                 }
@@ -35398,6 +35425,8 @@ mod root {
                     self.offset,
                     self.length,
                     self.data_id,
+                    self.inline,
+                    &self.block_crcs,
                 )
             }
         }
@@ -35588,6 +35617,61 @@ mod root {
         }
 
         impl<T0, T1, T2, T3, T4, T5, T6, T7> ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7)> {
+            /// Setter for the [`inline` field](ForwardMutation#structfield.inline).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn inline<T8>(
+                self,
+                value: T8,
+            ) -> ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)>
+            where
+                T8: ::planus::WriteAsDefault<bool, bool>,
+            {
+                let (v0, v1, v2, v3, v4, v5, v6, v7) = self.0;
+                ForwardMutationBuilder((v0, v1, v2, v3, v4, v5, v6, v7, value))
+            }
+
+            /// Sets the [`inline` field](ForwardMutation#structfield.inline) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn inline_as_default(
+                self,
+            ) -> ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, ::planus::DefaultValue)>
+            {
+                self.inline(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1, T2, T3, T4, T5, T6, T7, T8>
+            ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)>
+        {
+            /// Setter for the [`block_crcs` field](ForwardMutation#structfield.block_crcs).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn block_crcs<T9>(
+                self,
+                value: T9,
+            ) -> ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
+            where
+                T9: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            {
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8) = self.0;
+                ForwardMutationBuilder((v0, v1, v2, v3, v4, v5, v6, v7, v8, value))
+            }
+
+            /// Sets the [`block_crcs` field](ForwardMutation#structfield.block_crcs) to null.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn block_crcs_as_null(
+                self,
+            ) -> ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, ())> {
+                self.block_crcs(())
+            }
+        }
+
+        impl<T0, T1, T2, T3, T4, T5, T6, T7, T8, T9>
+            ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
+        {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [ForwardMutation].
             #[inline]
             pub fn finish(
@@ -35610,8 +35694,10 @@ mod root {
                 T5: ::planus::WriteAsDefault<u64, u64>,
                 T6: ::planus::WriteAsDefault<u32, u32>,
                 T7: ::planus::WriteAsOptional<self::RequestId>,
+                T8: ::planus::WriteAsDefault<bool, bool>,
+                T9: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             > ::planus::WriteAs<::planus::Offset<ForwardMutation>>
-            for ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7)>
+            for ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
         {
             type Prepared = ::planus::Offset<ForwardMutation>;
 
@@ -35633,8 +35719,10 @@ mod root {
                 T5: ::planus::WriteAsDefault<u64, u64>,
                 T6: ::planus::WriteAsDefault<u32, u32>,
                 T7: ::planus::WriteAsOptional<self::RequestId>,
+                T8: ::planus::WriteAsDefault<bool, bool>,
+                T9: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             > ::planus::WriteAsOptional<::planus::Offset<ForwardMutation>>
-            for ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7)>
+            for ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
         {
             type Prepared = ::planus::Offset<ForwardMutation>;
 
@@ -35656,16 +35744,18 @@ mod root {
                 T5: ::planus::WriteAsDefault<u64, u64>,
                 T6: ::planus::WriteAsDefault<u32, u32>,
                 T7: ::planus::WriteAsOptional<self::RequestId>,
+                T8: ::planus::WriteAsDefault<bool, bool>,
+                T9: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             > ::planus::WriteAsOffset<ForwardMutation>
-            for ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7)>
+            for ForwardMutationBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
         {
             #[inline]
             fn prepare(
                 &self,
                 builder: &mut ::planus::Builder,
             ) -> ::planus::Offset<ForwardMutation> {
-                let (v0, v1, v2, v3, v4, v5, v6, v7) = &self.0;
-                ForwardMutation::create(builder, v0, v1, v2, v3, v4, v5, v6, v7)
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9) = &self.0;
+                ForwardMutation::create(builder, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9)
             }
         }
 
@@ -35739,6 +35829,24 @@ mod root {
             ) -> ::planus::Result<::core::option::Option<self::RequestIdRef<'a>>> {
                 self.0.access(7, "ForwardMutation", "data_id")
             }
+
+            /// Getter for the [`inline` field](ForwardMutation#structfield.inline).
+            #[inline]
+            pub fn inline(&self) -> ::planus::Result<bool> {
+                ::core::result::Result::Ok(
+                    self.0
+                        .access(8, "ForwardMutation", "inline")?
+                        .unwrap_or(false),
+                )
+            }
+
+            /// Getter for the [`block_crcs` field](ForwardMutation#structfield.block_crcs).
+            #[inline]
+            pub fn block_crcs(
+                &self,
+            ) -> ::planus::Result<::core::option::Option<::planus::Vector<'a, u32>>> {
+                self.0.access(9, "ForwardMutation", "block_crcs")
+            }
         }
 
         impl<'a> ::core::fmt::Debug for ForwardMutationRef<'a> {
@@ -35753,6 +35861,12 @@ mod root {
                 f.field("length", &self.length());
                 if let ::core::option::Option::Some(field_data_id) = self.data_id().transpose() {
                     f.field("data_id", &field_data_id);
+                }
+                f.field("inline", &self.inline());
+                if let ::core::option::Option::Some(field_block_crcs) =
+                    self.block_crcs().transpose()
+                {
+                    f.field("block_crcs", &field_block_crcs);
                 }
                 f.finish()
             }
@@ -35772,6 +35886,14 @@ mod root {
                     offset: ::core::convert::TryInto::try_into(value.offset()?)?,
                     length: ::core::convert::TryInto::try_into(value.length()?)?,
                     data_id: value.data_id()?.map(::core::convert::Into::into),
+                    inline: ::core::convert::TryInto::try_into(value.inline()?)?,
+                    block_crcs: if let ::core::option::Option::Some(block_crcs) =
+                        value.block_crcs()?
+                    {
+                        ::core::option::Option::Some(block_crcs.to_vec()?)
+                    } else {
+                        ::core::option::Option::None
+                    },
                 })
             }
         }
@@ -35852,7 +35974,7 @@ mod root {
         /// The table `ForwardMutationReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `ForwardMutationReply` in the file `wire/schema/data.fbs:106`
+        /// * Table `ForwardMutationReply` in the file `wire/schema/data.fbs:110`
         #[derive(
             Clone,
             Debug,
@@ -36187,7 +36309,7 @@ mod root {
         ///  Chunkserver -> chunkserver read used by CloneChunk; the reply is a ReadChunkReply.
         ///
         /// Generated from these locations:
-        /// * Table `CloneRead` in the file `wire/schema/data.fbs:112`
+        /// * Table `CloneRead` in the file `wire/schema/data.fbs:116`
         #[derive(
             Clone,
             Debug,
@@ -36635,7 +36757,7 @@ mod root {
         /// The table `GetChunkInfo` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `GetChunkInfo` in the file `wire/schema/data.fbs:120`
+        /// * Table `GetChunkInfo` in the file `wire/schema/data.fbs:124`
         #[derive(
             Clone,
             Debug,
@@ -36898,7 +37020,7 @@ mod root {
         /// The table `ChunkInfoReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `ChunkInfoReply` in the file `wire/schema/data.fbs:124`
+        /// * Table `ChunkInfoReply` in the file `wire/schema/data.fbs:128`
         #[derive(
             Clone,
             Debug,
@@ -37329,7 +37451,7 @@ mod root {
         /// The table `ListChunks` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `ListChunks` in the file `wire/schema/data.fbs:131`
+        /// * Table `ListChunks` in the file `wire/schema/data.fbs:135`
         #[derive(
             Clone,
             Debug,
@@ -37637,7 +37759,7 @@ mod root {
         /// The table `ListChunksReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `ListChunksReply` in the file `wire/schema/data.fbs:136`
+        /// * Table `ListChunksReply` in the file `wire/schema/data.fbs:140`
         #[derive(
             Clone,
             Debug,
@@ -38175,6 +38297,9 @@ mod root {
             pub from: u64,
             /// The field `to` in the table `RaftRequest`
             pub to: u64,
+            ///  Checksums of the payload in 64 KiB pieces, as for any data frame:
+            ///  log entries are checked end to end, not trusted to TCP.
+            pub block_crcs: ::core::option::Option<::planus::alloc::vec::Vec<u32>>,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -38184,6 +38309,7 @@ mod root {
                     rpc: self::RaftRpc::AppendEntries,
                     from: 0,
                     to: 0,
+                    block_crcs: ::core::default::Default::default(),
                 }
             }
         }
@@ -38201,18 +38327,23 @@ mod root {
                 field_rpc: impl ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
                 field_from: impl ::planus::WriteAsDefault<u64, u64>,
                 field_to: impl ::planus::WriteAsDefault<u64, u64>,
+                field_block_crcs: impl ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             ) -> ::planus::Offset<Self> {
                 let prepared_rpc = field_rpc.prepare(builder, &self::RaftRpc::AppendEntries);
                 let prepared_from = field_from.prepare(builder, &0);
                 let prepared_to = field_to.prepare(builder, &0);
+                let prepared_block_crcs = field_block_crcs.prepare(builder);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<10> =
+                let mut table_writer: ::planus::table_writer::TableWriter<12> =
                     ::core::default::Default::default();
                 if prepared_from.is_some() {
                     table_writer.write_entry::<u64>(1);
                 }
                 if prepared_to.is_some() {
                     table_writer.write_entry::<u64>(2);
+                }
+                if prepared_block_crcs.is_some() {
+                    table_writer.write_entry::<::planus::Offset<[u32]>>(3);
                 }
                 if prepared_rpc.is_some() {
                     table_writer.write_entry::<self::RaftRpc>(0);
@@ -38225,6 +38356,11 @@ mod root {
                         }
                         if let ::core::option::Option::Some(prepared_to) = prepared_to {
                             object_writer.write::<_, _, 8>(&prepared_to);
+                        }
+                        if let ::core::option::Option::Some(prepared_block_crcs) =
+                            prepared_block_crcs
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_block_crcs);
                         }
                         if let ::core::option::Option::Some(prepared_rpc) = prepared_rpc {
                             object_writer.write::<_, _, 1>(&prepared_rpc);
@@ -38259,7 +38395,7 @@ mod root {
         impl ::planus::WriteAsOffset<RaftRequest> for RaftRequest {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<RaftRequest> {
-                RaftRequest::create(builder, self.rpc, self.from, self.to)
+                RaftRequest::create(builder, self.rpc, self.from, self.to, &self.block_crcs)
             }
         }
 
@@ -38330,6 +38466,26 @@ mod root {
         }
 
         impl<T0, T1, T2> RaftRequestBuilder<(T0, T1, T2)> {
+            /// Setter for the [`block_crcs` field](RaftRequest#structfield.block_crcs).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn block_crcs<T3>(self, value: T3) -> RaftRequestBuilder<(T0, T1, T2, T3)>
+            where
+                T3: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            {
+                let (v0, v1, v2) = self.0;
+                RaftRequestBuilder((v0, v1, v2, value))
+            }
+
+            /// Sets the [`block_crcs` field](RaftRequest#structfield.block_crcs) to null.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn block_crcs_as_null(self) -> RaftRequestBuilder<(T0, T1, T2, ())> {
+                self.block_crcs(())
+            }
+        }
+
+        impl<T0, T1, T2, T3> RaftRequestBuilder<(T0, T1, T2, T3)> {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [RaftRequest].
             #[inline]
             pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<RaftRequest>
@@ -38344,8 +38500,9 @@ mod root {
                 T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
                 T1: ::planus::WriteAsDefault<u64, u64>,
                 T2: ::planus::WriteAsDefault<u64, u64>,
+                T3: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             > ::planus::WriteAs<::planus::Offset<RaftRequest>>
-            for RaftRequestBuilder<(T0, T1, T2)>
+            for RaftRequestBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<RaftRequest>;
 
@@ -38359,8 +38516,9 @@ mod root {
                 T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
                 T1: ::planus::WriteAsDefault<u64, u64>,
                 T2: ::planus::WriteAsDefault<u64, u64>,
+                T3: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             > ::planus::WriteAsOptional<::planus::Offset<RaftRequest>>
-            for RaftRequestBuilder<(T0, T1, T2)>
+            for RaftRequestBuilder<(T0, T1, T2, T3)>
         {
             type Prepared = ::planus::Offset<RaftRequest>;
 
@@ -38377,12 +38535,13 @@ mod root {
                 T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
                 T1: ::planus::WriteAsDefault<u64, u64>,
                 T2: ::planus::WriteAsDefault<u64, u64>,
-            > ::planus::WriteAsOffset<RaftRequest> for RaftRequestBuilder<(T0, T1, T2)>
+                T3: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            > ::planus::WriteAsOffset<RaftRequest> for RaftRequestBuilder<(T0, T1, T2, T3)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<RaftRequest> {
-                let (v0, v1, v2) = &self.0;
-                RaftRequest::create(builder, v0, v1, v2)
+                let (v0, v1, v2, v3) = &self.0;
+                RaftRequest::create(builder, v0, v1, v2, v3)
             }
         }
 
@@ -38412,6 +38571,14 @@ mod root {
             pub fn to(&self) -> ::planus::Result<u64> {
                 ::core::result::Result::Ok(self.0.access(2, "RaftRequest", "to")?.unwrap_or(0))
             }
+
+            /// Getter for the [`block_crcs` field](RaftRequest#structfield.block_crcs).
+            #[inline]
+            pub fn block_crcs(
+                &self,
+            ) -> ::planus::Result<::core::option::Option<::planus::Vector<'a, u32>>> {
+                self.0.access(3, "RaftRequest", "block_crcs")
+            }
         }
 
         impl<'a> ::core::fmt::Debug for RaftRequestRef<'a> {
@@ -38420,6 +38587,11 @@ mod root {
                 f.field("rpc", &self.rpc());
                 f.field("from", &self.from());
                 f.field("to", &self.to());
+                if let ::core::option::Option::Some(field_block_crcs) =
+                    self.block_crcs().transpose()
+                {
+                    f.field("block_crcs", &field_block_crcs);
+                }
                 f.finish()
             }
         }
@@ -38433,6 +38605,13 @@ mod root {
                     rpc: ::core::convert::TryInto::try_into(value.rpc()?)?,
                     from: ::core::convert::TryInto::try_into(value.from()?)?,
                     to: ::core::convert::TryInto::try_into(value.to()?)?,
+                    block_crcs: if let ::core::option::Option::Some(block_crcs) =
+                        value.block_crcs()?
+                    {
+                        ::core::option::Option::Some(block_crcs.to_vec()?)
+                    } else {
+                        ::core::option::Option::None
+                    },
                 })
             }
         }
@@ -38513,7 +38692,7 @@ mod root {
         /// The table `RaftReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `RaftReply` in the file `wire/schema/raft.fbs:20`
+        /// * Table `RaftReply` in the file `wire/schema/raft.fbs:23`
         #[derive(
             Clone,
             Debug,
@@ -38528,6 +38707,8 @@ mod root {
         pub struct RaftReply {
             /// The field `rpc` in the table `RaftReply`
             pub rpc: self::RaftRpc,
+            /// The field `block_crcs` in the table `RaftReply`
+            pub block_crcs: ::core::option::Option<::planus::alloc::vec::Vec<u32>>,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -38535,6 +38716,7 @@ mod root {
             fn default() -> Self {
                 Self {
                     rpc: self::RaftRpc::AppendEntries,
+                    block_crcs: ::core::default::Default::default(),
                 }
             }
         }
@@ -38550,17 +38732,27 @@ mod root {
             pub fn create(
                 builder: &mut ::planus::Builder,
                 field_rpc: impl ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
+                field_block_crcs: impl ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
             ) -> ::planus::Offset<Self> {
                 let prepared_rpc = field_rpc.prepare(builder, &self::RaftRpc::AppendEntries);
+                let prepared_block_crcs = field_block_crcs.prepare(builder);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<6> =
+                let mut table_writer: ::planus::table_writer::TableWriter<8> =
                     ::core::default::Default::default();
+                if prepared_block_crcs.is_some() {
+                    table_writer.write_entry::<::planus::Offset<[u32]>>(1);
+                }
                 if prepared_rpc.is_some() {
                     table_writer.write_entry::<self::RaftRpc>(0);
                 }
 
                 unsafe {
                     table_writer.finish(builder, |object_writer| {
+                        if let ::core::option::Option::Some(prepared_block_crcs) =
+                            prepared_block_crcs
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_block_crcs);
+                        }
                         if let ::core::option::Option::Some(prepared_rpc) = prepared_rpc {
                             object_writer.write::<_, _, 1>(&prepared_rpc);
                         }
@@ -38594,7 +38786,7 @@ mod root {
         impl ::planus::WriteAsOffset<RaftReply> for RaftReply {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<RaftReply> {
-                RaftReply::create(builder, self.rpc)
+                RaftReply::create(builder, self.rpc, &self.block_crcs)
             }
         }
 
@@ -38625,6 +38817,26 @@ mod root {
         }
 
         impl<T0> RaftReplyBuilder<(T0,)> {
+            /// Setter for the [`block_crcs` field](RaftReply#structfield.block_crcs).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn block_crcs<T1>(self, value: T1) -> RaftReplyBuilder<(T0, T1)>
+            where
+                T1: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            {
+                let (v0,) = self.0;
+                RaftReplyBuilder((v0, value))
+            }
+
+            /// Sets the [`block_crcs` field](RaftReply#structfield.block_crcs) to null.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn block_crcs_as_null(self) -> RaftReplyBuilder<(T0, ())> {
+                self.block_crcs(())
+            }
+        }
+
+        impl<T0, T1> RaftReplyBuilder<(T0, T1)> {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [RaftReply].
             #[inline]
             pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<RaftReply>
@@ -38635,8 +38847,10 @@ mod root {
             }
         }
 
-        impl<T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>>
-            ::planus::WriteAs<::planus::Offset<RaftReply>> for RaftReplyBuilder<(T0,)>
+        impl<
+                T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
+                T1: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            > ::planus::WriteAs<::planus::Offset<RaftReply>> for RaftReplyBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<RaftReply>;
 
@@ -38646,8 +38860,11 @@ mod root {
             }
         }
 
-        impl<T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>>
-            ::planus::WriteAsOptional<::planus::Offset<RaftReply>> for RaftReplyBuilder<(T0,)>
+        impl<
+                T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
+                T1: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            > ::planus::WriteAsOptional<::planus::Offset<RaftReply>>
+            for RaftReplyBuilder<(T0, T1)>
         {
             type Prepared = ::planus::Offset<RaftReply>;
 
@@ -38660,13 +38877,15 @@ mod root {
             }
         }
 
-        impl<T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>>
-            ::planus::WriteAsOffset<RaftReply> for RaftReplyBuilder<(T0,)>
+        impl<
+                T0: ::planus::WriteAsDefault<self::RaftRpc, self::RaftRpc>,
+                T1: ::planus::WriteAsOptional<::planus::Offset<[u32]>>,
+            > ::planus::WriteAsOffset<RaftReply> for RaftReplyBuilder<(T0, T1)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<RaftReply> {
-                let (v0,) = &self.0;
-                RaftReply::create(builder, v0)
+                let (v0, v1) = &self.0;
+                RaftReply::create(builder, v0, v1)
             }
         }
 
@@ -38684,12 +38903,25 @@ mod root {
                         .unwrap_or(self::RaftRpc::AppendEntries),
                 )
             }
+
+            /// Getter for the [`block_crcs` field](RaftReply#structfield.block_crcs).
+            #[inline]
+            pub fn block_crcs(
+                &self,
+            ) -> ::planus::Result<::core::option::Option<::planus::Vector<'a, u32>>> {
+                self.0.access(1, "RaftReply", "block_crcs")
+            }
         }
 
         impl<'a> ::core::fmt::Debug for RaftReplyRef<'a> {
             fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
                 let mut f = f.debug_struct("RaftReplyRef");
                 f.field("rpc", &self.rpc());
+                if let ::core::option::Option::Some(field_block_crcs) =
+                    self.block_crcs().transpose()
+                {
+                    f.field("block_crcs", &field_block_crcs);
+                }
                 f.finish()
             }
         }
@@ -38701,6 +38933,13 @@ mod root {
             fn try_from(value: RaftReplyRef<'a>) -> ::planus::Result<Self> {
                 ::core::result::Result::Ok(Self {
                     rpc: ::core::convert::TryInto::try_into(value.rpc()?)?,
+                    block_crcs: if let ::core::option::Option::Some(block_crcs) =
+                        value.block_crcs()?
+                    {
+                        ::core::option::Option::Some(block_crcs.to_vec()?)
+                    } else {
+                        ::core::option::Option::None
+                    },
                 })
             }
         }

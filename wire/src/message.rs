@@ -30,8 +30,8 @@ impl From<planus::Error> for MessageError {
     }
 }
 
-/// Reusable encoder: keeps one flatbuffers builder so steady-state encoding
-/// does not allocate for the meta.
+/// Reusable encoder: keeps one flatbuffers builder, so steady-state encoding
+/// writes the meta into memory it already has.
 #[derive(Default)]
 pub struct Encoder {
     builder: planus::Builder,
@@ -46,10 +46,16 @@ impl Encoder {
     pub fn meta(&mut self, body: &Body) -> (MessageKind, &[u8]) {
         let kind = MessageKind::of_body(body);
         self.builder.clear();
-        let message = Message {
-            body: Some(body.clone()),
-        };
-        let bytes = self.builder.finish(&message, None);
+        let union = <Body as planus::WriteAsUnion<Body>>::prepare(body, &mut self.builder);
+        // MessageKind is generated from the schema text, planus' tags from its
+        // parse of it: they must agree or every frame would be misrouted.
+        assert_eq!(
+            u16::from(union.tag()),
+            kind as u16,
+            "MessageKind numbering differs from planus union tags"
+        );
+        let message = Message::create(&mut self.builder, union);
+        let bytes = self.builder.finish(message, None);
         (kind, bytes)
     }
 

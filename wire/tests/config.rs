@@ -199,3 +199,23 @@ fn garbage_is_a_parse_error() {
         );
     }
 }
+
+#[test]
+fn empty_key_file_reported_once() {
+    let text = three_voters().replace("key_file = \"cluster.key\"", "key_file = \"\"");
+    assert_eq!(problems_of(&text), ["key_file"]);
+}
+
+#[test]
+fn lease_must_outlast_heartbeats_and_fit_the_wire() {
+    let text = format!(
+        "{}\n[master]\nlease_duration_ms = 500\nheartbeat_interval_ms = 1000\nchunkserver_timeout_ms = 5000\n",
+        three_voters()
+    );
+    assert_eq!(problems_of(&text), ["master.heartbeat_interval_ms"]);
+    let text = format!(
+        "{}\n[master]\nlease_duration_ms = 5000000000\n",
+        three_voters()
+    );
+    assert_eq!(problems_of(&text), ["master.lease_duration_ms"]);
+}

@@ -241,3 +241,21 @@ fn truncated_header_and_body() {
         })
     );
 }
+
+#[test]
+fn hand_built_limits_are_clamped_to_the_protocol_maxima() {
+    let limits = FrameLimits {
+        max_meta_bytes: u32::MAX,
+        max_data_bytes: u32::MAX,
+    };
+    let mut header = frame(MessageKind::Ping, 1, b"m", b"")[..HEADER_BYTES].to_vec();
+    header[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    reseal(&mut header);
+    assert_eq!(
+        FrameHeader::decode(&header, &limits),
+        Err(FrameError::DataTooLarge {
+            len: u32::MAX,
+            limit: ringfs_wire::frame::DATA_BYTES_PROTOCOL_MAX
+        })
+    );
+}
