@@ -2,6 +2,16 @@
 
 use std::process::Command;
 
+/// `ringfs --config CONFIG config check`.
+fn config_check(config: &std::path::Path) -> std::process::Output {
+    ringfs()
+        .arg("--config")
+        .arg(config)
+        .args(["config", "check"])
+        .output()
+        .unwrap()
+}
+
 fn ringfs() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ringfs"));
     cmd.env_remove("RINGFS_CONFIG");
@@ -40,12 +50,7 @@ fn keygen_then_config_check() {
          client_addr = \"127.0.0.1:9400\"\npeer_addr = \"127.0.0.1:9401\"\nhttp_addr = \"127.0.0.1:9402\"\nrole = \"voter\"\n",
     )
     .unwrap();
-    let out = ringfs()
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
+    let out = config_check(&config);
     assert!(
         out.status.success(),
         "{}",
@@ -71,12 +76,7 @@ fn config_check_names_the_bad_field() {
         "cluster_id = \"x\"\nkey_file = \"missing.key\"\nchunk_size_bytes = 1000\nmasters = []\n",
     )
     .unwrap();
-    let out = ringfs()
-        .arg("--config")
-        .arg(&config)
-        .args(["config", "check"])
-        .output()
-        .unwrap();
+    let out = config_check(&config);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     for field in ["`chunk_size_bytes`", "`masters`", "`key_file`"] {

@@ -247,13 +247,39 @@ fn nonce_from(bytes: Option<&[u8]>, what: &str) -> Result<[u8; NONCE_BYTES], Aut
     })
 }
 
-/// The side that opens the connection.
-pub struct Initiator {
+/// What one side brings to a handshake.
+struct Local {
     key: ClusterKey,
     cluster_id: String,
     me: Identity,
     nonce: [u8; NONCE_BYTES],
 }
+
+impl Local {
+    fn new(key: &ClusterKey, cluster_id: &str, me: Identity, nonce: [u8; NONCE_BYTES]) -> Local {
+        Local {
+            key: key.clone(),
+            cluster_id: cluster_id.to_owned(),
+            me,
+            nonce,
+        }
+    }
+
+    /// The peer must name our cluster before anything else is looked at.
+    fn check_cluster(&self, theirs: Option<&str>) -> Result<(), AuthError> {
+        let theirs = theirs.unwrap_or("");
+        if theirs != self.cluster_id {
+            return Err(AuthError::WrongCluster {
+                ours: self.cluster_id.clone(),
+                theirs: theirs.to_owned(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// The side that opens the connection.
+pub struct Initiator(Local);
 
 impl Initiator {
     pub fn new(
@@ -262,22 +288,18 @@ impl Initiator {
         me: Identity,
         nonce: [u8; NONCE_BYTES],
     ) -> Initiator {
-        Initiator {
-            key: key.clone(),
-            cluster_id: cluster_id.to_owned(),
-            me,
-            nonce,
-        }
+        Initiator(Local::new(key, cluster_id, me, nonce))
     }
 
     /// The first message.
     pub fn hello(&self) -> Hello {
+        let me = &self.0;
         Hello {
             protocol_version: PROTOCOL_VERSION,
-            cluster_id: Some(self.cluster_id.clone()),
-            peer_kind: self.me.kind,
-            node_id: self.me.node_id,
-            client_nonce: Some(self.nonce.to_vec()),
+            cluster_id: Some(me.cluster_id.clone()),
+            peer_kind: me.me.kind,
+            node_id: me.me.node_id,
+            client_nonce: Some(me.nonce.to_vec()),
         }
     }
 
@@ -287,33 +309,28 @@ impl Initiator {
         self,
         challenge: &ChallengeRef<'_>,
     ) -> Result<(Proof, Identity), AuthError> {
-        let theirs = challenge.cluster_id()?.unwrap_or("");
-        if theirs != self.cluster_id {
-            return Err(AuthError::WrongCluster {
-                ours: self.cluster_id,
-                theirs: theirs.to_owned(),
-            });
-        }
+        let me = self.0;
+        me.check_cluster(challenge.cluster_id()?)?;
         let acceptor = Identity {
             kind: challenge.server_kind()?,
             node_id: challenge.server_node_id()?,
         };
         let acceptor_nonce = nonce_from(challenge.server_nonce()?, "server nonce")?;
-        let transcript = Transcript {
-            cluster_id: self.cluster_id,
-            initiator: self.me,
-            acceptor,
-            initiator_nonce: self.nonce,
-            acceptor_nonce,
-        };
         let server_proof = challenge
             .server_proof()?
             .ok_or_else(|| AuthError::Malformed("server proof missing".into()))?;
-        transcript.verify(&self.key, Direction::AcceptorProves, server_proof)?;
+        let transcript = Transcript {
+            cluster_id: me.cluster_id,
+            initiator: me.me,
+            acceptor,
+            initiator_nonce: me.nonce,
+            acceptor_nonce,
+        };
+        transcript.verify(&me.key, Direction::AcceptorProves, server_proof)?;
         let proof = Proof {
             client_proof: Some(
                 transcript
-                    .proof(&self.key, Direction::InitiatorProves)
+                    .proof(&me.key, Direction::InitiatorProves)
                     .to_vec(),
             ),
         };
@@ -322,12 +339,7 @@ impl Initiator {
 }
 
 /// The side that accepts the connection.
-pub struct Acceptor {
-    key: ClusterKey,
-    cluster_id: String,
-    me: Identity,
-    nonce: [u8; NONCE_BYTES],
-}
+pub struct Acceptor(Local);
 
 /// An acceptor that has sent its challenge and waits for the proof.
 pub struct AwaitingProof {
@@ -342,53 +354,43 @@ impl Acceptor {
         me: Identity,
         nonce: [u8; NONCE_BYTES],
     ) -> Acceptor {
-        Acceptor {
-            key: key.clone(),
-            cluster_id: cluster_id.to_owned(),
-            me,
-            nonce,
-        }
+        Acceptor(Local::new(key, cluster_id, me, nonce))
     }
 
     /// Checks the hello (version, cluster) and returns the challenge to send.
     pub fn on_hello(self, hello: &HelloRef<'_>) -> Result<(Challenge, AwaitingProof), AuthError> {
+        let me = self.0;
         let version = hello.protocol_version()?;
         if version != PROTOCOL_VERSION {
             return Err(AuthError::UnsupportedVersion { theirs: version });
         }
-        let theirs = hello.cluster_id()?.unwrap_or("");
-        if theirs != self.cluster_id {
-            return Err(AuthError::WrongCluster {
-                ours: self.cluster_id,
-                theirs: theirs.to_owned(),
-            });
-        }
+        me.check_cluster(hello.cluster_id()?)?;
         let initiator = Identity {
             kind: hello.peer_kind()?,
             node_id: hello.node_id()?,
         };
         let initiator_nonce = nonce_from(hello.client_nonce()?, "client nonce")?;
-        if initiator_nonce == self.nonce {
+        if initiator_nonce == me.nonce {
             // Only a reflected hello can carry our own nonce.
             return Err(AuthError::Malformed(
                 "client nonce equals the server nonce".into(),
             ));
         }
         let transcript = Transcript {
-            cluster_id: self.cluster_id,
+            cluster_id: me.cluster_id,
             initiator,
-            acceptor: self.me,
+            acceptor: me.me,
             initiator_nonce,
-            acceptor_nonce: self.nonce,
+            acceptor_nonce: me.nonce,
         };
         let challenge = Challenge {
             cluster_id: Some(transcript.cluster_id.clone()),
-            server_kind: self.me.kind,
-            server_node_id: self.me.node_id,
-            server_nonce: Some(self.nonce.to_vec()),
+            server_kind: me.me.kind,
+            server_node_id: me.me.node_id,
+            server_nonce: Some(me.nonce.to_vec()),
             server_proof: Some(
                 transcript
-                    .proof(&self.key, Direction::AcceptorProves)
+                    .proof(&me.key, Direction::AcceptorProves)
                     .to_vec(),
             ),
         };
@@ -396,7 +398,7 @@ impl Acceptor {
             challenge,
             AwaitingProof {
                 transcript,
-                key: self.key,
+                key: me.key,
             },
         ))
     }
