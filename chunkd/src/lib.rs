@@ -1,4 +1,10 @@
-//! ringfs chunkserver (DESIGN §5), built by the chunkd issue: thread-per-core
-//! compio runtimes on io_uring, O_DIRECT chunk files with one CRC32C per
-//! 64 KiB block, the replication pipeline and the scrubber. It speaks the
-//! protocol in `ringfs-wire`; this crate holds no code yet.
+//! ringfs chunkserver (DESIGN §5): thread-per-core compio runtimes on
+//! io_uring, O_DIRECT chunk files with one CRC32C per 64 KiB block, the
+//! replication pipeline and the scrubber (the chunkd issue; runtime plan in
+//! docs/design/004-chunkd-runtime.md).
+//!
+//! Modules so far:
+//! - [`identity`]: the identity file of each data dir (cluster, node, dir),
+//!   so a chunkd refuses another cluster's disk and detects a swapped one.
+
+pub mod identity;
