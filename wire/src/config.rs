@@ -235,17 +235,19 @@ impl Config {
             message: e.to_string(),
         })?;
         let mut problems = file.validate();
-        let key_path = file.key_file_path(base_dir);
-        let key = match ClusterKey::load(&key_path) {
-            // An empty key_file is already reported by validate().
-            _ if file.key_file.as_os_str().is_empty() => None,
-            Ok(key) => Some(key),
-            Err(e) => {
-                problems.push(FieldError {
-                    field: "key_file".into(),
-                    problem: e.to_string(),
-                });
-                None
+        // An empty key_file is already reported by validate(): nothing to load.
+        let key = if file.key_file.as_os_str().is_empty() {
+            None
+        } else {
+            match ClusterKey::load(&file.key_file_path(base_dir)) {
+                Ok(key) => Some(key),
+                Err(e) => {
+                    problems.push(FieldError {
+                        field: "key_file".into(),
+                        problem: e.to_string(),
+                    });
+                    None
+                }
             }
         };
         match key {

@@ -22,6 +22,16 @@ fn reseal(bytes: &mut [u8]) {
     bytes[28..32].copy_from_slice(&crc.to_le_bytes());
 }
 
+/// The header of a small Ping frame announcing `meta_len` and `data_len`,
+/// re-sealed so that only the limits can refuse it.
+fn header_announcing(meta_len: u32, data_len: u32) -> Vec<u8> {
+    let mut header = frame(MessageKind::Ping, 1, b"m", b"")[..HEADER_BYTES].to_vec();
+    header[16..20].copy_from_slice(&meta_len.to_le_bytes());
+    header[20..24].copy_from_slice(&data_len.to_le_bytes());
+    reseal(&mut header);
+    header
+}
+
 fn any_kind() -> impl Strategy<Value = MessageKind> {
     prop::sample::select(MessageKind::ALL.to_vec())
 }
@@ -162,21 +172,15 @@ fn unknown_kind() {
 fn oversize_lengths_refused_from_the_header_alone() {
     let limits = FrameLimits::new(100, 1000);
     // Only the 32 header bytes exist: the refusal must not need (or allocate) the body.
-    let mut header = frame(MessageKind::Ping, 1, b"m", b"")[..HEADER_BYTES].to_vec();
-    header[16..20].copy_from_slice(&101u32.to_le_bytes());
-    reseal(&mut header);
     assert_eq!(
-        FrameHeader::decode(&header, &limits),
+        FrameHeader::decode(&header_announcing(101, 0), &limits),
         Err(FrameError::MetaTooLarge {
             len: 101,
             limit: 100
         })
     );
-    header[16..20].copy_from_slice(&100u32.to_le_bytes());
-    header[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-    reseal(&mut header);
     assert_eq!(
-        FrameHeader::decode(&header, &limits),
+        FrameHeader::decode(&header_announcing(100, u32::MAX), &limits),
         Err(FrameError::DataTooLarge {
             len: u32::MAX,
             limit: 1000
@@ -248,11 +252,8 @@ fn hand_built_limits_are_clamped_to_the_protocol_maxima() {
         max_meta_bytes: u32::MAX,
         max_data_bytes: u32::MAX,
     };
-    let mut header = frame(MessageKind::Ping, 1, b"m", b"")[..HEADER_BYTES].to_vec();
-    header[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
-    reseal(&mut header);
     assert_eq!(
-        FrameHeader::decode(&header, &limits),
+        FrameHeader::decode(&header_announcing(1, u32::MAX), &limits),
         Err(FrameError::DataTooLarge {
             len: u32::MAX,
             limit: ringfs_wire::frame::DATA_BYTES_PROTOCOL_MAX
