@@ -2,9 +2,8 @@
 //! io_uring, O_DIRECT chunk files with one CRC32C per 64 KiB block, the
 //! replication pipeline and the scrubber (the chunkd issue; runtime plan in
 //! docs/design/004-chunkd-runtime.md).
-//!
-//! Modules so far:
-//! - [`identity`]: the identity file of each data dir (cluster, node, dir),
-//!   so a chunkd refuses another cluster's disk and detects a swapped one.
 
+pub mod http;
 pub mod identity;
+pub mod meta;
+pub mod metrics;
