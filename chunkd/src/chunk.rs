@@ -1,0 +1,1252 @@
+//! One chunk replica on its owner core: the O_DIRECT data file, the meta
+//! file (base CRC table + mutation log, docs/design/006-chunk-meta-file.md)
+//! and the in-memory state the data path works from.
+//!
+//! A mutation goes: lock its blocks → compute the new CRCs (reading and
+//! verifying a partial block only when it is not the cached tail) → append
+//! its Write record to the log (group-committed, O_DSYNC) → write the data
+//! → update the in-memory table and unlock → fdatasync the data file
+//! (group-committed) → acknowledge. Log before data is what lets recovery
+//! tell a torn, unacknowledged write from corruption.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::Instant;
+
+use compio::buf::{IntoInner, IoBuf};
+use compio::io::{AsyncReadAtExt, AsyncWriteAtExt};
+use local_event::Event;
+use ringfs_wire::checksum::{BLOCK_BYTES, block_count, crc32c, crc32c_extend};
+
+use crate::dio::{self, AlignedBuf, DioAlign, align_up};
+use crate::error::{ChunkError, ChunkResult};
+use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
+use crate::rangelock::RangeLock;
+
+const BLOCK: u64 = BLOCK_BYTES as u64;
+/// Most records one log batch takes; the rest wait for the next batch.
+const BATCH_RECORDS_MAX: usize = 256;
+
+/// A data dir as the store sees it.
+#[derive(Debug)]
+pub struct DataDir {
+    pub index: usize,
+    pub path: PathBuf,
+    pub chunks_dir: PathBuf,
+    pub align: DioAlign,
+    pub dir_id: u64,
+}
+
+impl DataDir {
+    pub fn meta_path(&self, handle: u64) -> PathBuf {
+        self.chunks_dir.join(format!("{handle:016x}.meta"))
+    }
+
+    pub fn meta_tmp_path(&self, handle: u64) -> PathBuf {
+        self.chunks_dir.join(format!("{handle:016x}.meta.tmp"))
+    }
+
+    pub fn data_path(&self, handle: u64, data_file_id: u64) -> PathBuf {
+        self.chunks_dir
+            .join(format!("{handle:016x}-{data_file_id:016x}.data"))
+    }
+}
+
+/// What a replica reports about itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChunkSummary {
+    pub handle: u64,
+    pub version: u64,
+    pub length_bytes: u64,
+    pub state: ChunkState,
+}
+
+/// The bytes of the last, partially filled block, as verified on disk: an
+/// append extends its CRC and writes its head sector again without
+/// reading it back.
+struct Tail {
+    block: u64,
+    image: AlignedBuf,
+}
+
+struct Mem {
+    version: u64,
+    length: u64,
+    state: ChunkState,
+    crcs: Vec<u32>,
+    data_file_id: u64,
+    tail: Option<Tail>,
+    /// Last seq handed to a Write record; the next gets +1.
+    last_seq: u64,
+    /// Last seq whose Write record is durable in the log.
+    last_logged_seq: u64,
+    /// Seqs whose Write record is in the log but whose data is not yet
+    /// durable: the Durable watermark is just below the smallest.
+    not_durable: BTreeSet<u64>,
+    /// Mutations between "record durable" and "CRCs applied to memory":
+    /// a compaction must wait for none, or its snapshot would miss them.
+    applying: usize,
+    announced_durable: u64,
+    /// For the scrubber: when every block was last verified.
+    verified_at: Instant,
+}
+
+struct LogState {
+    file: Rc<compio::fs::File>,
+    /// Next batch offset, relative to the log region.
+    next_offset: u64,
+    next_batch_seq: u64,
+    pending: Vec<(u64, LogRecord)>,
+    next_record_id: u64,
+    /// Every record with an id below this is durable (or failed).
+    done_below: u64,
+    writing: bool,
+    failed: Option<String>,
+}
+
+#[derive(Default)]
+struct SyncState {
+    running: bool,
+    started: u64,
+    completed: u64,
+    failed_gen: Option<(u64, String)>,
+}
+
+pub struct Chunk {
+    pub handle: u64,
+    pub dir: Rc<DataDir>,
+    layout: MetaLayout,
+    data: compio::fs::File,
+    mem: RefCell<Mem>,
+    locks: RangeLock,
+    log: RefCell<LogState>,
+    log_event: Event,
+    sync: RefCell<SyncState>,
+    sync_event: Event,
+    applying_event: Event,
+    deleted: Cell<bool>,
+}
+
+/// Bytes to write at `offset` (already verified against the sender's CRCs).
+pub struct WriteData {
+    /// Pieces of at most one buffer each, in order.
+    pub bufs: Vec<AlignedBuf>,
+    pub len: u64,
+    /// Sender's CRC per 64 KiB piece of the data from its first byte.
+    pub piece_crcs: Vec<u32>,
+}
+
+pub struct WriteOutcome {
+    pub new_length: u64,
+    /// The buffers, for their pool.
+    pub bufs: Vec<AlignedBuf>,
+}
+
+pub struct ReadOutcome {
+    pub version: u64,
+    pub chunk_length: u64,
+    /// Chunk offset of the first returned byte (block aligned).
+    pub start: u64,
+    /// Bytes returned, from `start`.
+    pub len: u64,
+    pub crcs: Vec<u32>,
+    pub bufs: Vec<AlignedBuf>,
+}
+
+fn zeros() -> &'static [u8] {
+    static ZEROS: [u8; BLOCK_BYTES] = [0; BLOCK_BYTES];
+    &ZEROS
+}
+
+/// CRC of `crc`'s bytes followed by `n` zero bytes.
+fn extend_zeros(mut crc: u32, mut n: u64) -> u32 {
+    while n > 0 {
+        let k = n.min(BLOCK) as usize;
+        crc = crc32c_extend(crc, &zeros()[..k]);
+        n -= k as u64;
+    }
+    crc
+}
+
+impl Chunk {
+    /// Wraps files already opened and recovered (see `store`).
+    pub(crate) fn from_parts(
+        dir: Rc<DataDir>,
+        base: &MetaBase,
+        replayed: meta::Replayed,
+        data: compio::fs::File,
+        meta_file: compio::fs::File,
+        scan_end_offset: u64,
+        next_batch_seq: u64,
+    ) -> Chunk {
+        let layout = base.layout();
+        assert_eq!(
+            replayed.crcs.len() as u64,
+            block_count(replayed.length_bytes),
+            "replayed table does not match the length"
+        );
+        Chunk {
+            handle: base.handle,
+            dir,
+            layout,
+            data,
+            mem: RefCell::new(Mem {
+                version: replayed.version,
+                length: replayed.length_bytes,
+                state: replayed.state,
+                crcs: replayed.crcs,
+                data_file_id: base.data_file_id,
+                tail: None,
+                last_seq: replayed.last_seq,
+                last_logged_seq: replayed.last_seq,
+                not_durable: BTreeSet::new(),
+                applying: 0,
+                announced_durable: replayed.last_seq,
+                verified_at: Instant::now(),
+            }),
+            locks: RangeLock::new(),
+            log: RefCell::new(LogState {
+                file: Rc::new(meta_file),
+                next_offset: scan_end_offset,
+                next_batch_seq,
+                pending: Vec::new(),
+                next_record_id: 0,
+                done_below: 0,
+                writing: false,
+                failed: None,
+            }),
+            log_event: Event::new(),
+            sync: RefCell::new(SyncState::default()),
+            sync_event: Event::new(),
+            applying_event: Event::new(),
+            deleted: Cell::new(false),
+        }
+    }
+
+    pub fn summary(&self) -> ChunkSummary {
+        let mem = self.mem.borrow();
+        ChunkSummary {
+            handle: self.handle,
+            version: mem.version,
+            length_bytes: mem.length,
+            state: mem.state,
+        }
+    }
+
+    pub fn chunk_size_bytes(&self) -> u64 {
+        self.layout.chunk_size_bytes
+    }
+
+    pub fn version(&self) -> u64 {
+        self.mem.borrow().version
+    }
+
+    pub fn length(&self) -> u64 {
+        self.mem.borrow().length
+    }
+
+    pub fn state(&self) -> ChunkState {
+        self.mem.borrow().state
+    }
+
+    pub fn data_file_id(&self) -> u64 {
+        self.mem.borrow().data_file_id
+    }
+
+    pub fn verified_at(&self) -> Instant {
+        self.mem.borrow().verified_at
+    }
+
+    pub fn mark_deleted(&self) {
+        self.deleted.set(true);
+    }
+
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.get()
+    }
+
+    fn check_usable(&self) -> ChunkResult<()> {
+        if self.deleted.get() {
+            return Err(ChunkError::NotFound(self.handle));
+        }
+        match self.mem.borrow().state {
+            ChunkState::Corrupt => Err(ChunkError::Corrupt(self.handle)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a request carrying an older version than ours, and one
+    /// carrying a newer version (then this replica is the stale one).
+    pub fn check_version(&self, theirs: u64) -> ChunkResult<()> {
+        let ours = self.version();
+        if theirs != ours {
+            return Err(ChunkError::StaleVersion { ours, theirs });
+        }
+        Ok(())
+    }
+
+    // ---------------------------------------------------------------- read
+
+    /// Reads `[offset, offset + len)` widened to whole blocks (clipped to
+    /// the chunk length) into `bufs`, verifying every block before
+    /// returning anything. A mismatch marks the replica corrupt.
+    pub async fn read(
+        &self,
+        min_version: u64,
+        offset: u64,
+        len: u64,
+        mut bufs: Vec<AlignedBuf>,
+        buffer_bytes: u64,
+    ) -> (ChunkResult<ReadOutcome>, Vec<AlignedBuf>) {
+        if let Err(e) = self.check_usable() {
+            return (Err(e), bufs);
+        }
+        let (version, length) = {
+            let mem = self.mem.borrow();
+            (mem.version, mem.length)
+        };
+        if version < min_version {
+            return (
+                Err(ChunkError::StaleVersion {
+                    ours: version,
+                    theirs: min_version,
+                }),
+                bufs,
+            );
+        }
+        if offset > length {
+            return (
+                Err(ChunkError::OutOfRange(format!(
+                    "read at {offset} beyond the chunk length {length}"
+                ))),
+                bufs,
+            );
+        }
+        let end = offset.saturating_add(len).min(length);
+        let start = offset / BLOCK * BLOCK;
+        let end_wide = end.div_ceil(BLOCK).saturating_mul(BLOCK).min(length);
+        if end_wide <= start {
+            return (
+                Ok(ReadOutcome {
+                    version,
+                    chunk_length: length,
+                    start,
+                    len: 0,
+                    crcs: Vec::new(),
+                    bufs: Vec::new(),
+                }),
+                bufs,
+            );
+        }
+        let total = end_wide - start;
+        if (bufs.len() as u64) * buffer_bytes < total {
+            return (
+                Err(ChunkError::Internal(format!(
+                    "{} buffers cannot hold {total} bytes",
+                    bufs.len()
+                ))),
+                bufs,
+            );
+        }
+        let first_block = start / BLOCK;
+        let last_block = (end_wide - 1) / BLOCK;
+        let _guard = self.locks.lock(first_block, last_block, false).await;
+        // The table may have grown while we waited; blocks we cover are
+        // stable now.
+        let (crcs, length) = {
+            let mem = self.mem.borrow();
+            (
+                mem.crcs[first_block as usize..=last_block as usize].to_vec(),
+                mem.length,
+            )
+        };
+        let align = self.dir.align.offset_align_bytes as u64;
+        let mut used = Vec::with_capacity(bufs.len());
+        let mut at = start;
+        while at < end_wide {
+            let Some(mut buf) = bufs.pop() else { break };
+            let piece = (end_wide - at).min(buffer_bytes);
+            let io_len = align_up(piece, align) as usize;
+            buf.set_len_bytes(0);
+            let compio::BufResult(r, slice) =
+                self.data.read_exact_at(buf.slice(0..io_len), at).await;
+            let mut buf = slice.into_inner();
+            if let Err(e) = r {
+                bufs.push(buf);
+                bufs.extend(used);
+                return (
+                    Err(ChunkError::io(
+                        format!("reading chunk {:#x}", self.handle),
+                        e,
+                    )),
+                    bufs,
+                );
+            }
+            buf.set_len_bytes(piece as usize);
+            // Verify this buffer's blocks.
+            for (i, block_bytes) in buf.bytes().chunks(BLOCK_BYTES).enumerate() {
+                let block = (at - start) / BLOCK + i as u64;
+                if crc32c(block_bytes) != crcs[block as usize] {
+                    bufs.push(buf);
+                    bufs.extend(used);
+                    let block_index = first_block + block;
+                    self.mark_corrupt().await;
+                    return (
+                        Err(ChunkError::ChecksumMismatch {
+                            handle: self.handle,
+                            block: block_index,
+                        }),
+                        bufs,
+                    );
+                }
+            }
+            used.push(buf);
+            at += piece;
+        }
+        (
+            Ok(ReadOutcome {
+                version,
+                chunk_length: length,
+                start,
+                len: total,
+                crcs,
+                bufs: used,
+            }),
+            bufs,
+        )
+    }
+
+    /// Verifies blocks `first..=last` against the table (the scrubber).
+    /// Returns the first bad block, if any.
+    pub async fn verify_blocks(
+        &self,
+        first: u64,
+        last: u64,
+        scratch: AlignedBuf,
+    ) -> (ChunkResult<Option<u64>>, AlignedBuf) {
+        let mut scratch = scratch;
+        let _guard = self.locks.lock(first, last, false).await;
+        let (crcs, length) = {
+            let mem = self.mem.borrow();
+            if last as usize >= mem.crcs.len() {
+                return (Ok(None), scratch);
+            }
+            (
+                mem.crcs[first as usize..=last as usize].to_vec(),
+                mem.length,
+            )
+        };
+        let align = self.dir.align.offset_align_bytes as u64;
+        let per_io = (scratch.capacity() as u64 / BLOCK).max(1);
+        let mut block = first;
+        while block <= last {
+            let n = per_io.min(last - block + 1);
+            let start = block * BLOCK;
+            let end = ((block + n) * BLOCK).min(length);
+            let io_len = align_up(end - start, align) as usize;
+            scratch.set_len_bytes(0);
+            let compio::BufResult(r, slice) = self
+                .data
+                .read_exact_at(scratch.slice(0..io_len), start)
+                .await;
+            scratch = slice.into_inner();
+            if let Err(e) = r {
+                return (
+                    Err(ChunkError::io(
+                        format!("scrubbing chunk {:#x}", self.handle),
+                        e,
+                    )),
+                    scratch,
+                );
+            }
+            let bytes = &scratch.full()[..(end - start) as usize];
+            for (i, piece) in bytes.chunks(BLOCK_BYTES).enumerate() {
+                let b = block + i as u64;
+                if crc32c(piece) != crcs[(b - first) as usize] {
+                    return (Ok(Some(b)), scratch);
+                }
+            }
+            block += n;
+        }
+        if first == 0 && last + 1 == block_count(length) {
+            self.mem.borrow_mut().verified_at = Instant::now();
+        }
+        (Ok(None), scratch)
+    }
+
+    pub fn block_range_of_length(&self) -> Option<(u64, u64)> {
+        let n = self.mem.borrow().crcs.len() as u64;
+        (n > 0).then(|| (0, n - 1))
+    }
+
+    pub fn touch_verified(&self) {
+        self.mem.borrow_mut().verified_at = Instant::now();
+    }
+
+    // --------------------------------------------------------------- write
+
+    /// Applies a write of `data` at `offset` (the mutation order was fixed
+    /// by the caller: the primary, or the primary's serial on a secondary).
+    pub async fn write(
+        &self,
+        version: u64,
+        offset: u64,
+        data: WriteData,
+    ) -> (ChunkResult<u64>, Vec<AlignedBuf>) {
+        if let Err(e) = self
+            .check_usable()
+            .and_then(|_| self.check_version(version))
+        {
+            return (Err(e), data.bufs);
+        }
+        let size = self.layout.chunk_size_bytes;
+        let end = match offset.checked_add(data.len) {
+            Some(end) if end <= size && data.len > 0 => end,
+            _ => {
+                return (
+                    Err(ChunkError::OutOfRange(format!(
+                        "write of {} bytes at {offset} outside a chunk of {size} bytes",
+                        data.len
+                    ))),
+                    data.bufs,
+                );
+            }
+        };
+        let first_block = offset.min(self.length()) / BLOCK;
+        let last_block = (end - 1) / BLOCK;
+        let guard = self.locks.lock(first_block, last_block, true).await;
+        let r = self.write_locked(version, offset, end, data).await;
+        drop(guard);
+        match r {
+            Ok((seq, new_length, bufs)) => {
+                let r = self.sync_data().await;
+                self.mem.borrow_mut().not_durable.remove(&seq);
+                (r.map(|_| new_length), bufs)
+            }
+            Err((e, bufs)) => (Err(e), bufs),
+        }
+    }
+
+    /// Pads the chunk with zeros to its end (a record append that did not
+    /// fit). Zeros are already on disk past the length, so only the CRCs
+    /// and the length change.
+    pub async fn pad_to_end(&self, version: u64) -> ChunkResult<()> {
+        self.check_usable()?;
+        self.check_version(version)?;
+        let size = self.layout.chunk_size_bytes;
+        let length = self.length();
+        if length >= size {
+            return Ok(());
+        }
+        let _guard = self
+            .locks
+            .lock(length / BLOCK, (size - 1) / BLOCK, true)
+            .await;
+        let length = self.length();
+        if length >= size {
+            return Ok(());
+        }
+        let first_block = length / BLOCK;
+        let crcs = self.zero_extension_crcs(length, size);
+        let seq = self
+            .log_write_record(
+                version,
+                length,
+                size - length,
+                size,
+                first_block,
+                crcs.clone(),
+            )
+            .await?;
+        self.apply_crcs(first_block, &crcs, size, None);
+        self.mem.borrow_mut().not_durable.remove(&seq);
+        Ok(())
+    }
+
+    /// CRCs of blocks `block(from)..block(to - 1)` when `[from, to)` is
+    /// zeros appended to the current content.
+    fn zero_extension_crcs(&self, from: u64, to: u64) -> Vec<u32> {
+        let mem = self.mem.borrow();
+        let mut out = Vec::new();
+        let mut at = from;
+        while at < to {
+            let block = at / BLOCK;
+            let block_end = ((block + 1) * BLOCK).min(to);
+            let base = if at % BLOCK != 0 {
+                mem.crcs[block as usize]
+            } else {
+                0
+            };
+            out.push(extend_zeros(base, block_end - at));
+            at = block_end;
+        }
+        out
+    }
+
+    #[allow(clippy::type_complexity)]
+    async fn write_locked(
+        &self,
+        version: u64,
+        offset: u64,
+        end: u64,
+        data: WriteData,
+    ) -> Result<(u64, u64, Vec<AlignedBuf>), (ChunkError, Vec<AlignedBuf>)> {
+        let old_length = self.length();
+        let new_length = old_length.max(end);
+        let align = self.dir.align.offset_align_bytes as u64;
+        let buffer_bytes = data
+            .bufs
+            .first()
+            .map(|b| b.capacity() as u64)
+            .unwrap_or(BLOCK);
+
+        // Blocks between the old end and the write (a hole) read as zeros:
+        // only their CRCs change.
+        let mut crcs = Vec::new();
+        let hole_first = old_length / BLOCK;
+        let first_block;
+        if offset > old_length {
+            let hole_end = (offset / BLOCK * BLOCK).max(old_length);
+            crcs = self.zero_extension_crcs(old_length, hole_end);
+            first_block = hole_first;
+        } else {
+            first_block = offset / BLOCK;
+        }
+
+        let fast = offset % BLOCK == 0
+            && (end % BLOCK == 0 || end >= old_length)
+            && buffer_bytes % BLOCK == 0;
+        let mut writes: Vec<(u64, AlignedBuf)> = Vec::new();
+        let mut returned = Vec::new();
+        let mut new_tail = None;
+        if fast {
+            // Whole blocks from the sender; its CRCs are the blocks' CRCs
+            // (a short last piece ends the chunk's data).
+            crcs.extend_from_slice(&data.piece_crcs);
+            let mut at = offset;
+            let mut left = data.len;
+            for mut buf in data.bufs {
+                if left == 0 {
+                    returned.push(buf);
+                    continue;
+                }
+                let piece = left.min(buffer_bytes);
+                buf.zero_from(piece as usize);
+                buf.set_len_bytes(align_up(piece, align) as usize);
+                if end == new_length && piece == left && end % BLOCK != 0 {
+                    // Keep the new last partial block for appends.
+                    let tail_start = (end / BLOCK) * BLOCK;
+                    let mut image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
+                    let from = (tail_start - at) as usize;
+                    let n = (end - tail_start) as usize;
+                    image.full_mut()[..n].copy_from_slice(&buf.full()[from..from + n]);
+                    new_tail = Some(Tail {
+                        block: end / BLOCK,
+                        image,
+                    });
+                }
+                writes.push((at, buf));
+                at += piece;
+                left -= piece;
+            }
+        } else {
+            // Block by block: splice the new bytes into an image of each
+            // block (old bytes from the cached tail or read and verified).
+            let src = Gather::new(&data.bufs, buffer_bytes, data.len);
+            let mut block = offset / BLOCK;
+            while block * BLOCK < end {
+                let b_start = block * BLOCK;
+                let b_end = b_start + BLOCK;
+                let old_in_block = old_length.clamp(b_start, b_end) - b_start;
+                let new_cover = new_length.min(b_end) - b_start;
+                let lo = offset.max(b_start) - b_start;
+                let hi = end.min(b_end) - b_start;
+                let needs_old = old_in_block > 0 && (lo > 0 || hi < old_in_block);
+                let cached = self.take_tail_if(block, old_in_block);
+                let (mut image, old_crc_prefix) = match (needs_old, cached) {
+                    (true, Some(image)) => {
+                        // Appending right at the old end: extend the CRC.
+                        let prefix = if lo == old_in_block {
+                            Some(self.mem.borrow().crcs[block as usize])
+                        } else {
+                            None
+                        };
+                        (image, prefix)
+                    }
+                    (true, None) => {
+                        match self.read_verified_block(block, old_in_block, align).await {
+                            Ok(image) => {
+                                let prefix = (lo == old_in_block)
+                                    .then(|| self.mem.borrow().crcs[block as usize]);
+                                (image, prefix)
+                            }
+                            Err(e) => {
+                                return Err((e, data.bufs));
+                            }
+                        }
+                    }
+                    (false, _) => (
+                        AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes),
+                        None,
+                    ),
+                };
+                src.copy_to(
+                    offset,
+                    b_start + lo,
+                    &mut image.full_mut()[lo as usize..hi as usize],
+                );
+                // Past the new end of data the block must read as zeros.
+                image.zero_from(new_cover as usize);
+                let crc = match old_crc_prefix {
+                    Some(prefix) => {
+                        crc32c_extend(prefix, &image.full()[lo as usize..new_cover as usize])
+                    }
+                    None => crc32c(&image.full()[..new_cover as usize]),
+                };
+                crcs.push(crc);
+                if b_end > new_length {
+                    let mut copy = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
+                    copy.full_mut()[..new_cover as usize]
+                        .copy_from_slice(&image.full()[..new_cover as usize]);
+                    new_tail = Some(Tail { block, image: copy });
+                }
+                // Only the sectors holding new bytes need writing.
+                let io_lo = lo / align * align;
+                let io_hi = align_up(hi, align);
+                if io_lo > 0 {
+                    image
+                        .full_mut()
+                        .copy_within(io_lo as usize..io_hi as usize, 0);
+                }
+                image.set_len_bytes((io_hi - io_lo) as usize);
+                writes.push((b_start + io_lo, image));
+                block += 1;
+            }
+            returned = data.bufs;
+        }
+        let expected = last_block_of(end) - first_block + 1;
+        assert_eq!(
+            crcs.len() as u64,
+            expected,
+            "CRC count for blocks {first_block}..={}",
+            last_block_of(end)
+        );
+
+        // 1. The log record, durable before any data byte moves.
+        let seq = match self
+            .log_write_record(
+                version,
+                offset,
+                end - offset,
+                new_length,
+                first_block,
+                crcs.clone(),
+            )
+            .await
+        {
+            Ok(seq) => seq,
+            Err(e) => {
+                returned.extend(writes.into_iter().map(|(_, b)| b));
+                return Err((e, returned));
+            }
+        };
+        // 2. The data.
+        let mut failure = None;
+        let results =
+            futures_util::future::join_all(writes.into_iter().map(|(at, buf)| async move {
+                let compio::BufResult(r, buf) = (&self.data).write_all_at(buf, at).await;
+                (r, buf)
+            }))
+            .await;
+        for (r, buf) in results {
+            if let Err(e) = r {
+                failure.get_or_insert(e);
+            }
+            returned.push(buf);
+        }
+        if let Some(e) = failure {
+            self.mem.borrow_mut().tail = None;
+            self.finish_applying();
+            self.mark_corrupt().await;
+            return Err((
+                ChunkError::io(format!("writing chunk {:#x}", self.handle), e),
+                returned,
+            ));
+        }
+        // 3. Visible to reads (not yet durable: reads of unacknowledged
+        // data are allowed, as in GFS).
+        self.apply_crcs(first_block, &crcs, new_length, new_tail);
+        Ok((seq, new_length, returned))
+    }
+
+    fn take_tail_if(&self, block: u64, old_in_block: u64) -> Option<AlignedBuf> {
+        let mut mem = self.mem.borrow_mut();
+        let matches = matches!(&mem.tail, Some(t) if t.block == block)
+            && mem.length == block * BLOCK + old_in_block;
+        if matches {
+            mem.tail.take().map(|t| t.image)
+        } else {
+            None
+        }
+    }
+
+    async fn read_verified_block(
+        &self,
+        block: u64,
+        old_in_block: u64,
+        align: u64,
+    ) -> ChunkResult<AlignedBuf> {
+        let image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
+        let io_len = align_up(old_in_block, align) as usize;
+        let compio::BufResult(r, slice) = self
+            .data
+            .read_exact_at(image.slice(0..io_len), block * BLOCK)
+            .await;
+        let image = slice.into_inner();
+        r.map_err(|e| ChunkError::io(format!("reading chunk {:#x}", self.handle), e))?;
+        let want = self.mem.borrow().crcs[block as usize];
+        if crc32c(&image.full()[..old_in_block as usize]) != want {
+            self.mark_corrupt().await;
+            return Err(ChunkError::ChecksumMismatch {
+                handle: self.handle,
+                block,
+            });
+        }
+        Ok(image)
+    }
+
+    fn apply_crcs(&self, first_block: u64, crcs: &[u32], new_length: u64, tail: Option<Tail>) {
+        let mut mem = self.mem.borrow_mut();
+        assert!(new_length >= mem.length, "length never shrinks");
+        let needed = block_count(new_length) as usize;
+        if mem.crcs.len() < needed {
+            mem.crcs.resize(needed, 0);
+        }
+        let first = first_block as usize;
+        mem.crcs[first..first + crcs.len()].copy_from_slice(crcs);
+        // The cached tail is the block holding the end of data; a new end
+        // (or a rewrite of that block, which always supplies a new image)
+        // replaces it.
+        if tail.is_some() || new_length != mem.length {
+            mem.tail = tail;
+        }
+        mem.length = new_length;
+        drop(mem);
+        self.finish_applying();
+    }
+
+    fn finish_applying(&self) {
+        let mut mem = self.mem.borrow_mut();
+        assert!(mem.applying > 0);
+        mem.applying -= 1;
+        drop(mem);
+        self.applying_event.notify_all();
+    }
+
+    // ----------------------------------------------------------- durability
+
+    /// Waits for an fdatasync of the data file that started after this
+    /// call: concurrent writers share one.
+    async fn sync_data(&self) -> ChunkResult<()> {
+        let target = self.sync.borrow().started + 1;
+        loop {
+            {
+                let s = self.sync.borrow();
+                if let Some((generation, msg)) = &s.failed_gen
+                    && *generation >= target
+                {
+                    return Err(ChunkError::Internal(format!("fdatasync failed: {msg}")));
+                }
+                if s.completed >= target {
+                    return Ok(());
+                }
+            }
+            if !self.sync.borrow().running {
+                let generation = {
+                    let mut s = self.sync.borrow_mut();
+                    s.running = true;
+                    s.started += 1;
+                    s.started
+                };
+                let r = self.data.sync_data().await;
+                {
+                    let mut s = self.sync.borrow_mut();
+                    s.running = false;
+                    s.completed = generation;
+                    if let Err(e) = &r {
+                        s.failed_gen = Some((generation, e.to_string()));
+                    }
+                }
+                self.sync_event.notify_all();
+                if let Err(e) = r {
+                    self.mark_corrupt().await;
+                    return Err(ChunkError::io("fdatasync", e));
+                }
+                continue;
+            }
+            let listener = self.sync_event.listen();
+            if self.sync.borrow().completed >= target || !self.sync.borrow().running {
+                continue;
+            }
+            listener.await;
+        }
+    }
+
+    async fn log_write_record(
+        &self,
+        version: u64,
+        offset: u64,
+        length: u64,
+        new_length: u64,
+        first_block: u64,
+        crcs: Vec<u32>,
+    ) -> ChunkResult<u64> {
+        let first_block =
+            u32::try_from(first_block).map_err(|_| ChunkError::Internal("block index".into()))?;
+        let seq = {
+            let mut mem = self.mem.borrow_mut();
+            mem.last_seq += 1;
+            mem.last_seq
+        };
+        let record = LogRecord::Write {
+            seq,
+            version,
+            offset,
+            length,
+            new_length,
+            first_block,
+            crcs,
+        };
+        self.log_append(record).await?;
+        Ok(seq)
+    }
+
+    /// Appends `record` to the log and waits until it is durable. The first
+    /// waiter with nothing in flight writes a batch of everything pending.
+    async fn log_append(&self, record: LogRecord) -> ChunkResult<()> {
+        let id = {
+            let mut log = self.log.borrow_mut();
+            if let Some(f) = &log.failed {
+                return Err(ChunkError::Internal(format!(
+                    "meta log failed earlier: {f}"
+                )));
+            }
+            let id = log.next_record_id;
+            log.next_record_id += 1;
+            log.pending.push((id, record));
+            id
+        };
+        loop {
+            {
+                let log = self.log.borrow();
+                if log.done_below > id {
+                    return match &log.failed {
+                        Some(f) => Err(ChunkError::Internal(format!("meta log write failed: {f}"))),
+                        None => Ok(()),
+                    };
+                }
+            }
+            if !self.log.borrow().writing {
+                self.write_one_batch().await;
+                continue;
+            }
+            let listener = self.log_event.listen();
+            if !self.log.borrow().writing || self.log.borrow().done_below > id {
+                continue;
+            }
+            listener.await;
+        }
+    }
+
+    /// Logs the durable watermark if it moved and the chunk is idle, so a
+    /// restart does not re-read blocks whose writes were acknowledged long
+    /// ago. Called by the housekeeping tick, not on the write path.
+    pub async fn settle(&self) -> ChunkResult<()> {
+        let watermark = {
+            let mut mem = self.mem.borrow_mut();
+            let log = self.log.borrow();
+            let idle = mem.applying == 0 && log.pending.is_empty() && !log.writing;
+            let watermark = mem.durable_watermark();
+            if !idle || watermark <= mem.announced_durable || mem.state == ChunkState::Corrupt {
+                return Ok(());
+            }
+            mem.announced_durable = watermark;
+            watermark
+        };
+        self.log_append(LogRecord::Durable { seq: watermark }).await
+    }
+
+    async fn write_one_batch(&self) {
+        let (records, last_id, file, offset, batch_seq) = {
+            let mut log = self.log.borrow_mut();
+            assert!(!log.writing);
+            if log.pending.is_empty() {
+                return;
+            }
+            log.writing = true;
+            let take = log.pending.len().min(BATCH_RECORDS_MAX);
+            let batch: Vec<(u64, LogRecord)> = log.pending.drain(..take).collect();
+            let last_id = batch.last().map(|(id, _)| *id).unwrap_or(0);
+            let mut records: Vec<LogRecord> = Vec::with_capacity(batch.len() + 1);
+            let mut mem = self.mem.borrow_mut();
+            let watermark = mem.durable_watermark();
+            if watermark > mem.announced_durable {
+                records.push(LogRecord::Durable { seq: watermark });
+                mem.announced_durable = watermark;
+            }
+            drop(mem);
+            records.extend(batch.into_iter().map(|(_, r)| r));
+            (
+                records,
+                last_id,
+                log.file.clone(),
+                log.next_offset,
+                log.next_batch_seq,
+            )
+        };
+        let result = self
+            .write_batch_bytes(&records, file, offset, batch_seq)
+            .await;
+        {
+            let mut log = self.log.borrow_mut();
+            log.writing = false;
+            log.done_below = last_id + 1;
+            match result {
+                Ok(()) => {
+                    let mut mem = self.mem.borrow_mut();
+                    for r in &records {
+                        match r {
+                            LogRecord::Write { seq, .. } => {
+                                mem.not_durable.insert(*seq);
+                                mem.last_logged_seq = *seq;
+                                mem.applying += 1;
+                            }
+                            LogRecord::Version { version } => mem.version = *version,
+                            LogRecord::State { state } => mem.state = *state,
+                            LogRecord::Durable { .. } => {}
+                        }
+                    }
+                }
+                Err(e) => log.failed = Some(e.to_string()),
+            }
+        }
+        self.log_event.notify_all();
+    }
+
+    async fn write_batch_bytes(
+        &self,
+        records: &[LogRecord],
+        file: Rc<compio::fs::File>,
+        offset: u64,
+        batch_seq: u64,
+    ) -> ChunkResult<()> {
+        let bytes = meta::encoded_batch_bytes(records) as u64;
+        let (file, offset, batch_seq) = if offset + bytes > self.layout.log_bytes {
+            self.compact().await?;
+            let log = self.log.borrow();
+            (log.file.clone(), log.next_offset, log.next_batch_seq)
+        } else {
+            (file, offset, batch_seq)
+        };
+        if offset + bytes > self.layout.log_bytes {
+            return Err(ChunkError::Internal(format!(
+                "a log batch of {bytes} bytes does not fit in an empty log of {}",
+                self.layout.log_bytes
+            )));
+        }
+        let mut encoded = Vec::with_capacity(bytes as usize);
+        meta::encode_batch(batch_seq, records, &mut encoded);
+        let mut buf = AlignedBuf::zeroed(encoded.len(), self.dir.align.mem_align_bytes);
+        buf.full_mut()[..encoded.len()].copy_from_slice(&encoded);
+        buf.set_len_bytes(encoded.len());
+        let compio::BufResult(r, _) = (&*file)
+            .write_all_at(buf, self.layout.log_offset + offset)
+            .await;
+        r.map_err(|e| {
+            ChunkError::io(
+                format!("appending to the meta log of chunk {:#x}", self.handle),
+                e,
+            )
+        })?;
+        let mut log = self.log.borrow_mut();
+        log.next_offset = offset + bytes;
+        log.next_batch_seq = batch_seq + 1;
+        Ok(())
+    }
+
+    /// Rewrites the meta file with the current state as its base and an
+    /// empty log. Waits until no mutation is between its log record and
+    /// its CRC update, so the snapshot holds every record logged so far.
+    pub(crate) async fn compact(&self) -> ChunkResult<()> {
+        loop {
+            if self.mem.borrow().applying == 0 {
+                break;
+            }
+            let listener = self.applying_event.listen();
+            if self.mem.borrow().applying == 0 {
+                break;
+            }
+            listener.await;
+        }
+        // The data of every logged write must be durable before the log
+        // that describes it goes away.
+        self.data
+            .sync_data()
+            .await
+            .map_err(|e| ChunkError::io("fdatasync before compaction", e))?;
+        let base = {
+            let mut mem = self.mem.borrow_mut();
+            mem.not_durable.clear();
+            mem.announced_durable = mem.last_seq;
+            MetaBase {
+                handle: self.handle,
+                chunk_size_bytes: self.layout.chunk_size_bytes,
+                data_file_id: mem.data_file_id,
+                version: mem.version,
+                length_bytes: mem.length,
+                state: mem.state,
+                base_seq: mem.last_seq,
+                log_bytes: self.layout.log_bytes as u32,
+                crcs: mem.crcs.clone(),
+            }
+        };
+        let file = write_meta_file(&self.dir, &base).await?;
+        let mut log = self.log.borrow_mut();
+        log.file = Rc::new(file);
+        log.next_offset = 0;
+        log.next_batch_seq = 1;
+        Ok(())
+    }
+
+    /// Persists the Corrupt state (best effort: the in-memory state flips
+    /// at once, so nothing more is served from this replica).
+    pub async fn mark_corrupt(&self) {
+        if self.mem.borrow().state == ChunkState::Corrupt {
+            return;
+        }
+        self.mem.borrow_mut().state = ChunkState::Corrupt;
+        if let Err(e) = self
+            .log_append(LogRecord::State {
+                state: ChunkState::Corrupt,
+            })
+            .await
+        {
+            tracing::error!(
+                handle = self.handle,
+                "could not persist the corrupt mark: {e}"
+            );
+        }
+    }
+
+    /// Sets a new version (the master bumps it before every new lease).
+    pub async fn set_version(&self, old_version: u64, new_version: u64) -> ChunkResult<()> {
+        self.check_usable()?;
+        let ours = self.version();
+        if ours == new_version {
+            return Ok(());
+        }
+        if ours != old_version || new_version < old_version {
+            return Err(ChunkError::StaleVersion {
+                ours,
+                theirs: old_version,
+            });
+        }
+        self.log_append(LogRecord::Version {
+            version: new_version,
+        })
+        .await
+    }
+
+    pub async fn close(&self) {
+        let _ = self.data.sync_data().await;
+    }
+}
+
+impl Mem {
+    /// Every Write with a seq up to this has its data durable.
+    fn durable_watermark(&self) -> u64 {
+        match self.not_durable.first() {
+            Some(s) => s - 1,
+            None => self.last_logged_seq,
+        }
+    }
+}
+
+fn last_block_of(end: u64) -> u64 {
+    (end - 1) / BLOCK
+}
+
+/// Reads bytes of a write's data by chunk offset, across its buffers.
+struct Gather<'a> {
+    bufs: &'a [AlignedBuf],
+    buffer_bytes: u64,
+    len: u64,
+}
+
+impl<'a> Gather<'a> {
+    fn new(bufs: &'a [AlignedBuf], buffer_bytes: u64, len: u64) -> Gather<'a> {
+        Gather {
+            bufs,
+            buffer_bytes,
+            len,
+        }
+    }
+
+    /// Copies data bytes for chunk offsets `[at, at + out.len())`, where
+    /// the data starts at chunk offset `data_offset`.
+    fn copy_to(&self, data_offset: u64, at: u64, out: &mut [u8]) {
+        let mut pos = at - data_offset;
+        let mut done = 0usize;
+        assert!(pos + out.len() as u64 <= self.len);
+        while done < out.len() {
+            let buf = (pos / self.buffer_bytes) as usize;
+            let within = (pos % self.buffer_bytes) as usize;
+            let n = (out.len() - done).min(self.buffer_bytes as usize - within);
+            out[done..done + n].copy_from_slice(&self.bufs[buf].full()[within..within + n]);
+            done += n;
+            pos += n as u64;
+        }
+    }
+}
+
+/// Writes `base` as a fresh meta file (header, table, zeroed log) through
+/// a temporary name, then renames it into place and syncs the dir.
+pub(crate) async fn write_meta_file(
+    dir: &DataDir,
+    base: &MetaBase,
+) -> ChunkResult<compio::fs::File> {
+    let layout = base.layout();
+    let encoded = base
+        .encode()
+        .map_err(|e| ChunkError::Internal(format!("encoding meta of {:#x}: {e}", base.handle)))?;
+    let mut buf = AlignedBuf::zeroed(layout.file_bytes as usize, dir.align.mem_align_bytes);
+    buf.full_mut()[..encoded.len()].copy_from_slice(&encoded);
+    buf.set_len_bytes(layout.file_bytes as usize);
+    let tmp = dir.meta_tmp_path(base.handle);
+    let path = dir.meta_path(base.handle);
+    let ctx = |what: &str| format!("{what} {}", tmp.display());
+    let file = dio::open_direct(&tmp, true, true)
+        .await
+        .map_err(|e| ChunkError::io(ctx("creating"), e))?;
+    let compio::BufResult(r, _) = (&file).write_all_at(buf, 0).await;
+    r.map_err(|e| ChunkError::io(ctx("writing"), e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| ChunkError::io(ctx("syncing"), e))?;
+    compio::fs::rename(&tmp, &path)
+        .await
+        .map_err(|e| ChunkError::io(ctx("renaming"), e))?;
+    sync_dir(&dir.chunks_dir).await?;
+    Ok(file)
+}
+
+/// fsyncs a directory, so a rename or unlink in it is durable.
+pub(crate) async fn sync_dir(path: &std::path::Path) -> ChunkResult<()> {
+    let owned = path.to_path_buf();
+    compio::runtime::spawn_blocking(move || std::fs::File::open(&owned)?.sync_all())
+        .await
+        .map_err(|_| ChunkError::Internal("dir sync task panicked".into()))?
+        .map_err(|e| ChunkError::io(format!("syncing dir {}", path.display()), e))
+}

@@ -1,0 +1,463 @@
+//! The chunks one core owns: recovery at start-up, create, delete, lookup.
+//!
+//! Layout of a data dir (docs/design/006-chunk-meta-file.md):
+//! `IDENTITY`, `EPOCH`, `chunks/<handle>.meta`, `chunks/<handle>-<id>.data`,
+//! `quarantine/` (files chunkd could not trust; never deleted by chunkd).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use compio::buf::{IntoInner, IoBuf};
+use compio::io::AsyncReadAtExt;
+use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
+
+use crate::chunk::{Chunk, ChunkSummary, DataDir, sync_dir, write_meta_file};
+use crate::dio::{self, AlignedBuf, align_up};
+use crate::error::{ChunkError, ChunkResult};
+use crate::meta::{self, ChunkState, MetaBase, MetaLayout};
+
+pub const CHUNKS_DIR: &str = "chunks";
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Files of one chunk found on disk at start-up.
+#[derive(Clone, Debug)]
+pub struct FoundChunk {
+    pub dir_index: usize,
+    pub handle: u64,
+    pub meta_path: PathBuf,
+}
+
+/// Lists the chunk meta files of a dir, removing interrupted temporaries.
+/// Data files are matched to their meta later; unmatched ones are removed
+/// by [`remove_orphan_data_files`] once every chunk is recovered.
+pub fn scan_dir(dir_index: usize, chunks_dir: &Path) -> std::io::Result<Vec<FoundChunk>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(chunks_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.ends_with(".meta.tmp") {
+            std::fs::remove_file(entry.path())?;
+            continue;
+        }
+        let Some(stem) = name.strip_suffix(".meta") else {
+            continue;
+        };
+        let Ok(handle) = u64::from_str_radix(stem, 16) else {
+            continue;
+        };
+        if stem.len() != 16 {
+            continue;
+        }
+        found.push(FoundChunk {
+            dir_index,
+            handle,
+            meta_path: entry.path(),
+        });
+    }
+    found.sort_by_key(|f| f.handle);
+    Ok(found)
+}
+
+/// Deletes `*.data` files that no live meta file names (a create, clone or
+/// delete interrupted by a crash).
+pub fn remove_orphan_data_files(
+    chunks_dir: &Path,
+    live: &HashSet<(u64, u64)>,
+) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(chunks_dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let Some(stem) = name.strip_suffix(".data") else {
+            continue;
+        };
+        let Some((h, id)) = stem.split_once('-') else {
+            continue;
+        };
+        let (Ok(h), Ok(id)) = (u64::from_str_radix(h, 16), u64::from_str_radix(id, 16)) else {
+            continue;
+        };
+        if !live.contains(&(h, id)) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Moves a chunk's files aside: chunkd cannot trust them, the master will
+/// re-replicate from another copy, and an operator may want to look.
+pub fn quarantine(dir: &DataDir, meta_path: &Path, reason: &str) {
+    let qdir = dir.path.join(QUARANTINE_DIR);
+    let _ = std::fs::create_dir_all(&qdir);
+    if let Some(name) = meta_path.file_name() {
+        let to = qdir.join(name);
+        match std::fs::rename(meta_path, &to) {
+            Ok(()) => tracing::error!("quarantined {} ({reason})", to.display()),
+            Err(e) => tracing::error!(
+                "could not quarantine {}: {e} ({reason})",
+                meta_path.display()
+            ),
+        }
+    }
+}
+
+/// What recovery found, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RecoveryStats {
+    pub chunks: u64,
+    pub quarantined: u64,
+    pub unsettled_blocks_checked: u64,
+    pub blocks_recomputed: u64,
+    pub compacted: u64,
+}
+
+pub struct Store {
+    pub dirs: Vec<Rc<DataDir>>,
+    chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
+    creating: RefCell<HashSet<u64>>,
+    pub chunk_size_bytes: u64,
+    pub log_bytes: u32,
+}
+
+impl Store {
+    pub fn new(dirs: Vec<Rc<DataDir>>, chunk_size_bytes: u64, log_bytes: u32) -> Store {
+        Store {
+            dirs,
+            chunks: RefCell::new(BTreeMap::new()),
+            creating: RefCell::new(HashSet::new()),
+            chunk_size_bytes,
+            log_bytes,
+        }
+    }
+
+    pub fn get(&self, handle: u64) -> ChunkResult<Rc<Chunk>> {
+        self.chunks
+            .borrow()
+            .get(&handle)
+            .cloned()
+            .ok_or(ChunkError::NotFound(handle))
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks.borrow().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.chunks.borrow().is_empty()
+    }
+
+    pub fn all(&self) -> Vec<Rc<Chunk>> {
+        self.chunks.borrow().values().cloned().collect()
+    }
+
+    /// Summaries of chunks with a handle above `start_after`, in order.
+    pub fn list(&self, start_after: u64, limit: usize) -> Vec<ChunkSummary> {
+        self.chunks
+            .borrow()
+            .range(start_after.saturating_add(1)..)
+            .take(limit)
+            .map(|(_, c)| c.summary())
+            .collect()
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.chunks.borrow().values().map(|c| c.length()).sum()
+    }
+
+    /// Recovers one chunk found at start-up. Damaged metadata quarantines
+    /// the chunk (it is then simply absent: the master re-replicates).
+    pub async fn recover(&self, found: &FoundChunk, stats: &mut RecoveryStats) -> ChunkResult<()> {
+        let dir = self.dirs[found.dir_index].clone();
+        match recover_chunk(&dir, found, stats).await {
+            Ok(chunk) => {
+                let mut chunks = self.chunks.borrow_mut();
+                if let Some(other) = chunks.get(&found.handle) {
+                    // The same handle on two dirs: keep the newer version.
+                    let (keep_new, loser) = if chunk.version() > other.version() {
+                        (true, other.dir.meta_path(other.handle))
+                    } else {
+                        (false, found.meta_path.clone())
+                    };
+                    let loser_dir = if keep_new {
+                        other.dir.clone()
+                    } else {
+                        dir.clone()
+                    };
+                    quarantine(&loser_dir, &loser, "duplicate handle on another data dir");
+                    stats.quarantined += 1;
+                    if keep_new {
+                        chunks.insert(found.handle, Rc::new(chunk));
+                    }
+                } else {
+                    chunks.insert(found.handle, Rc::new(chunk));
+                }
+                stats.chunks += 1;
+                Ok(())
+            }
+            Err(e) => {
+                quarantine(&dir, &found.meta_path, &e.to_string());
+                stats.quarantined += 1;
+                Ok(())
+            }
+        }
+    }
+
+    /// Picks the data dir with the most free space that can take a chunk.
+    fn choose_dir(&self) -> ChunkResult<Rc<DataDir>> {
+        let mut best: Option<(u64, Rc<DataDir>)> = None;
+        for dir in &self.dirs {
+            let Ok(stat) = rustix::fs::statvfs(&dir.path) else {
+                continue;
+            };
+            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
+            let need = self.chunk_size_bytes + self.chunk_size_bytes / 16;
+            if free >= need && best.as_ref().is_none_or(|(f, _)| free > *f) {
+                best = Some((free, dir.clone()));
+            }
+        }
+        best.map(|(_, d)| d)
+            .ok_or_else(|| ChunkError::NoSpace("no data dir has room for another chunk".into()))
+    }
+
+    /// Creates an empty chunk: a preallocated data file (so writes are
+    /// overwrites, never extending O_DIRECT writes) and its meta file.
+    /// Creating a chunk that exists with the same version is a no-op (the
+    /// master retries commands).
+    pub async fn create(&self, handle: u64, version: u64) -> ChunkResult<Rc<Chunk>> {
+        if let Ok(existing) = self.get(handle) {
+            if existing.version() == version && existing.length() == 0 {
+                return Ok(existing);
+            }
+            return Err(ChunkError::Exists(handle));
+        }
+        if !self.creating.borrow_mut().insert(handle) {
+            return Err(ChunkError::Busy(format!(
+                "chunk {handle:#x} is being created"
+            )));
+        }
+        let r = self.create_inner(handle, version).await;
+        self.creating.borrow_mut().remove(&handle);
+        let chunk = Rc::new(r?);
+        self.chunks.borrow_mut().insert(handle, chunk.clone());
+        Ok(chunk)
+    }
+
+    async fn create_inner(&self, handle: u64, version: u64) -> ChunkResult<Chunk> {
+        let dir = self.choose_dir()?;
+        let data_file_id = random_nonzero()?;
+        let data = create_data_file(&dir, handle, data_file_id, self.chunk_size_bytes).await?;
+        let base = MetaBase {
+            handle,
+            chunk_size_bytes: self.chunk_size_bytes,
+            data_file_id,
+            version,
+            length_bytes: 0,
+            state: ChunkState::Ok,
+            base_seq: 0,
+            log_bytes: self.log_bytes,
+            crcs: Vec::new(),
+        };
+        let meta_file = write_meta_file(&dir, &base).await?;
+        let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
+        Ok(Chunk::from_parts(
+            dir, &base, replayed, data, meta_file, 0, 1,
+        ))
+    }
+
+    /// Installs a chunk built elsewhere (a clone): replaces any replica of
+    /// the same handle.
+    pub fn install(&self, chunk: Chunk) -> Option<Rc<Chunk>> {
+        let old = self
+            .chunks
+            .borrow_mut()
+            .insert(chunk.handle, Rc::new(chunk));
+        if let Some(old) = &old {
+            old.mark_deleted();
+        }
+        old
+    }
+
+    /// Deletes a replica: the meta file first (a crash after it leaves an
+    /// orphan data file, removed at the next start), then the data file.
+    pub async fn delete(&self, handle: u64) -> ChunkResult<()> {
+        let chunk = self
+            .chunks
+            .borrow_mut()
+            .remove(&handle)
+            .ok_or(ChunkError::NotFound(handle))?;
+        chunk.mark_deleted();
+        remove_chunk_files(&chunk.dir, handle, chunk.data_file_id()).await
+    }
+}
+
+pub(crate) async fn remove_chunk_files(
+    dir: &DataDir,
+    handle: u64,
+    data_file_id: u64,
+) -> ChunkResult<()> {
+    let meta = dir.meta_path(handle);
+    match compio::fs::remove_file(&meta).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ChunkError::io(format!("removing {}", meta.display()), e)),
+    }
+    let data = dir.data_path(handle, data_file_id);
+    match compio::fs::remove_file(&data).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ChunkError::io(format!("removing {}", data.display()), e)),
+    }
+    sync_dir(&dir.chunks_dir).await
+}
+
+pub(crate) fn random_nonzero() -> ChunkResult<u64> {
+    loop {
+        let mut b = [0u8; 8];
+        getrandom::fill(&mut b).map_err(|e| ChunkError::Internal(format!("getrandom: {e}")))?;
+        let v = u64::from_le_bytes(b);
+        if v != 0 {
+            return Ok(v);
+        }
+    }
+}
+
+/// Creates and preallocates a data file and makes its allocation durable.
+pub(crate) async fn create_data_file(
+    dir: &DataDir,
+    handle: u64,
+    data_file_id: u64,
+    chunk_size_bytes: u64,
+) -> ChunkResult<compio::fs::File> {
+    let path = dir.data_path(handle, data_file_id);
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let file = dio::open_direct(&path, true, false)
+        .await
+        .map_err(|e| ChunkError::io(ctx("creating"), e))?;
+    // Mode 0 allocates and sets the size. compio has no fallocate op; on
+    // ext4 and xfs this only allocates extents, so it is quick.
+    rustix::fs::fallocate(
+        &file,
+        rustix::fs::FallocateFlags::empty(),
+        0,
+        chunk_size_bytes,
+    )
+    .map_err(|e| {
+        let e: std::io::Error = e.into();
+        if e.raw_os_error() == Some(28) {
+            ChunkError::NoSpace(ctx("preallocating"))
+        } else {
+            ChunkError::io(ctx("preallocating"), e)
+        }
+    })?;
+    file.sync_all()
+        .await
+        .map_err(|e| ChunkError::io(ctx("syncing"), e))?;
+    Ok(file)
+}
+
+/// Decodes, replays and checks one chunk; see the recovery argument in
+/// docs/design/006-chunk-meta-file.md.
+async fn recover_chunk(
+    dir: &Rc<DataDir>,
+    found: &FoundChunk,
+    stats: &mut RecoveryStats,
+) -> ChunkResult<Chunk> {
+    let bytes = std::fs::read(&found.meta_path)
+        .map_err(|e| ChunkError::io(format!("reading {}", found.meta_path.display()), e))?;
+    let bad =
+        |e: meta::MetaError| ChunkError::Internal(format!("{}: {e}", found.meta_path.display()));
+    let base = MetaBase::decode(&bytes).map_err(bad)?;
+    if base.handle != found.handle {
+        return Err(ChunkError::Internal(format!(
+            "{} holds handle {:#x}",
+            found.meta_path.display(),
+            base.handle
+        )));
+    }
+    let layout: MetaLayout = base.layout();
+    let log_start = layout.log_offset as usize;
+    let log_end = (layout.log_offset + layout.log_bytes) as usize;
+    if bytes.len() < log_end {
+        return Err(ChunkError::Internal(format!(
+            "{} is {} bytes, its layout needs {log_end}",
+            found.meta_path.display(),
+            bytes.len()
+        )));
+    }
+    let log = &bytes[log_start..log_end];
+    let scan = meta::scan_log(&layout, log).map_err(bad)?;
+    let mut replayed = meta::replay(&base, &scan.records).map_err(bad)?;
+    let data_path = dir.data_path(base.handle, base.data_file_id);
+    let data = dio::open_direct(&data_path, false, false)
+        .await
+        .map_err(|e| ChunkError::io(format!("opening {}", data_path.display()), e))?;
+    let size = std::fs::metadata(&data_path)
+        .map_err(|e| ChunkError::io(format!("stat {}", data_path.display()), e))?
+        .len();
+    if size < layout.chunk_size_bytes {
+        return Err(ChunkError::Internal(format!(
+            "{} is {size} bytes, smaller than the chunk size {}",
+            data_path.display(),
+            layout.chunk_size_bytes
+        )));
+    }
+    // Blocks whose last write may not have reached the disk: keep what is
+    // there, with a CRC that matches it (that write was never acknowledged;
+    // every acknowledged byte of the block is unchanged on disk).
+    let mut recomputed = 0u64;
+    let align = dir.align.offset_align_bytes as u64;
+    let mut scratch = AlignedBuf::zeroed(BLOCK_BYTES, dir.align.mem_align_bytes);
+    for &block in &replayed.unsettled_blocks {
+        let start = block as u64 * BLOCK_BYTES as u64;
+        let end = (start + BLOCK_BYTES as u64).min(replayed.length_bytes);
+        if end <= start {
+            continue;
+        }
+        scratch.set_len_bytes(0);
+        let io_len = align_up(end - start, align) as usize;
+        let compio::BufResult(r, slice) = data.read_exact_at(scratch.slice(0..io_len), start).await;
+        scratch = slice.into_inner();
+        r.map_err(|e| ChunkError::io(format!("reading {}", data_path.display()), e))?;
+        let crc = crc32c(&scratch.full()[..(end - start) as usize]);
+        stats.unsettled_blocks_checked += 1;
+        if replayed.crcs[block as usize] != crc {
+            replayed.crcs[block as usize] = crc;
+            recomputed += 1;
+        }
+    }
+    stats.blocks_recomputed += recomputed;
+    if recomputed > 0 {
+        tracing::warn!(
+            handle = base.handle,
+            blocks = recomputed,
+            "recomputed CRCs of blocks torn by an unacknowledged write"
+        );
+    }
+    // A torn tail (non-zero bytes where the next batch goes) or recomputed
+    // CRCs: start a fresh base, so the next batch never sits beside stale
+    // bytes and the recomputed CRCs are durable.
+    let tail_dirty = log[scan.end_offset as usize..].iter().any(|&b| b != 0);
+    let needs_compaction = recomputed > 0 || tail_dirty || !replayed.unsettled_blocks.is_empty();
+    let meta_file = dio::open_direct(&found.meta_path, false, true)
+        .await
+        .map_err(|e| ChunkError::io(format!("opening {}", found.meta_path.display()), e))?;
+    let chunk = Chunk::from_parts(
+        dir.clone(),
+        &base,
+        replayed,
+        data,
+        meta_file,
+        scan.end_offset,
+        scan.next_batch_seq,
+    );
+    if needs_compaction {
+        chunk.compact().await?;
+        stats.compacted += 1;
+    }
+    Ok(chunk)
+}
