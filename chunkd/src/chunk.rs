@@ -89,6 +89,11 @@ struct Mem {
     /// a compaction must wait for none, or its snapshot would miss them.
     applying: usize,
     announced_durable: u64,
+    /// Serial of the last mutation ordered on this replica, since the last
+    /// version change.
+    ordered_serial: u64,
+    /// End of the last ordered write or append (appends go after it).
+    reserved_end: u64,
     /// For the scrubber: when every block was last verified.
     verified_at: Instant,
 }
@@ -126,7 +131,33 @@ pub struct Chunk {
     sync: RefCell<SyncState>,
     sync_event: Event,
     applying_event: Event,
+    serial_event: Event,
     deleted: Cell<bool>,
+}
+
+/// How a mutation gets its serial.
+#[derive(Clone, Copy, Debug)]
+pub enum Order {
+    /// The primary assigns the next one.
+    Assign,
+    /// A secondary applies the primary's.
+    Follow(u64),
+}
+
+/// A mutation with its place in the order; finish it with
+/// `finish_write` or `finish_pad`.
+pub struct Ticket {
+    pub serial: u64,
+    pub offset: u64,
+    pub len: u64,
+    version: u64,
+    guard: crate::rangelock::RangeGuard,
+}
+
+pub enum Appended {
+    At(Ticket),
+    /// The record does not fit: this pads the chunk; answer ChunkFull.
+    Full(Ticket),
 }
 
 /// Bytes to write at `offset` (already verified against the sender's CRCs).
@@ -205,6 +236,8 @@ impl Chunk {
                 applying: 0,
                 announced_durable: replayed.last_seq,
                 verified_at: Instant::now(),
+                ordered_serial: 0,
+                reserved_end: 0,
             }),
             locks: RangeLock::new(),
             log: RefCell::new(LogState {
@@ -221,6 +254,7 @@ impl Chunk {
             sync: RefCell::new(SyncState::default()),
             sync_event: Event::new(),
             applying_event: Event::new(),
+            serial_event: Event::new(),
             deleted: Cell::new(false),
         }
     }
@@ -267,7 +301,7 @@ impl Chunk {
         self.deleted.get()
     }
 
-    fn check_usable(&self) -> ChunkResult<()> {
+    pub fn check_usable(&self) -> ChunkResult<()> {
         if self.deleted.get() {
             return Err(ChunkError::NotFound(self.handle));
         }
@@ -487,37 +521,162 @@ impl Chunk {
 
     // --------------------------------------------------------------- write
 
-    /// Applies a write of `data` at `offset` (the mutation order was fixed
-    /// by the caller: the primary, or the primary's serial on a secondary).
-    pub async fn write(
+    /// Fixes the place of a write in this chunk's mutation order: assigns
+    /// (primary) or takes (secondary) its serial and queues for its blocks,
+    /// in one synchronous step, so overlapping mutations apply in serial
+    /// order on every replica.
+    pub fn begin_write(
         &self,
         version: u64,
         offset: u64,
+        len: u64,
+        order: Order,
+    ) -> ChunkResult<Ticket> {
+        self.check_usable()?;
+        self.check_version(version)?;
+        let size = self.layout.chunk_size_bytes;
+        let end = match offset.checked_add(len) {
+            Some(end) if end <= size && len > 0 => end,
+            _ => {
+                return Err(ChunkError::OutOfRange(format!(
+                    "write of {len} bytes at {offset} outside a chunk of {size} bytes"
+                )));
+            }
+        };
+        let serial = self.take_serial(order)?;
+        let first_block = offset.min(self.length()) / BLOCK;
+        let guard = self.locks.enqueue(first_block, (end - 1) / BLOCK, true);
+        let mut mem = self.mem.borrow_mut();
+        mem.reserved_end = mem.reserved_end.max(end);
+        Ok(Ticket {
+            serial,
+            offset,
+            len,
+            version,
+            guard,
+        })
+    }
+
+    /// The primary's record append: picks the offset (after every append
+    /// already ordered), or, when the record does not fit, orders a pad to
+    /// the end of the chunk instead (`Appended::Full`).
+    pub fn begin_append(&self, version: u64, len: u64) -> ChunkResult<Appended> {
+        self.check_usable()?;
+        self.check_version(version)?;
+        let size = self.layout.chunk_size_bytes;
+        let offset = {
+            let mem = self.mem.borrow();
+            mem.reserved_end.max(mem.length)
+        };
+        if len == 0 || len > size {
+            return Err(ChunkError::BadRequest(format!("record of {len} bytes")));
+        }
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Ok(Appended::Full(self.begin_pad(version, Order::Assign)?));
+        }
+        Ok(Appended::At(self.begin_write(
+            version,
+            offset,
+            len,
+            Order::Assign,
+        )?))
+    }
+
+    /// Orders a pad of the chunk to its end.
+    pub fn begin_pad(&self, version: u64, order: Order) -> ChunkResult<Ticket> {
+        self.check_usable()?;
+        self.check_version(version)?;
+        let size = self.layout.chunk_size_bytes;
+        let serial = self.take_serial(order)?;
+        let from = self.length().min(size.saturating_sub(1));
+        let guard = self.locks.enqueue(from / BLOCK, (size - 1) / BLOCK, true);
+        self.mem.borrow_mut().reserved_end = size;
+        Ok(Ticket {
+            serial,
+            offset: from,
+            len: size - from,
+            version,
+            guard,
+        })
+    }
+
+    fn take_serial(&self, order: Order) -> ChunkResult<u64> {
+        let mut mem = self.mem.borrow_mut();
+        let serial = match order {
+            Order::Assign => mem.ordered_serial + 1,
+            Order::Follow(s) => {
+                if s != mem.ordered_serial + 1 {
+                    return Err(ChunkError::BadRequest(format!(
+                        "mutation serial {s} out of order (last applied {})",
+                        mem.ordered_serial
+                    )));
+                }
+                s
+            }
+        };
+        mem.ordered_serial = serial;
+        drop(mem);
+        self.serial_event.notify_all();
+        Ok(serial)
+    }
+
+    /// A secondary waits until the mutation before `serial` has been
+    /// ordered here, so mutations apply in the primary's order. Bounded:
+    /// a gap that does not fill (the primary lost a forward) fails the
+    /// mutation, and the client hears which replica failed.
+    pub async fn wait_turn(&self, serial: u64, timeout: std::time::Duration) -> ChunkResult<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ordered = self.mem.borrow().ordered_serial;
+            if serial <= ordered {
+                return Err(ChunkError::BadRequest(format!(
+                    "mutation serial {serial} already applied (at {ordered})"
+                )));
+            }
+            if serial == ordered + 1 {
+                return Ok(());
+            }
+            let listener = self.serial_event.listen();
+            if self.mem.borrow().ordered_serial + 1 >= serial {
+                continue;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || compio::time::timeout(left, listener).await.is_err() {
+                return Err(ChunkError::Timeout(format!(
+                    "mutation serial {serial} waited for {} that never came",
+                    self.mem.borrow().ordered_serial + 1
+                )));
+            }
+        }
+    }
+
+    /// Applies an ordered write: waits for its blocks, logs, writes,
+    /// syncs. Returns the new chunk length.
+    pub async fn finish_write(
+        &self,
+        ticket: Ticket,
         data: WriteData,
     ) -> (ChunkResult<u64>, Vec<AlignedBuf>) {
+        if data.len != ticket.len {
+            return (
+                Err(ChunkError::BadRequest(format!(
+                    "{} data bytes for a write of {}",
+                    data.len, ticket.len
+                ))),
+                data.bufs,
+            );
+        }
+        let guard = ticket.guard.wait().await;
         if let Err(e) = self
             .check_usable()
-            .and_then(|_| self.check_version(version))
+            .and_then(|_| self.check_version(ticket.version))
         {
             return (Err(e), data.bufs);
         }
-        let size = self.layout.chunk_size_bytes;
-        let end = match offset.checked_add(data.len) {
-            Some(end) if end <= size && data.len > 0 => end,
-            _ => {
-                return (
-                    Err(ChunkError::OutOfRange(format!(
-                        "write of {} bytes at {offset} outside a chunk of {size} bytes",
-                        data.len
-                    ))),
-                    data.bufs,
-                );
-            }
-        };
-        let first_block = offset.min(self.length()) / BLOCK;
-        let last_block = (end - 1) / BLOCK;
-        let guard = self.locks.lock(first_block, last_block, true).await;
-        let r = self.write_locked(version, offset, end, data).await;
+        let end = ticket.offset + ticket.len;
+        let r = self
+            .write_locked(ticket.version, ticket.offset, end, data)
+            .await;
         drop(guard);
         match r {
             Ok((seq, new_length, bufs)) => {
@@ -529,21 +688,13 @@ impl Chunk {
         }
     }
 
-    /// Pads the chunk with zeros to its end (a record append that did not
-    /// fit). Zeros are already on disk past the length, so only the CRCs
-    /// and the length change.
-    pub async fn pad_to_end(&self, version: u64) -> ChunkResult<()> {
+    /// Applies an ordered pad. Zeros are already on disk past the length,
+    /// so only the CRCs and the length change.
+    pub async fn finish_pad(&self, ticket: Ticket) -> ChunkResult<()> {
+        let _guard = ticket.guard.wait().await;
         self.check_usable()?;
-        self.check_version(version)?;
+        self.check_version(ticket.version)?;
         let size = self.layout.chunk_size_bytes;
-        let length = self.length();
-        if length >= size {
-            return Ok(());
-        }
-        let _guard = self
-            .locks
-            .lock(length / BLOCK, (size - 1) / BLOCK, true)
-            .await;
         let length = self.length();
         if length >= size {
             return Ok(());
@@ -552,7 +703,7 @@ impl Chunk {
         let crcs = self.zero_extension_crcs(length, size);
         let seq = self
             .log_write_record(
-                version,
+                ticket.version,
                 length,
                 size - length,
                 size,
@@ -1023,7 +1174,11 @@ impl Chunk {
                                 mem.last_logged_seq = *seq;
                                 mem.applying += 1;
                             }
-                            LogRecord::Version { version } => mem.version = *version,
+                            LogRecord::Version { version } => {
+                                mem.version = *version;
+                                mem.ordered_serial = 0;
+                                mem.reserved_end = mem.length;
+                            }
                             LogRecord::State { state } => mem.state = *state,
                             LogRecord::Durable { .. } => {}
                         }

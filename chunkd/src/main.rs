@@ -1,1 +1,128 @@
-fn main() {}
+//! `chunkd --config ringfs.toml --listen ADDR --data DIR[,DIR...] [--rack R]`
+//! (DESIGN §7). Prints one `chunkd ready ...` line on stdout once it
+//! serves; exits 0 on SIGTERM/SIGINT, 1 on a start-up error, 2 on bad
+//! usage.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use chunkd::daemon::Daemon;
+use chunkd::node::Settings;
+use clap::Parser;
+use ringfs_wire::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(name = "chunkd", version, about = "ringfs chunkserver")]
+struct Args {
+    /// Cluster config file.
+    #[arg(long, env = "RINGFS_CONFIG")]
+    config: PathBuf,
+    /// Data listener, host:port (every core accepts on it).
+    #[arg(long)]
+    listen: SocketAddr,
+    /// Data dirs, one per disk, comma separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    data: Vec<PathBuf>,
+    /// Rack name, for placement.
+    #[arg(long, default_value = "")]
+    rack: String,
+    /// HTTP address for /metrics and /status (off when absent).
+    #[arg(long)]
+    http: Option<SocketAddr>,
+    /// Cores to run on (0 = every CPU this process may use).
+    #[arg(long, default_value_t = 0)]
+    cores: usize,
+    /// Address other nodes use to reach this one (default: --listen).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Override the config's scrub period (seconds), e.g. to scrub fast in tests.
+    #[arg(long)]
+    scrub_period_secs: Option<u64>,
+    /// Benchmark only: do not verify CRCs on reads (measures their cost).
+    #[arg(long, hide = true)]
+    bench_skip_read_verify: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("RINGFS_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chunkd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), String> {
+    let config = Config::load(&args.config).map_err(|e| e.to_string())?;
+    let file = &config.file;
+    let tuning = &file.chunkserver;
+    let settings = Settings {
+        cluster_id: file.cluster_id.clone(),
+        listen: args.listen,
+        advertise: args.advertise.unwrap_or_default(),
+        http: args.http,
+        cores: args.cores,
+        dirs: args.data,
+        rack: args.rack,
+        chunk_size_bytes: file.chunk_size_bytes,
+        buffer_bytes: tuning.buffer_bytes as usize,
+        buffers_per_core: tuning.buffer_pool_buffers_per_core as usize,
+        push_buffer_max_bytes: tuning.push_buffer_max_bytes,
+        scrub_period: Duration::from_secs(
+            args.scrub_period_secs
+                .unwrap_or(tuning.scrub_period_secs)
+                .max(1),
+        ),
+        masters: file.masters.iter().map(|m| m.client_addr.clone()).collect(),
+        heartbeat_interval: Duration::from_millis(file.master.heartbeat_interval_ms.max(10)),
+        bench_skip_read_verify: args.bench_skip_read_verify,
+    };
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .map_err(|e| format!("installing signal handlers: {e}"))?;
+    let daemon = Daemon::start(settings, config.key.clone())?;
+    let r = &daemon.recovery;
+    println!(
+        "chunkd ready listen={} http={} node={} cores={} chunks={} recomputed_blocks={} quarantined={}",
+        daemon.listen,
+        daemon
+            .http
+            .map(|a| a.to_string())
+            .unwrap_or_else(|| "-".into()),
+        daemon.node.node_id(),
+        daemon.node.cores(),
+        r.chunks,
+        r.blocks_recomputed,
+        r.quarantined,
+    );
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    if let Some(sig) = signals.forever().next() {
+        tracing::info!("signal {sig}: shutting down");
+    }
+    daemon.stop();
+    Ok(())
+}

@@ -54,33 +54,27 @@ impl RangeLock {
     /// served in arrival order. Cancel-safe: dropping the future removes
     /// the request.
     pub async fn lock(&self, first: u64, last: u64, exclusive: bool) -> RangeGuard {
+        self.enqueue(first, last, exclusive).wait().await
+    }
+
+    /// Takes a place in the queue now (synchronously, so the caller can
+    /// fix an order, e.g. a mutation serial, in the same step) and returns
+    /// the guard to wait on.
+    pub fn enqueue(&self, first: u64, last: u64, exclusive: bool) -> RangeGuard {
         assert!(first <= last, "empty block range {first}..={last}");
-        let id = {
-            let mut inner = self.inner.borrow_mut();
-            let id = inner.next_id;
-            inner.next_id += 1;
-            inner.queue.push(Entry {
-                id,
-                first,
-                last,
-                exclusive,
-                granted: false,
-            });
-            id
-        };
-        let guard = RangeGuard {
+        let mut inner = self.inner.borrow_mut();
+        let id = inner.next_id;
+        inner.next_id += 1;
+        inner.queue.push(Entry {
+            id,
+            first,
+            last,
+            exclusive,
+            granted: false,
+        });
+        RangeGuard {
             lock: self.clone(),
             id,
-        };
-        loop {
-            if self.try_grant(id) {
-                return guard;
-            }
-            let listener = self.event.listen();
-            if self.try_grant(id) {
-                return guard;
-            }
-            listener.await;
         }
     }
 
@@ -100,6 +94,23 @@ impl RangeLock {
     /// Entries held or waited for (for metrics and tests).
     pub fn queued(&self) -> usize {
         self.inner.borrow().queue.len()
+    }
+}
+
+impl RangeGuard {
+    /// Waits until the range is granted; dropping the guard at any point
+    /// gives up its place.
+    pub async fn wait(self) -> RangeGuard {
+        loop {
+            if self.lock.try_grant(self.id) {
+                return self;
+            }
+            let listener = self.lock.event.listen();
+            if self.lock.try_grant(self.id) {
+                return self;
+            }
+            listener.await;
+        }
     }
 }
 

@@ -3,3 +3,4 @@
 //! crate holds what the CLI already does with the foundation alone.
 
 pub mod admin;
+pub mod conn;

@@ -1,0 +1,148 @@
+//! What every core of one chunkserver shares: settings, identity, the
+//! fencing epoch, metrics, the inboxes of all cores and the queue of
+//! replica reports for the masters. Everything here is `Sync`; the data
+//! path only reads it (atomics, no locks).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use ringfs_wire::auth::ClusterKey;
+
+use crate::epoch::EpochStore;
+use crate::meta::ChunkState;
+use crate::metrics::Metrics;
+use crate::shard::CoreMsg;
+
+/// Settings of a running chunkserver (config file + flags, resolved).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub cluster_id: String,
+    pub listen: SocketAddr,
+    /// Address other nodes reach us at (the listen address unless it is a
+    /// wildcard).
+    pub advertise: String,
+    pub http: Option<SocketAddr>,
+    pub cores: usize,
+    pub dirs: Vec<PathBuf>,
+    pub rack: String,
+    pub chunk_size_bytes: u64,
+    pub buffer_bytes: usize,
+    pub buffers_per_core: usize,
+    pub push_buffer_max_bytes: u64,
+    pub scrub_period: Duration,
+    /// Client addresses of every master in the config.
+    pub masters: Vec<String>,
+    pub heartbeat_interval: Duration,
+    /// Benchmark-only: skip verifying block CRCs on reads (never on writes
+    /// or in the scrubber). Off unless a flag says so.
+    pub bench_skip_read_verify: bool,
+}
+
+/// A replica state change the masters must hear about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaEvent {
+    pub handle: u64,
+    pub version: u64,
+    pub length_bytes: u64,
+    pub state: ChunkState,
+}
+
+/// Reports queued for the master link; bounded (the oldest are dropped and
+/// counted: the full report at the next registration covers them).
+pub const REPORT_QUEUE_MAX: usize = 4096;
+
+pub struct Node {
+    pub settings: Settings,
+    pub key: ClusterKey,
+    pub node_id: AtomicU64,
+    pub epoch: EpochStore,
+    pub metrics: Arc<Metrics>,
+    pub inboxes: OnceLock<Vec<async_channel::Sender<CoreMsg>>>,
+    pub stopping: AtomicBool,
+    reports: Mutex<VecDeque<ReplicaEvent>>,
+    pub reports_dropped: AtomicU64,
+    /// Per core: chunks, stored bytes, corrupt chunks (published by each
+    /// core's housekeeping; read by /metrics and /status).
+    core_counts: Vec<[AtomicU64; 3]>,
+}
+
+impl Node {
+    pub fn new(settings: Settings, key: ClusterKey, node_id: u64, epoch: EpochStore) -> Node {
+        let cores = settings.cores;
+        let metrics = Arc::new(Metrics::new(cores));
+        metrics.node().raise_highest_epoch(epoch.highest());
+        Node {
+            settings,
+            key,
+            node_id: AtomicU64::new(node_id),
+            epoch,
+            metrics,
+            inboxes: OnceLock::new(),
+            stopping: AtomicBool::new(false),
+            reports: Mutex::new(VecDeque::new()),
+            reports_dropped: AtomicU64::new(0),
+            core_counts: (0..cores).map(|_| Default::default()).collect(),
+        }
+    }
+
+    pub fn node_id(&self) -> u64 {
+        self.node_id.load(Ordering::Acquire)
+    }
+
+    pub fn cores(&self) -> usize {
+        self.settings.cores
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Queues a report for every master (corruption, staleness).
+    pub fn report(&self, event: ReplicaEvent) {
+        let mut q = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= REPORT_QUEUE_MAX {
+            q.pop_front();
+            self.reports_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+        q.push_back(event);
+    }
+
+    /// Takes up to `max` queued reports.
+    pub fn take_reports(&self, max: usize) -> Vec<ReplicaEvent> {
+        let mut q = self.reports.lock().unwrap_or_else(|p| p.into_inner());
+        let n = q.len().min(max);
+        q.drain(..n).collect()
+    }
+
+    pub fn publish_core_counts(&self, core: usize, store: &crate::store::Store) {
+        let chunks = store.all();
+        let corrupt = chunks
+            .iter()
+            .filter(|c| c.state() == ChunkState::Corrupt)
+            .count();
+        let bytes: u64 = chunks.iter().map(|c| c.length()).sum();
+        let slot = &self.core_counts[core];
+        slot[0].store(chunks.len() as u64, Ordering::Relaxed);
+        slot[1].store(bytes, Ordering::Relaxed);
+        slot[2].store(corrupt as u64, Ordering::Relaxed);
+    }
+
+    /// (chunks, stored bytes, corrupt chunks) over all cores.
+    pub fn counts(&self) -> (u64, u64, u64) {
+        let mut out = (0, 0, 0);
+        for slot in &self.core_counts {
+            out.0 += slot[0].load(Ordering::Relaxed);
+            out.1 += slot[1].load(Ordering::Relaxed);
+            out.2 += slot[2].load(Ordering::Relaxed);
+        }
+        out
+    }
+
+    pub fn pending_reports(&self) -> usize {
+        self.reports.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
