@@ -392,9 +392,11 @@ fn core_thread(
             ),
             leases: Default::default(),
             started: Instant::now(),
+            foreground: Default::default(),
         });
         compio::runtime::spawn(shard::serve_inbox(core.clone(), inbox)).detach();
         compio::runtime::spawn(server::accept_loop(core.clone(), listener)).detach();
+        compio::runtime::spawn(crate::scrub::run(core.clone())).detach();
         housekeeping(core).await;
     });
 }

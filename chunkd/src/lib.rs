@@ -23,6 +23,7 @@ pub mod ops;
 pub mod peer;
 pub mod pool;
 pub mod rangelock;
+pub mod scrub;
 pub mod server;
 pub mod shard;
 pub mod status;

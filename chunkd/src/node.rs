@@ -68,6 +68,9 @@ pub struct Node {
     /// Per core: chunks, stored bytes, corrupt chunks (published by each
     /// core's housekeeping; read by /metrics and /status).
     core_counts: Vec<[AtomicU64; 3]>,
+    /// Per core scrub progress: verified this period, unverified beyond
+    /// the period, stored, corrupt blocks found.
+    core_scrub: Vec<[AtomicU64; 4]>,
 }
 
 impl Node {
@@ -86,6 +89,7 @@ impl Node {
             reports: Mutex::new(VecDeque::new()),
             reports_dropped: AtomicU64::new(0),
             core_counts: (0..cores).map(|_| Default::default()).collect(),
+            core_scrub: (0..cores).map(|_| Default::default()).collect(),
         }
     }
 
@@ -140,6 +144,29 @@ impl Node {
             out.2 += slot[2].load(Ordering::Relaxed);
         }
         out
+    }
+
+    pub fn publish_scrub(&self, core: usize, p: crate::scrub::Progress) {
+        let slot = &self.core_scrub[core];
+        slot[0].store(p.verified_this_period_bytes, Ordering::Relaxed);
+        slot[1].store(p.unverified_beyond_period_bytes, Ordering::Relaxed);
+        slot[2].store(p.stored_bytes, Ordering::Relaxed);
+    }
+
+    pub fn scrub_corrupt_found(&self, core: usize) {
+        self.core_scrub[core][3].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Scrub progress over all cores.
+    pub fn scrub_totals(&self) -> crate::scrub::Progress {
+        let mut p = crate::scrub::Progress::default();
+        for slot in &self.core_scrub {
+            p.verified_this_period_bytes += slot[0].load(Ordering::Relaxed);
+            p.unverified_beyond_period_bytes += slot[1].load(Ordering::Relaxed);
+            p.stored_bytes += slot[2].load(Ordering::Relaxed);
+            p.corrupt_blocks_found += slot[3].load(Ordering::Relaxed);
+        }
+        p
     }
 
     pub fn pending_reports(&self) -> usize {

@@ -72,7 +72,9 @@ pub async fn execute(
 ) -> Reply {
     let started = Instant::now();
     let op = route_of(&body).map(|(op, _)| op);
+    core.foreground.set(core.foreground.get() + 1);
     let (result, bufs) = run(core, body, from, bufs, data_len).await;
+    core.foreground.set(core.foreground.get() - 1);
     let reply = match result {
         Ok(reply) => reply,
         Err(e) => {
@@ -631,8 +633,9 @@ async fn read(
     bufs: Vec<AlignedBuf>,
 ) -> Run {
     let buffer_bytes = core.pool.buffer_bytes() as u64;
+    let verify = !core.node.settings.bench_skip_read_verify;
     let (r, leftover) = chunk
-        .read(min_version, offset, len, bufs, buffer_bytes)
+        .read(min_version, offset, len, bufs, buffer_bytes, verify)
         .await;
     match r {
         Ok(out) => {

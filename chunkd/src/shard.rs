@@ -82,6 +82,8 @@ pub struct Core {
     pub peers: PeerPool,
     pub leases: RefCell<HashMap<u64, Lease>>,
     pub started: Instant,
+    /// Requests running on this core (the scrubber steps aside for them).
+    pub foreground: std::cell::Cell<usize>,
 }
 
 impl Core {

@@ -17,6 +17,15 @@ pub fn start_http(addr: SocketAddr, node: Arc<Node>) -> std::io::Result<HttpServ
         gauges.set_chunks(chunks);
         gauges.set_bytes_stored(bytes);
         gauges.set_corrupt_chunks(corrupt);
+        let scrub = node.scrub_totals();
+        gauges.set_scrub_unverified_beyond_period_bytes(scrub.unverified_beyond_period_bytes);
+        gauges.set_scrub_verified_this_period_bytes(scrub.verified_this_period_bytes);
+        let ratio = if scrub.stored_bytes == 0 {
+            1.0
+        } else {
+            1.0 - scrub.unverified_beyond_period_bytes as f64 / scrub.stored_bytes as f64
+        };
+        gauges.set_scrub_coverage_ratio(ratio);
         match path {
             "/metrics" => {
                 let mut out = String::new();
@@ -44,6 +53,13 @@ pub fn start_http(addr: SocketAddr, node: Arc<Node>) -> std::io::Result<HttpServ
                     "corrupt_chunks": corrupt,
                     "highest_epoch": node.epoch.highest(),
                     "pending_reports": node.pending_reports(),
+                    "scrub": {
+                        "period_secs": s.scrub_period.as_secs(),
+                        "verified_this_period_bytes": scrub.verified_this_period_bytes,
+                        "unverified_beyond_period_bytes": scrub.unverified_beyond_period_bytes,
+                        "stored_bytes": scrub.stored_bytes,
+                        "corrupt_blocks_found": scrub.corrupt_blocks_found,
+                    },
                     "uptime_secs": started.elapsed().as_secs(),
                     "stopping": node.is_stopping(),
                     "metrics": node.metrics.snapshot_json(),

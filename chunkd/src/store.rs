@@ -89,19 +89,37 @@ pub fn remove_orphan_data_files(
     Ok(removed)
 }
 
-/// Moves a chunk's files aside: chunkd cannot trust them, the master will
-/// re-replicate from another copy, and an operator may want to look.
+/// Moves a chunk's files (meta and data) aside: chunkd cannot trust
+/// them, the master will re-replicate from another copy, and an operator
+/// may want to look. Nothing in quarantine is ever deleted by chunkd.
 pub fn quarantine(dir: &DataDir, meta_path: &Path, reason: &str) {
     let qdir = dir.path.join(QUARANTINE_DIR);
-    let _ = std::fs::create_dir_all(&qdir);
+    if let Err(e) = std::fs::create_dir_all(&qdir) {
+        tracing::error!("could not create {}: {e} ({reason})", qdir.display());
+        return;
+    }
+    let mut moved = Vec::new();
     if let Some(name) = meta_path.file_name() {
-        let to = qdir.join(name);
-        match std::fs::rename(meta_path, &to) {
+        moved.push((meta_path.to_path_buf(), qdir.join(name)));
+    }
+    let handle_prefix = meta_path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".meta"))
+        .map(|h| format!("{h}-"));
+    if let (Some(prefix), Ok(entries)) = (handle_prefix, std::fs::read_dir(&dir.chunks_dir)) {
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if name.starts_with(&prefix) && name.ends_with(".data") {
+                moved.push((entry.path(), qdir.join(name)));
+            }
+        }
+    }
+    for (from, to) in moved {
+        match std::fs::rename(&from, &to) {
             Ok(()) => tracing::error!("quarantined {} ({reason})", to.display()),
-            Err(e) => tracing::error!(
-                "could not quarantine {}: {e} ({reason})",
-                meta_path.display()
-            ),
+            Err(e) => tracing::error!("could not quarantine {}: {e} ({reason})", from.display()),
         }
     }
 }

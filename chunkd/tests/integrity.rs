@@ -1,0 +1,390 @@
+//! End-to-end integrity against real chunkd processes: on-disk corruption
+//! is never served (reads and the scrubber catch it), acknowledged writes
+//! survive kill -9, fencing refuses stale epochs, versions and leases, and
+//! bad frames or a wrong key get typed errors without hurting the server.
+
+mod support;
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringfs_client::conn::Conn;
+use ringfs_wire::auth::ClusterKey;
+use ringfs_wire::checksum::BLOCK_BYTES;
+use ringfs_wire::msg::{Body, ErrorCode, PeerKind};
+use support::*;
+
+const CHUNK: u64 = 4 << 20;
+const B: u64 = BLOCK_BYTES as u64;
+
+fn data_file(dir: &Path, handle: u64) -> PathBuf {
+    let prefix = format!("{handle:016x}-");
+    std::fs::read_dir(dir.join("chunks"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            name.starts_with(&prefix) && name.ends_with(".data")
+        })
+        .expect("data file")
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    let mut b = [0u8];
+    f.read_exact(&mut b).unwrap();
+    b[0] ^= 0x40;
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&b).unwrap();
+    f.sync_all().unwrap();
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_flipped_byte_on_disk_is_never_served() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    // A slow scrubber, so the read path finds the damage first.
+    let mut cs = env.start(
+        std::slice::from_ref(&d0),
+        &["--cores", "1", "--scrub-period-secs", "100000"],
+    );
+    let handle = 0x31;
+    let (_m, mut client) = primary_chunk(&env, &cs, handle);
+    let data = pattern(7, 6 * BLOCK_BYTES + 100);
+    expect_ok(&write(&mut client, 1, handle, 1, 0, &data));
+    // Flip one byte in block 2. The chunk file is O_DIRECT; our buffered
+    // write reaches the same disk blocks once synced.
+    flip_byte(&data_file(&d0, handle), 2 * B + 17);
+    // Ranges away from block 2 still read; anything touching it is refused.
+    assert_eq!(
+        read(&mut client, handle, 0, B as u32).unwrap(),
+        &data[..BLOCK_BYTES]
+    );
+    for (off, len) in [
+        (2 * B, 1),
+        (2 * B + 17, 1),
+        (B, 2 * B as u32 as u64),
+        (0, 6 * B),
+    ] {
+        let e = read(&mut client, handle, off, len as u32)
+            .expect_err("a corrupt block must not be served");
+        assert_eq!(e.code, ErrorCode::ChecksumMismatch, "read {off}+{len}");
+        assert_eq!(e.block_index, 2);
+    }
+    // The replica is marked corrupt and says so after a restart too.
+    let info_reply = info(&mut client, handle);
+    match info_reply.body {
+        Body::ChunkInfoReply(i) => {
+            assert_eq!(
+                i.report.unwrap().state,
+                ringfs_wire::msg::ReplicaState::Corrupt
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    drop(client);
+    cs.restart(&env);
+    let mut client = cs.conn(&env, PeerKind::Client);
+    let e = read(&mut client, handle, 2 * B, 10).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+    assert_eq!(read(&mut client, handle, 0, 10).unwrap(), &data[..10]);
+    wait_for("the corrupt gauge", || {
+        let (_, metrics) = cs.http_get("/metrics");
+        metrics.contains("ringfs_chunkd_corrupt_chunks 1")
+    });
+}
+
+#[test]
+fn the_scrubber_finds_a_flipped_byte() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let cs = env.start(
+        std::slice::from_ref(&d0),
+        &["--cores", "2", "--scrub-period-secs", "1"],
+    );
+    let handle = 0x32;
+    let (_m, mut client) = primary_chunk(&env, &cs, handle);
+    let data = pattern(8, 3 * BLOCK_BYTES);
+    expect_ok(&write(&mut client, 1, handle, 1, 0, &data));
+    flip_byte(&data_file(&d0, handle), B + 5);
+    // No client read: only the scrubber can find it.
+    wait_for("the scrubber to mark the replica corrupt", || {
+        let (_, m) = cs.http_get("/metrics");
+        m.contains("ringfs_chunkd_checksum_failures_total{source=\"scrub\"} 1")
+    });
+    wait_for("/status to count the corrupt replica", || {
+        let (_, status) = cs.http_get("/status");
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        status["corrupt_chunks"] == 1 && status["scrub"]["corrupt_blocks_found"].as_u64() >= Some(1)
+    });
+    // Good blocks are still served; the bad one never is; writes are refused.
+    assert_eq!(read(&mut client, handle, 0, 10).unwrap(), &data[..10]);
+    let e = read(&mut client, handle, B, 10).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+    let r = write(&mut client, 1, handle, 1, 0, b"no");
+    assert_eq!(r.error_code(), Some(ErrorCode::Corrupt));
+}
+
+#[test]
+fn acknowledged_writes_survive_kill_9_mid_stream() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let mut cs = env.start(std::slice::from_ref(&d0), &["--cores", "2"]);
+    let handles: Vec<u64> = (0x40..0x44).collect();
+    let mut master = cs.conn(&env, PeerKind::Master);
+    for &h in &handles {
+        expect_ok(&create(&mut master, 1, h, 1));
+        expect_ok(&lease(&mut master, 1, h, 1, 600_000, Vec::new()));
+    }
+    // Writers: each owns one chunk, writes odd-sized pieces (appends and
+    // overwrites) and records what was acknowledged.
+    // (handle, offset, data, acknowledged): a write is recorded before it
+    // is sent, and marked once acknowledged.
+    let attempts: Arc<Mutex<Vec<(u64, u64, Vec<u8>, bool)>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for (i, &h) in handles.iter().enumerate() {
+        let addr = cs.addr.clone();
+        let key = env.key.clone();
+        let attempts = attempts.clone();
+        let stop = stop.clone();
+        threads.push(std::thread::spawn(move || {
+            let Ok(mut c) = Conn::connect(&addr, &key, CLUSTER, PeerKind::Client, TIMEOUT) else {
+                return;
+            };
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) && n < 10_000 {
+                let len = [1usize, 4096, 70_000, 200_001, 5][n as usize % 5];
+                let offset = (n * 97_531 + i as u64 * 13) % (CHUNK - len as u64);
+                let data = pattern(n * 31 + i as u64, len);
+                let slot = {
+                    let mut a = attempts.lock().unwrap();
+                    a.push((h, offset, data.clone(), false));
+                    a.len() - 1
+                };
+                match c.call(
+                    &Body::WriteChunk(Box::new(ringfs_wire::msg::WriteChunk {
+                        epoch: 1,
+                        handle: h,
+                        version: 1,
+                        offset,
+                        length: len as u32,
+                        inline: true,
+                        block_crcs: Some(ringfs_wire::checksum::block_checksums(&data)),
+                        ..Default::default()
+                    })),
+                    &data,
+                ) {
+                    Ok(r) if r.error().is_none() => attempts.lock().unwrap()[slot].3 = true,
+                    _ => return,
+                }
+                n += 1;
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    cs.kill9();
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let attempts = attempts.lock().unwrap().clone();
+    let acked = attempts.iter().filter(|a| a.3).count();
+    assert!(
+        acked > 20,
+        "only {acked} writes acknowledged before the kill"
+    );
+    cs.restart(&env);
+    let mut client = cs.conn(&env, PeerKind::Client);
+    // Each writer sends one request at a time, so every acknowledged write
+    // precedes its writer's single unacknowledged one, which may or may not
+    // have landed (wholly or in part): those bytes may hold either value.
+    for &h in &handles {
+        let mut model: Vec<Option<u8>> = vec![None; CHUNK as usize];
+        let mut maybe: Vec<Option<u8>> = vec![None; CHUNK as usize];
+        for (_, off, data, ok) in attempts.iter().filter(|a| a.0 == h) {
+            for (i, b) in data.iter().enumerate() {
+                if *ok {
+                    model[*off as usize + i] = Some(*b);
+                } else {
+                    maybe[*off as usize + i] = Some(*b);
+                }
+            }
+        }
+        let got = read(&mut client, h, 0, (CHUNK - 2 * B) as u32);
+        let got = got.unwrap_or_else(|e| {
+            panic!(
+                "chunk {h:#x} unreadable after restart: {e:?}\n{}\n{}",
+                cs.ready_line,
+                cs.stderr()
+            )
+        });
+        let mut checked = 0;
+        for (i, want) in model.iter().enumerate().take(got.len()) {
+            if let Some(w) = want {
+                checked += 1;
+                if got[i] != *w && maybe[i] != Some(got[i]) {
+                    panic!(
+                        "chunk {h:#x} byte {i}: acknowledged {w:#x}, read {:#x}",
+                        got[i]
+                    );
+                }
+            }
+        }
+        assert!(checked > 0);
+    }
+    // The restart reported what recovery did.
+    assert!(cs.ready_line.contains("quarantined=0"), "{}", cs.ready_line);
+}
+
+#[test]
+fn fencing_refuses_stale_epochs_versions_and_expired_leases() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let mut cs = env.start(std::slice::from_ref(&d0), &["--cores", "2"]);
+    let handle = 0x50;
+    let mut master = cs.conn(&env, PeerKind::Master);
+    expect_ok(&create(&mut master, 5, handle, 1));
+    // A lower epoch than one already admitted is refused, and says which.
+    let r = create(&mut master, 4, 0x51, 1);
+    assert_eq!(r.error_code(), Some(ErrorCode::StaleEpoch));
+    assert_eq!(r.error().unwrap().epoch, 5);
+    // Persisted: still refused after a restart.
+    drop(master);
+    cs.restart(&env);
+    let mut master = cs.conn(&env, PeerKind::Master);
+    assert_eq!(
+        create(&mut master, 4, 0x51, 1).error_code(),
+        Some(ErrorCode::StaleEpoch)
+    );
+    // Only masters may command.
+    let mut client = cs.conn(&env, PeerKind::Client);
+    assert_eq!(
+        create(&mut client, 9, 0x52, 1).error_code(),
+        Some(ErrorCode::BadRequest)
+    );
+    // No lease: not primary.
+    let r = write(&mut client, 5, handle, 1, 0, b"x");
+    assert_eq!(r.error_code(), Some(ErrorCode::NotPrimary));
+    // A short lease expires and stops primary writes.
+    expect_ok(&lease(&mut master, 5, handle, 1, 300, Vec::new()));
+    expect_ok(&write(&mut client, 5, handle, 1, 0, b"inside the lease"));
+    std::thread::sleep(Duration::from_millis(400));
+    assert_eq!(
+        write(&mut client, 5, handle, 1, 0, b"late").error_code(),
+        Some(ErrorCode::LeaseExpired)
+    );
+    // Version bump: writes with the old version are stale.
+    expect_ok(&bump(&mut master, 5, handle, 1, 2));
+    expect_ok(&lease(&mut master, 5, handle, 2, 60_000, Vec::new()));
+    let r = write(&mut client, 5, handle, 1, 0, b"old version");
+    assert_eq!(r.error_code(), Some(ErrorCode::StaleVersion));
+    assert_eq!(r.error().unwrap().version, 2);
+    expect_ok(&write(&mut client, 5, handle, 2, 0, b"new version"));
+    // A write carrying an epoch older than the lease's is refused.
+    assert_eq!(
+        write(&mut client, 4, handle, 2, 0, b"old master").error_code(),
+        Some(ErrorCode::StaleEpoch)
+    );
+    // A lease for a version we do not hold is refused with ours.
+    let r = lease(&mut master, 5, handle, 3, 60_000, Vec::new());
+    assert_eq!(r.error_code(), Some(ErrorCode::StaleVersion));
+    assert_eq!(read(&mut client, handle, 0, 11).unwrap(), b"new version");
+}
+
+#[test]
+fn bad_frames_and_wrong_keys_get_clear_errors() {
+    let env = Env::new(CHUNK);
+    let cs = env.start(&[env.data_dir("d0")], &["--cores", "1"]);
+    // Wrong key: the handshake fails with a typed error.
+    let other = ClusterKey::generate().unwrap();
+    match Conn::connect(&cs.addr, &other, CLUSTER, PeerKind::Client, TIMEOUT) {
+        Err(ringfs_client::conn::ConnError::Handshake { code, .. }) => {
+            assert_eq!(code, ErrorCode::AuthFailed)
+        }
+        Err(e) => panic!("expected a handshake error, got {e}"),
+        Ok(_) => panic!("a wrong key must not authenticate"),
+    }
+    // Wrong cluster id.
+    match Conn::connect(
+        &cs.addr,
+        &env.key,
+        "another-cluster",
+        PeerKind::Client,
+        TIMEOUT,
+    ) {
+        Err(ringfs_client::conn::ConnError::Handshake { code, .. }) => {
+            assert_eq!(code, ErrorCode::WrongCluster)
+        }
+        other => panic!("expected WrongCluster, got {:?}", other.err()),
+    }
+    // Garbage after the handshake: BadFrame, then the connection closes.
+    let mut c = cs.conn(&env, PeerKind::Client);
+    c.send_raw(&[0xAB; 64]).unwrap();
+    let r = c.receive().unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::BadFrame));
+    assert!(
+        c.receive().is_err(),
+        "the connection is closed after a bad frame"
+    );
+    // A frame whose header announces more data than the limit.
+    let mut c = cs.conn(&env, PeerKind::Client);
+    let mut frame = Vec::new();
+    ringfs_wire::message::Encoder::new()
+        .frame(
+            &mut frame,
+            1,
+            &Body::Ping(Box::default()),
+            &[],
+            &ringfs_wire::frame::FrameLimits::DATA,
+        )
+        .unwrap();
+    frame[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
+    c.send_raw(&frame).unwrap();
+    let r = c.receive().unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::BadFrame));
+    // A well-framed request the chunkserver does not serve: typed error,
+    // connection still usable.
+    let mut c = cs.conn(&env, PeerKind::Client);
+    let r = c.call(&Body::Mkdir(Box::default()), &[]).unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::Unsupported));
+    let r = c.call(&Body::Ping(Box::default()), &[]).unwrap();
+    assert!(matches!(r.body, Body::Pong(_)));
+    // A read larger than a frame can carry.
+    let r = c
+        .call(
+            &Body::ReadChunk(Box::new(ringfs_wire::msg::ReadChunk {
+                handle: 1,
+                min_version: 0,
+                offset: 0,
+                length: 64 << 20,
+            })),
+            &[],
+        )
+        .unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::TooLarge));
+    // Unknown chunk.
+    assert_eq!(
+        read(&mut c, 0xdead, 0, 1).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    // The server is still fine.
+    let (code, _) = cs.http_get("/status");
+    assert_eq!(code, 200);
+}
