@@ -905,7 +905,9 @@ impl Chunk {
         {
             Ok(seq) => seq,
             Err(e) => {
-                returned.extend(writes.into_iter().map(|(_, b)| b));
+                if fast {
+                    returned.extend(writes.into_iter().map(|(_, b)| b));
+                }
                 return Err((e, returned));
             }
         };
@@ -921,7 +923,10 @@ impl Chunk {
             if let Err(e) = r {
                 failure.get_or_insert(e);
             }
-            returned.push(buf);
+            // Pool buffers go back to their pool; block images are ours.
+            if fast {
+                returned.push(buf);
+            }
         }
         if let Some(e) = failure {
             self.mem.borrow_mut().tail = None;
@@ -976,7 +981,9 @@ impl Chunk {
 
     fn apply_crcs(&self, first_block: u64, crcs: &[u32], new_length: u64, tail: Option<Tail>) {
         let mut mem = self.mem.borrow_mut();
-        assert!(new_length >= mem.length, "length never shrinks");
+        // A concurrent mutation of other blocks may have extended the chunk
+        // past this one's end meanwhile: lengths only grow.
+        let new_length = new_length.max(mem.length);
         let needed = block_count(new_length) as usize;
         if mem.crcs.len() < needed {
             mem.crcs.resize(needed, 0);
