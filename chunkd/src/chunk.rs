@@ -731,7 +731,7 @@ impl Chunk {
         while at < to {
             let block = at / BLOCK;
             let block_end = ((block + 1) * BLOCK).min(to);
-            let base = if at % BLOCK != 0 {
+            let base = if !at.is_multiple_of(BLOCK) {
                 mem.crcs[block as usize]
             } else {
                 0
@@ -772,9 +772,9 @@ impl Chunk {
             first_block = offset / BLOCK;
         }
 
-        let fast = offset % BLOCK == 0
-            && (end % BLOCK == 0 || end >= old_length)
-            && buffer_bytes % BLOCK == 0;
+        let fast = offset.is_multiple_of(BLOCK)
+            && (end.is_multiple_of(BLOCK) || end >= old_length)
+            && buffer_bytes.is_multiple_of(BLOCK);
         let mut writes: Vec<(u64, AlignedBuf)> = Vec::new();
         let mut returned = Vec::new();
         let mut new_tail = None;
@@ -792,7 +792,7 @@ impl Chunk {
                 let piece = left.min(buffer_bytes);
                 buf.zero_from(piece as usize);
                 buf.set_len_bytes(align_up(piece, align) as usize);
-                if end == new_length && piece == left && end % BLOCK != 0 {
+                if end == new_length && piece == left && !end.is_multiple_of(BLOCK) {
                     // Keep the new last partial block for appends.
                     let tail_start = (end / BLOCK) * BLOCK;
                     let mut image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);

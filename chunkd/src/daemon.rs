@@ -134,7 +134,9 @@ impl Daemon {
             settings.cores = cpus.len().max(1);
         }
         if settings.buffer_bytes == 0
-            || settings.buffer_bytes % ringfs_wire::checksum::BLOCK_BYTES != 0
+            || !settings
+                .buffer_bytes
+                .is_multiple_of(ringfs_wire::checksum::BLOCK_BYTES)
         {
             return Err(format!(
                 "chunkserver.buffer_bytes = {} must be a non-zero multiple of 65536",
@@ -396,6 +398,9 @@ fn core_thread(
         });
         compio::runtime::spawn(shard::serve_inbox(core.clone(), inbox)).detach();
         compio::runtime::spawn(server::accept_loop(core.clone(), listener)).detach();
+        if id == 0 {
+            compio::runtime::spawn(crate::masterlink::run(core.clone())).detach();
+        }
         compio::runtime::spawn(crate::scrub::run(core.clone())).detach();
         housekeeping(core).await;
     });

@@ -73,10 +73,10 @@ impl EpochStore {
     /// Reads the highest valid epoch over `dirs`. A damaged file is an
     /// error: guessing low would let a deposed master back in.
     pub fn open(dirs: &[PathBuf]) -> Result<EpochStore, String> {
-        let _ = dirs
-            .iter()
-            .map(|d| fs::remove_file(d.join(EPOCH_TMP_FILE)))
-            .count();
+        for d in dirs {
+            // An interrupted replacement; the old file is intact.
+            let _ = fs::remove_file(d.join(EPOCH_TMP_FILE));
+        }
         let mut highest = 0;
         for dir in dirs {
             let path = dir.join(EPOCH_FILE);
@@ -180,5 +180,21 @@ mod tests {
         assert_eq!(reopened.highest(), 5);
         fs::write(d2.path().join(EPOCH_FILE), b"junk").unwrap();
         assert!(EpochStore::open(&dirs).is_err());
+    }
+}
+
+#[cfg(test)]
+mod fuzz_seed {
+    /// The fuzz corpus seed is a valid file; regenerate with
+    /// `RINGFS_WRITE_FUZZ_SEEDS=1 cargo test -p chunkd --lib epoch`.
+    #[test]
+    fn fuzz_seed_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/epoch_file/seed-0");
+        let want = super::encode(7);
+        if std::env::var_os("RINGFS_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::write(&path, want).unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 }

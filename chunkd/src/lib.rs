@@ -8,6 +8,7 @@
 //! replica's data path).
 
 pub mod chunk;
+pub mod clone;
 pub mod conn;
 pub mod daemon;
 pub mod dio;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod http;
 pub mod identity;
 pub mod lease;
+pub mod masterlink;
 pub mod meta;
 pub mod metrics;
 pub mod node;

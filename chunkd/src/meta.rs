@@ -207,8 +207,8 @@ impl MetaBase {
         if data_file_id == 0 {
             return Err(MetaError::ZeroDataFileId);
         }
-        let reserved = (10..12).chain(57..64).chain(HEADER_USED_BYTES..PAGE_BYTES);
-        if let Some(offset) = reserved.into_iter().find(|&i| h[i] != 0) {
+        let mut reserved = (10..12).chain(57..64).chain(HEADER_USED_BYTES..PAGE_BYTES);
+        if let Some(offset) = reserved.find(|&i| h[i] != 0) {
             return Err(MetaError::ReservedNotZero {
                 offset,
                 value: h[offset],
@@ -736,12 +736,11 @@ impl Replayed {
                     });
                 }
                 self.check_version(*version)?;
-                if *new_length < self.length_bytes {
-                    return Err(RecordError::LengthShrinks {
-                        new_length: *new_length,
-                        length_bytes: self.length_bytes,
-                    });
-                }
+                // Mutations of disjoint blocks run concurrently, so a record
+                // may carry a smaller new_length than one logged before it
+                // (it was computed before the other extended the chunk):
+                // lengths only grow, the larger wins.
+                let new_length = &(*new_length).max(self.length_bytes);
                 // Growth changes the old partial last block and every new
                 // one; a block left without its CRC would read as corrupt.
                 check_covered(
@@ -924,10 +923,6 @@ pub enum RecordError {
     SeqNotIncreasing { seq: u64, previous: u64 },
     #[error("version {version} is below the current version {current}")]
     VersionBackwards { version: u64, current: u64 },
-    #[error(
-        "Write new_length {new_length} is below the current length {length_bytes}; lengths never shrink"
-    )]
-    LengthShrinks { new_length: u64, length_bytes: u64 },
     #[error("Durable seq {seq} is beyond the last Write seq {last_seq}")]
     DurableAhead { seq: u64, last_seq: u64 },
 }

@@ -167,6 +167,14 @@ async fn run(
             core.leases.borrow_mut().insert(g.handle, lease);
             (Ok(ack(bufs)), Vec::new())
         }
+        Body::CloneChunk(c) => {
+            tryb!(require_master(from), bufs);
+            tryb!(admit_epoch(core, c.epoch).await, bufs);
+            core.leases.borrow_mut().remove(&c.handle);
+            tryb!(crate::clone::clone_chunk(core, &c).await, bufs);
+            core.node.metrics.node().set_chunks(core.store.len() as u64);
+            (Ok(ack(bufs)), Vec::new())
+        }
         Body::RevokeLease(r) => {
             tryb!(require_master(from), bufs);
             tryb!(admit_epoch(core, r.epoch).await, bufs);

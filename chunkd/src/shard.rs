@@ -33,11 +33,14 @@ pub fn owner_core(handle: u64, cores: usize) -> usize {
     (mixed % cores as u64) as usize
 }
 
+/// Work sent to run on another core.
+pub type CoreTask = Box<dyn FnOnce(&Rc<Core>) + Send>;
+
 /// What a core's inbox carries.
 pub enum CoreMsg {
     Job(Job),
     /// Work on another core's state (listing, reports), run on that core.
-    Run(Box<dyn FnOnce(&Rc<Core>) + Send>),
+    Run(CoreTask),
 }
 
 /// A request for an owner core.
@@ -187,7 +190,7 @@ pub async fn on_core<T: Send + 'static>(
     }
     let (tx, rx) = oneshot::channel();
     let inboxes = core.node.inboxes.get()?;
-    let run: Box<dyn FnOnce(&Rc<Core>) + Send> = Box::new(move |c| {
+    let run: CoreTask = Box::new(move |c| {
         let _ = tx.send(f(c));
     });
     inboxes.get(target)?.send(CoreMsg::Run(run)).await.ok()?;

@@ -226,7 +226,7 @@ impl Store {
     }
 
     /// Picks the data dir with the most free space that can take a chunk.
-    fn choose_dir(&self) -> ChunkResult<Rc<DataDir>> {
+    pub(crate) fn choose_dir(&self) -> ChunkResult<Rc<DataDir>> {
         let mut best: Option<(u64, Rc<DataDir>)> = None;
         for dir in &self.dirs {
             let Ok(stat) = rustix::fs::statvfs(&dir.path) else {

@@ -141,6 +141,9 @@ fn the_scrubber_finds_a_flipped_byte() {
     assert_eq!(r.error_code(), Some(ErrorCode::Corrupt));
 }
 
+/// (handle, offset, data, acknowledged)
+type Attempt = (u64, u64, Vec<u8>, bool);
+
 #[test]
 fn acknowledged_writes_survive_kill_9_mid_stream() {
     let env = Env::new(CHUNK);
@@ -156,7 +159,7 @@ fn acknowledged_writes_survive_kill_9_mid_stream() {
     // overwrites) and records what was acknowledged.
     // (handle, offset, data, acknowledged): a write is recorded before it
     // is sent, and marked once acknowledged.
-    let attempts: Arc<Mutex<Vec<(u64, u64, Vec<u8>, bool)>>> = Arc::default();
+    let attempts: Arc<Mutex<Vec<Attempt>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
     let mut threads = Vec::new();
     for (i, &h) in handles.iter().enumerate() {

@@ -160,3 +160,82 @@ fn a_secondary_with_a_gap_in_the_order_refuses_after_a_bounded_wait() {
     let mut c = nodes[1].conn(&env, PeerKind::Client);
     assert_eq!(read(&mut c, handle, 0, 1000).unwrap(), data);
 }
+
+fn clone_cmd(
+    master: &mut ringfs_client::conn::Conn,
+    handle: u64,
+    version: u64,
+    source: &Chunkd,
+) -> ringfs_client::conn::Response {
+    master
+        .call(
+            &Body::CloneChunk(Box::new(ringfs_wire::msg::CloneChunk {
+                epoch: 1,
+                handle,
+                version,
+                source: Some(Box::new(replica_of(source, 11))),
+            })),
+            &[],
+        )
+        .unwrap()
+}
+
+#[test]
+fn clone_pulls_a_verified_copy_and_refuses_a_corrupt_source() {
+    let env = Env::new(CHUNK);
+    let nodes = chain(&env);
+    let handle = 0x63;
+    let mut m0 = nodes[0].conn(&env, PeerKind::Master);
+    expect_ok(&create(&mut m0, 1, handle, 1));
+    expect_ok(&lease(&mut m0, 1, handle, 1, 60_000, Vec::new()));
+    let mut c0 = nodes[0].conn(&env, PeerKind::Client);
+    let data = pattern(5, 3 * (1 << 20) + 12_345);
+    for (i, piece) in data.chunks(1 << 20).enumerate() {
+        expect_ok(&write(&mut c0, 1, handle, 1, (i << 20) as u64, piece));
+    }
+    // A clean clone: byte-identical, same version and length.
+    let mut m1 = nodes[1].conn(&env, PeerKind::Master);
+    expect_ok(&clone_cmd(&mut m1, handle, 1, &nodes[0]));
+    assert!(whole(&env, &nodes[1], handle) == data);
+    // A clone of a version the source does not hold is refused.
+    let mut m2 = nodes[2].conn(&env, PeerKind::Master);
+    let r = clone_cmd(&mut m2, handle, 2, &nodes[0]);
+    assert_eq!(
+        r.error_code(),
+        Some(ErrorCode::ReplicaFailed),
+        "{:?}",
+        r.error()
+    );
+    // Corrupt one block at the source: the clone is refused and nothing
+    // is installed.
+    let dir = nodes[0].data[0].join("chunks");
+    let file = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_str().unwrap().ends_with(".data"))
+        .unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.seek(SeekFrom::Start((2 << 20) + 100)).unwrap();
+        f.write_all(&[0x55; 3]).unwrap();
+        f.sync_all().unwrap();
+    }
+    let r = clone_cmd(&mut m2, handle, 1, &nodes[0]);
+    assert!(
+        r.error().is_some(),
+        "a clone from a corrupt source must fail"
+    );
+    let mut c2 = nodes[2].conn(&env, PeerKind::Client);
+    assert_eq!(
+        read(&mut c2, handle, 0, 10).unwrap_err().code,
+        ErrorCode::NotFound
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(nodes[2].data[0].join("chunks"))
+        .unwrap()
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "a refused clone leaves no files: {leftovers:?}"
+    );
+}

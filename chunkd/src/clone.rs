@@ -1,0 +1,234 @@
+//! Clone a chunk from a peer (re-replication, DESIGN §4): pull it in
+//! pieces, verify every block against the CRCs the source sent (which the
+//! source itself verified before sending), write it into a new data file,
+//! and only then switch to it by renaming a new meta file into place. A
+//! failure at any step leaves no trace but an orphan data file, removed
+//! now or at the next start.
+
+use std::rc::Rc;
+
+use compio::io::AsyncWriteAtExt;
+use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
+use ringfs_wire::msg::{Body, CloneChunk, CloneRead};
+
+use crate::chunk::{Chunk, write_meta_file};
+use crate::dio::align_up;
+use crate::error::{ChunkError, ChunkResult};
+use crate::meta::{self, ChunkState, MetaBase};
+use crate::metrics::ChecksumSource;
+use crate::shard::Core;
+use crate::store::{create_data_file, random_nonzero, remove_chunk_files};
+
+/// Bytes pulled per CloneRead (whole blocks, well under a data frame).
+const PIECE_BYTES: u64 = 8 << 20;
+
+pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
+    if let Ok(existing) = core.store.get(cmd.handle)
+        && existing.version() >= cmd.version
+        && existing.state() == ChunkState::Ok
+    {
+        // Already here (a retried command), or newer: nothing to pull.
+        return Ok(());
+    }
+    let source = cmd
+        .source
+        .as_ref()
+        .and_then(|s| s.addr.clone())
+        .ok_or_else(|| ChunkError::BadRequest("CloneChunk without a source address".into()))?;
+    let source_node = cmd.source.as_ref().map(|s| s.node_id).unwrap_or(0);
+    let dir = core.store.choose_dir()?;
+    let data_file_id = random_nonzero()?;
+    let size = core.store.chunk_size_bytes;
+    let data = create_data_file(&dir, cmd.handle, data_file_id, size).await?;
+    let result = pull(core, cmd, &source, source_node, &data, size).await;
+    let (length, crcs) = match result {
+        Ok(v) => v,
+        Err(e) => {
+            drop(data);
+            let path = dir.data_path(cmd.handle, data_file_id);
+            let _ = compio::fs::remove_file(&path).await;
+            return Err(e);
+        }
+    };
+    data.sync_all()
+        .await
+        .map_err(|e| ChunkError::io("syncing a cloned chunk", e))?;
+    let base = MetaBase {
+        handle: cmd.handle,
+        chunk_size_bytes: size,
+        data_file_id,
+        version: cmd.version,
+        length_bytes: length,
+        state: ChunkState::Ok,
+        base_seq: 0,
+        log_bytes: core.store.log_bytes,
+        crcs,
+    };
+    // The rename of the meta file is the switch: before it, the old
+    // replica (if any) stands; after it, the clone.
+    let old = core.store.get(cmd.handle).ok();
+    if let Some(old) = &old
+        && !Rc::ptr_eq(&old.dir, &dir)
+    {
+        // The old replica lives on another dir: retire it first, so two
+        // dirs never both hold a meta file for the handle.
+        old.mark_deleted();
+        remove_chunk_files(&old.dir, old.handle, old.data_file_id()).await?;
+    }
+    let meta_file = write_meta_file(&dir, &base).await?;
+    let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
+    let chunk = Chunk::from_parts(dir.clone(), &base, replayed, data, meta_file, 0, 1);
+    if let Some(replaced) = core.store.install(chunk)
+        && Rc::ptr_eq(&replaced.dir, &dir)
+    {
+        let stale = dir.data_path(replaced.handle, replaced.data_file_id());
+        let _ = compio::fs::remove_file(&stale).await;
+    }
+    Ok(())
+}
+
+/// Pulls the whole chunk into `data`; returns its length and block CRCs.
+async fn pull(
+    core: &Rc<Core>,
+    cmd: &CloneChunk,
+    source: &str,
+    source_node: u64,
+    data: &compio::fs::File,
+    size: u64,
+) -> ChunkResult<(u64, Vec<u32>)> {
+    let buffer_bytes = core.pool.buffer_bytes() as u64;
+    let align = 4096u64;
+    let mut crcs: Vec<u32> = Vec::new();
+    let mut offset = 0u64;
+    let mut length = None;
+    // Bounded: each round advances by at least one block or ends.
+    for _ in 0..=(size / BLOCK_BYTES as u64) {
+        if length.is_some_and(|l| offset >= l) {
+            break;
+        }
+        let want = PIECE_BYTES.min(size - offset);
+        let n = want.div_ceil(buffer_bytes) as usize;
+        let mut pooled = core
+            .pool
+            .acquire(n)
+            .await
+            .map_err(|e| ChunkError::Internal(e.to_string()))?;
+        let body = Body::CloneRead(Box::new(CloneRead {
+            epoch: cmd.epoch,
+            handle: cmd.handle,
+            version: cmd.version,
+            offset,
+            length: want as u32,
+        }));
+        let (r, _, bufs) = core
+            .peers
+            .request(source, &body, Vec::new(), 0, pooled.lend())
+            .await;
+        let failed = |reason: String| ChunkError::ReplicaFailed {
+            node: source_node,
+            addr: source.to_owned(),
+            reason,
+        };
+        let reply = match r {
+            Ok(reply) => reply,
+            Err(e) => {
+                pooled.restore(bufs);
+                return Err(failed(e.to_string()));
+            }
+        };
+        let body = reply.head.owned_body().map_err(|e| failed(e.to_string()));
+        let rr = match body {
+            Ok(Body::ReadChunkReply(rr)) => rr,
+            Ok(Body::ErrorReply(e)) => {
+                pooled.restore(bufs);
+                return Err(failed(format!(
+                    "{:?}: {}",
+                    e.code,
+                    e.message.unwrap_or_default()
+                )));
+            }
+            Ok(other) => {
+                pooled.restore(bufs);
+                return Err(failed(format!(
+                    "unexpected {:?}",
+                    ringfs_wire::msg::MessageKind::of_body(&other)
+                )));
+            }
+            Err(e) => {
+                pooled.restore(bufs);
+                return Err(e);
+            }
+        };
+        let chunk_length = rr.chunk_length_bytes;
+        if chunk_length > size || rr.offset != offset || reply.data_len > want {
+            pooled.restore(bufs);
+            return Err(failed(format!(
+                "reply does not match the request (length {chunk_length}, offset {}, {} bytes)",
+                rr.offset, reply.data_len
+            )));
+        }
+        length = Some(chunk_length);
+        let piece_crcs = rr.block_crcs.unwrap_or_default();
+        let got = reply.data_len;
+        if piece_crcs.len() as u64 != got.div_ceil(BLOCK_BYTES as u64) {
+            pooled.restore(bufs);
+            return Err(failed(format!("{} CRCs for {got} bytes", piece_crcs.len())));
+        }
+        // Verify every block before any of it is written.
+        let mut block = 0usize;
+        let mut left = got;
+        for buf in &bufs {
+            let in_buf = (buf.capacity() as u64).min(left) as usize;
+            for piece in buf.full()[..in_buf].chunks(BLOCK_BYTES) {
+                if crc32c(piece) != piece_crcs[block] {
+                    core.metrics().checksum_failure(ChecksumSource::Clone);
+                    pooled.restore(bufs);
+                    return Err(ChunkError::ChecksumMismatch {
+                        handle: cmd.handle,
+                        block: offset / BLOCK_BYTES as u64 + block as u64,
+                    });
+                }
+                block += 1;
+            }
+            left -= in_buf as u64;
+        }
+        // Write the verified piece.
+        let mut at = offset;
+        let mut left = got;
+        let mut back = Vec::with_capacity(bufs.len());
+        let mut write_error = None;
+        for mut buf in bufs {
+            if left == 0 || write_error.is_some() {
+                back.push(buf);
+                continue;
+            }
+            let n = (buf.capacity() as u64).min(left);
+            buf.zero_from(n as usize);
+            buf.set_len_bytes(align_up(n, align) as usize);
+            let mut file = data;
+            let compio::BufResult(r, buf) = file.write_all_at(buf, at).await;
+            back.push(buf);
+            if let Err(e) = r {
+                write_error = Some(e);
+            }
+            at += n;
+            left -= n;
+        }
+        pooled.restore(back);
+        if let Some(e) = write_error {
+            return Err(ChunkError::io("writing a cloned chunk", e));
+        }
+        crcs.extend_from_slice(&piece_crcs);
+        if got == 0 {
+            break;
+        }
+        offset += got;
+    }
+    let length = length.unwrap_or(0);
+    if offset < length || crcs.len() as u64 != ringfs_wire::checksum::block_count(length) {
+        return Err(ChunkError::Internal(format!(
+            "clone pulled {offset} of {length} bytes"
+        )));
+    }
+    Ok((length, crcs))
+}
