@@ -393,6 +393,7 @@ fn core_thread(
                 node.node_id(),
             ),
             leases: Default::default(),
+            pushes: Default::default(),
             started: Instant::now(),
             foreground: Default::default(),
         });
@@ -419,6 +420,10 @@ async fn housekeeping(core: Rc<Core>) {
         core.metrics()
             .set_buffer_pool_free_buffers(core.pool.free_buffers() as u64);
         core.node.publish_core_counts(core.id, &core.store);
+        let expired = core.pushes.expire(Instant::now());
+        if expired > 0 {
+            tracing::info!(core = core.id, expired, "dropped unclaimed pushed data");
+        }
     }
     for chunk in core.store.all() {
         let _ = chunk.settle().await;

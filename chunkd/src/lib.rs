@@ -24,6 +24,7 @@ pub mod node;
 pub mod ops;
 pub mod peer;
 pub mod pool;
+pub mod push;
 pub mod rangelock;
 pub mod scrub;
 pub mod server;

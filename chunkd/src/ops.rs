@@ -5,10 +5,9 @@
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 use ringfs_wire::msg::{
     AppendChunkReply, Body, ChunkInfoReply, ChunkReport, ForwardMutation, ForwardMutationReply,
-    MutationKind, PeerKind, ReadChunkReply, ReplicaState, WriteChunkReply,
+    MutationKind, PeerKind, ReadChunkReply, ReplicaState, RequestId, WriteChunkReply,
 };
 
 use crate::chunk::{Appended, Chunk, Order, Ticket, WriteData};
@@ -58,6 +57,11 @@ pub fn route_of(body: &Body) -> Option<(Op, u64)> {
         Body::CloneRead(b) => (Op::CloneRead, b.handle),
         Body::GetChunkInfo(b) => (Op::Info, b.handle),
         Body::DeleteChunk(b) => (Op::Delete, b.handles.as_ref()?.first().copied()?),
+        // Routed by data id: the core that holds the pushed bytes.
+        Body::PushData(p) => {
+            let (client, seq) = crate::push::key_of(p.data_id.as_ref()?);
+            (Op::PushData, client ^ seq.rotate_left(32))
+        }
         _ => return None,
     })
 }
@@ -215,19 +219,24 @@ async fn run(
             read(core, &chunk, r.version, r.offset, u64::from(r.length), bufs).await
         }
         Body::WriteChunk(w) => {
-            if !w.inline {
-                return (
-                    Err(ChunkError::DataIdUnknown(
-                        "pushed data is not supported yet; send the data inline".into(),
-                    )),
-                    bufs,
-                );
-            }
             let crcs = w.block_crcs.clone().unwrap_or_default();
-            let data = match verified(bufs, data_len, u64::from(w.length), crcs) {
+            let data_id = w.data_id;
+            let length = u64::from(w.length);
+            let data = match mutation_data(
+                core,
+                w.inline,
+                data_id.as_ref(),
+                bufs,
+                data_len,
+                length,
+                crcs,
+            )
+            .await
+            {
                 Ok(d) => d,
                 Err((e, bufs)) => return (Err(e), bufs),
             };
+            let data_id = if w.inline { None } else { data_id };
             let chunk = match core.store.get(w.handle) {
                 Ok(c) => c,
                 Err(e) => return (Err(e), data.bufs),
@@ -241,8 +250,16 @@ async fn run(
                 Err(e) => return (Err(e), data.bufs),
             };
             let serial = ticket.serial;
-            let (r, bufs) =
-                mutate_everywhere(core, &chunk, &lease, ticket, MutationKind::Write, data).await;
+            let (r, bufs) = mutate_everywhere(
+                core,
+                &chunk,
+                &lease,
+                ticket,
+                MutationKind::Write,
+                data,
+                data_id,
+            )
+            .await;
             let r = r.map(|_| {
                 core.metrics().bytes_written(u64::from(w.length));
                 Reply::body(
@@ -257,19 +274,24 @@ async fn run(
             (r, bufs)
         }
         Body::AppendChunk(a) => {
-            if !a.inline {
-                return (
-                    Err(ChunkError::DataIdUnknown(
-                        "pushed data is not supported yet; send the data inline".into(),
-                    )),
-                    bufs,
-                );
-            }
             let crcs = a.block_crcs.clone().unwrap_or_default();
-            let data = match verified(bufs, data_len, u64::from(a.length), crcs) {
+            let data_id = a.data_id;
+            let length = u64::from(a.length);
+            let data = match mutation_data(
+                core,
+                a.inline,
+                data_id.as_ref(),
+                bufs,
+                data_len,
+                length,
+                crcs,
+            )
+            .await
+            {
                 Ok(d) => d,
                 Err((e, bufs)) => return (Err(e), bufs),
             };
+            let data_id = if a.inline { None } else { data_id };
             let chunk = match core.store.get(a.handle) {
                 Ok(c) => c,
                 Err(e) => return (Err(e), data.bufs),
@@ -282,9 +304,16 @@ async fn run(
                 Err(e) => (Err(e), data.bufs),
                 Ok(Appended::At(ticket)) => {
                     let (offset, serial) = (ticket.offset, ticket.serial);
-                    let (r, bufs) =
-                        mutate_everywhere(core, &chunk, &lease, ticket, MutationKind::Write, data)
-                            .await;
+                    let (r, bufs) = mutate_everywhere(
+                        core,
+                        &chunk,
+                        &lease,
+                        ticket,
+                        MutationKind::Write,
+                        data,
+                        data_id,
+                    )
+                    .await;
                     let r = r.map(|_| {
                         core.metrics().bytes_written(u64::from(a.length));
                         Reply::body(
@@ -307,9 +336,16 @@ async fn run(
                         len: 0,
                         piece_crcs: Vec::new(),
                     };
-                    let (r, _) =
-                        mutate_everywhere(core, &chunk, &lease, ticket, MutationKind::Pad, empty)
-                            .await;
+                    let (r, _) = mutate_everywhere(
+                        core,
+                        &chunk,
+                        &lease,
+                        ticket,
+                        MutationKind::Pad,
+                        empty,
+                        None,
+                    )
+                    .await;
                     match r {
                         Ok(()) => (
                             Err(ChunkError::ChunkFull {
@@ -324,6 +360,7 @@ async fn run(
             }
         }
         Body::ForwardMutation(f) => secondary_apply(core, *f, bufs, data_len).await,
+        Body::PushData(p) => crate::push::receive(core, *p, bufs, data_len).await,
         other => (
             Err(ChunkError::BadRequest(format!(
                 "{} is not a request for a chunk's owner core",
@@ -410,14 +447,40 @@ fn primary_lease(core: &Core, chunk: &Chunk, epoch: u64, version: u64) -> ChunkR
     Ok(lease.clone())
 }
 
-/// Checks request data against the sender's per-64 KiB CRCs before
-/// anything is written.
-fn verified(
+/// The data of a mutation: inline in the frame (checked here against the
+/// sender's CRCs before anything is written) or pushed earlier (checked
+/// when it arrived; claimed now from the core holding it).
+async fn mutation_data(
+    core: &Rc<Core>,
+    inline: bool,
+    data_id: Option<&RequestId>,
     bufs: Vec<AlignedBuf>,
     data_len: u64,
     length: u64,
     crcs: Vec<u32>,
 ) -> Result<WriteData, (ChunkError, Vec<AlignedBuf>)> {
+    if !inline {
+        let Some(id) = data_id else {
+            return Err((
+                ChunkError::BadRequest("a mutation without inline data names no data_id".into()),
+                bufs,
+            ));
+        };
+        if data_len != 0 {
+            return Err((
+                ChunkError::BadRequest("pushed-data mutation carries data".into()),
+                bufs,
+            ));
+        }
+        return match crate::push::claim(core, id, length, &crcs).await {
+            Ok(p) => Ok(WriteData {
+                bufs: p.bufs,
+                len: length,
+                piece_crcs: crcs,
+            }),
+            Err(e) => Err((e, bufs)),
+        };
+    }
     if data_len != length {
         return Err((
             ChunkError::BadRequest(format!(
@@ -426,34 +489,8 @@ fn verified(
             bufs,
         ));
     }
-    if crcs.len() as u64 != length.div_ceil(BLOCK_BYTES as u64) {
-        return Err((
-            ChunkError::BadRequest(format!(
-                "{} block CRCs for {length} bytes (one per 64 KiB piece)",
-                crcs.len()
-            )),
-            bufs,
-        ));
-    }
-    let mut piece = 0usize;
-    let mut left = length;
-    for buf in &bufs {
-        let in_buf = (buf.capacity() as u64).min(left) as usize;
-        for p in buf.full()[..in_buf].chunks(BLOCK_BYTES) {
-            if crc32c(p) != crcs[piece] {
-                return Err((
-                    ChunkError::BadDataChecksum {
-                        piece: piece as u64,
-                    },
-                    bufs,
-                ));
-            }
-            piece += 1;
-        }
-        left -= in_buf as u64;
-        if left == 0 {
-            break;
-        }
+    if let Err(e) = crate::push::verify(&bufs, length, &crcs) {
+        return Err((e, bufs));
     }
     Ok(WriteData {
         bufs,
@@ -472,6 +509,7 @@ async fn mutate_everywhere(
     ticket: Ticket,
     kind: MutationKind,
     data: WriteData,
+    data_id: Option<RequestId>,
 ) -> (ChunkResult<()>, Vec<AlignedBuf>) {
     let forward = Body::ForwardMutation(Box::new(ForwardMutation {
         epoch: lease.epoch,
@@ -481,17 +519,19 @@ async fn mutate_everywhere(
         kind,
         offset: ticket.offset,
         length: u32::try_from(data.len).unwrap_or(u32::MAX),
-        data_id: None,
-        inline: data.len > 0,
+        data_id,
+        inline: data.len > 0 && data_id.is_none(),
         block_crcs: Some(data.piece_crcs.clone()),
     }));
+    // Pushed data is already on every replica: forward the order only.
+    let forward_len = if data_id.is_some() { 0 } else { data.len };
     // Send first (the buffers are then free for the local disk write);
     // the replies are awaited while the local write runs.
     let mut bufs = data.bufs;
     let mut sent = Vec::with_capacity(lease.secondaries.len());
     for replica in &lease.secondaries {
         let addr = replica.addr.clone().unwrap_or_default();
-        let (r, b) = core.peers.send(&addr, &forward, bufs, data.len).await;
+        let (r, b) = core.peers.send(&addr, &forward, bufs, forward_len).await;
         bufs = b;
         sent.push((replica.clone(), r));
     }
@@ -599,16 +639,20 @@ async fn secondary_apply(
             }
         }
         _ => {
-            if !f.inline {
-                return (
-                    Err(ChunkError::DataIdUnknown(
-                        "pushed data is not supported yet".into(),
-                    )),
-                    bufs,
-                );
-            }
             let crcs = f.block_crcs.clone().unwrap_or_default();
-            let data = match verified(bufs, data_len, u64::from(f.length), crcs) {
+            let data_id = f.data_id;
+            let length = u64::from(f.length);
+            let data = match mutation_data(
+                core,
+                f.inline,
+                data_id.as_ref(),
+                bufs,
+                data_len,
+                length,
+                crcs,
+            )
+            .await
+            {
                 Ok(d) => d,
                 Err((e, bufs)) => return (Err(e), bufs),
             };

@@ -84,6 +84,7 @@ pub struct Core {
     pub pool: BufferPool,
     pub peers: PeerPool,
     pub leases: RefCell<HashMap<u64, Lease>>,
+    pub pushes: crate::push::PushStore,
     pub started: Instant,
     /// Requests running on this core (the scrubber steps aside for them).
     pub foreground: std::cell::Cell<usize>,

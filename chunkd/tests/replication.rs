@@ -239,3 +239,65 @@ fn clone_pulls_a_verified_copy_and_refuses_a_corrupt_source() {
         "a refused clone leaves no files: {leftovers:?}"
     );
 }
+
+#[test]
+fn pushed_data_flows_down_the_chain_and_the_order_names_it() {
+    let env = Env::new(CHUNK);
+    let nodes = chain(&env);
+    let handle = 0x64;
+    setup(&env, &nodes, handle, 60_000);
+    let mut client = nodes[0].conn(&env, PeerKind::Client);
+    let data = pattern(77, 2 * (1 << 20) + 999);
+    let id = ringfs_wire::msg::RequestId {
+        client_id: 42,
+        seq: 1,
+    };
+    let push = Body::PushData(Box::new(ringfs_wire::msg::PushData {
+        data_id: Some(id),
+        chain: Some(vec![replica_of(&nodes[1], 12), replica_of(&nodes[2], 13)]),
+        block_crcs: Some(ringfs_wire::checksum::block_checksums(&data)),
+    }));
+    let r = client.call(&push, &data).unwrap();
+    match &r.body {
+        Body::PushDataReply(p) => assert_eq!(p.stored_by.as_ref().map(|s| s.len()), Some(3)),
+        other => panic!("{other:?}"),
+    }
+    // The write names the pushed data; no bytes travel with it.
+    let order = |seq| {
+        Body::WriteChunk(Box::new(ringfs_wire::msg::WriteChunk {
+            epoch: 1,
+            handle,
+            version: 1,
+            offset: 4096,
+            length: data.len() as u32,
+            inline: false,
+            data_id: Some(ringfs_wire::msg::RequestId { client_id: 42, seq }),
+            block_crcs: Some(ringfs_wire::checksum::block_checksums(&data)),
+            ..Default::default()
+        }))
+    };
+    expect_ok(&client.call(&order(1), &[]).unwrap());
+    for cs in &nodes {
+        let mut c = cs.conn(&env, PeerKind::Client);
+        assert_eq!(
+            read(&mut c, handle, 4096, data.len() as u32).unwrap(),
+            data,
+            "replica {}",
+            cs.addr
+        );
+    }
+    // Claimed data is gone; unknown ids are typed errors.
+    let r = client.call(&order(1), &[]).unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::DataIdUnknown));
+    // A push whose bytes do not match its CRCs is refused.
+    let bad = Body::PushData(Box::new(ringfs_wire::msg::PushData {
+        data_id: Some(ringfs_wire::msg::RequestId {
+            client_id: 42,
+            seq: 2,
+        }),
+        chain: None,
+        block_crcs: Some(vec![1]),
+    }));
+    let r = client.call(&bad, &data[..100]).unwrap();
+    assert_eq!(r.error_code(), Some(ErrorCode::ChecksumMismatch));
+}
