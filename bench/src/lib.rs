@@ -6,6 +6,9 @@
 //! The cluster benchmark binary (`ringfs-bench chunkd|meta|cluster|failover`)
 //! lands with the chunkd, masterd, client and HA issues.
 
+/// `ringfs-bench chunkd`: one chunkd against fio (issue 3).
+pub mod chunkd;
+
 use ringfs_wire::msg::{Body, ReadChunk, ReadChunkReply};
 
 /// The control message of the micro-benchmarks: a typical read request.

@@ -387,11 +387,7 @@ fn core_thread(
             node: node.clone(),
             store,
             pool: BufferPool::new(settings.buffers_per_core, settings.buffer_bytes, mem_align),
-            peers: PeerPool::new(
-                node.key.clone(),
-                settings.cluster_id.clone(),
-                node.node_id(),
-            ),
+            peers: PeerPool::new(node.clone()),
             leases: Default::default(),
             pushes: Default::default(),
             started: Instant::now(),

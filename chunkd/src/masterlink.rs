@@ -17,9 +17,20 @@
 //! not the leader may answer `NotLeader` / `ReadOnlyShadow`: it still took the
 //! report, so that is not an error here.
 //!
+//! What a heartbeat carries, per master: `added` (new or changed replicas)
+//! and `removed` since the previous heartbeat to that master (a bounded
+//! diff against a snapshot of what it was told); `corrupt`: the replica
+//! problems reported by the data path and the scrubber, each with its state
+//! (`Corrupt`, or `Stale` when a peer showed a newer version); every master
+//! hears every one of them. `results` of the commands that master sent.
+//!
 //! Commands from heartbeat replies run in order on a separate task per
 //! master (bounded queue), so a slow disk operation never delays heartbeats;
-//! their results go back in the next heartbeats to the master that sent them.
+//! their results go back in the next heartbeats to the master that sent them:
+//! one `CommandResult` per handle (a `DeleteChunk` of n handles gets n), or
+//! a single `Busy` result under the first handle when the queue was full and
+//! none of the command ran. Epoch fencing is `ops`'s: a stale command comes
+//! back as a `StaleEpoch` result.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -252,7 +263,11 @@ impl Hub {
             .map_err(|_| LinkError::Identity("identity task panicked".into()))?
             .map_err(LinkError::Identity)?;
         self.node().node_id.store(id, Ordering::Release);
-        tracing::info!(node_id = id, dirs = written, "adopted the node id assigned by a master");
+        tracing::info!(
+            node_id = id,
+            dirs = written,
+            "adopted the node id assigned by a master"
+        );
         Ok(id)
     }
 
@@ -303,7 +318,7 @@ fn persist_node_id(dirs: &[PathBuf], id: u64) -> Result<usize, String> {
 /// One master, for the life of the process: sessions with backoff between
 /// failures.
 async fn link(hub: Rc<Hub>, index: usize, addr: String) {
-    let (commands, queue) = async_channel::bounded(COMMAND_QUEUE);
+    let (commands, queue) = async_channel::bounded::<Queued>(COMMAND_QUEUE);
     compio::runtime::spawn(execute_commands(hub.clone(), index, queue)).detach();
     let mut backoff = Backoff::new();
     let mut failures = 0u32;
@@ -319,9 +334,19 @@ async fn link(hub: Rc<Hub>, index: usize, addr: String) {
                 failures = if registered { 1 } else { failures + 1 };
                 let delay = backoff.next_delay(jitter());
                 if failures == 1 || failures.is_multiple_of(WARN_EVERY_ATTEMPTS) {
-                    tracing::warn!(master = addr, attempt = failures, ?delay, "master link: {e}");
+                    tracing::warn!(
+                        master = addr,
+                        attempt = failures,
+                        ?delay,
+                        "master link: {e}"
+                    );
                 } else {
-                    tracing::debug!(master = addr, attempt = failures, ?delay, "master link: {e}");
+                    tracing::debug!(
+                        master = addr,
+                        attempt = failures,
+                        ?delay,
+                        "master link: {e}"
+                    );
                 }
                 compio::time::sleep(delay).await;
             }
@@ -340,7 +365,7 @@ async fn session(
     hub: &Rc<Hub>,
     index: usize,
     addr: &str,
-    commands: &async_channel::Sender<CommandEnvelope>,
+    commands: &async_channel::Sender<Queued>,
     backoff: &mut Backoff,
 ) -> Result<End, LinkError> {
     let node = hub.node();
@@ -374,14 +399,16 @@ async fn session(
             Ok(reply) => reply,
             Err(e) => {
                 hub.requeue(index, taken);
-                hub.core.metrics().op_done(Op::Heartbeat, sent.elapsed(), false);
+                hub.core
+                    .metrics()
+                    .op_done(Op::Heartbeat, sent.elapsed(), false);
                 return Err(e);
             }
         };
         let ok = match reply {
             Body::HeartbeatReply(r) => {
                 for command in r.commands.unwrap_or_default() {
-                    enqueue(hub, index, commands, command);
+                    enqueue(hub, index, commands, command, sent);
                 }
                 Ok(())
             }
@@ -574,7 +601,12 @@ async fn heartbeat(
 ) -> Result<(Body, Taken), LinkError> {
     let node = hub.node();
     let now = list_all(&hub.core).await?;
-    let d = diff(told, &now, MAX_ADDED_PER_HEARTBEAT, MAX_REMOVED_PER_HEARTBEAT);
+    let d = diff(
+        told,
+        &now,
+        MAX_ADDED_PER_HEARTBEAT,
+        MAX_REMOVED_PER_HEARTBEAT,
+    );
     *told = d.told;
     let dirs = dir_reports(&hub.core).await?;
     hub.pump_events();
@@ -596,10 +628,15 @@ async fn heartbeat(
     Ok((body, taken))
 }
 
-/// Scrubber progress for heartbeats. The scrubber (another change) fills
-/// it from its node metrics; until then, none is reported.
-fn scrub_progress(_node: &Node) -> Option<Box<ScrubProgress>> {
-    None
+/// Scrubber progress over all cores, as the scrubber publishes it.
+fn scrub_progress(node: &Node) -> Option<Box<ScrubProgress>> {
+    let p = node.scrub_totals();
+    Some(Box::new(ScrubProgress {
+        bytes_verified_this_period: p.verified_this_period_bytes,
+        bytes_stored: p.stored_bytes,
+        bytes_unverified_beyond_period: p.unverified_beyond_period_bytes,
+        corrupt_blocks_found: p.corrupt_blocks_found,
+    }))
 }
 
 fn not_leader(e: &ErrorReply) -> bool {
@@ -826,45 +863,58 @@ fn register_batches(len: usize, batch: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
+/// A command, and when the heartbeat whose reply brought it was sent.
+struct Queued {
+    envelope: CommandEnvelope,
+    heartbeat_sent: Instant,
+}
+
 /// Queues a command for the executor, or answers `Busy` when it is full.
 fn enqueue(
     hub: &Hub,
     index: usize,
-    commands: &async_channel::Sender<CommandEnvelope>,
+    commands: &async_channel::Sender<Queued>,
     command: CommandEnvelope,
+    heartbeat_sent: Instant,
 ) {
-    if let Err(e) = commands.try_send(command) {
+    let queued = Queued {
+        envelope: command,
+        heartbeat_sent,
+    };
+    if let Err(e) = commands.try_send(queued) {
         let (command, full) = match e {
-            async_channel::TrySendError::Full(c) => (c, true),
-            async_channel::TrySendError::Closed(c) => (c, false),
+            async_channel::TrySendError::Full(q) => (q.envelope, true),
+            async_channel::TrySendError::Closed(q) => (q.envelope, false),
         };
-        let error = if full {
-            let mut e = error_reply(ErrorCode::Busy, "command queue full");
-            e.retry_after_ms = 1000;
-            e
+        let mut error = if full {
+            error_reply(ErrorCode::Busy, "command queue full")
         } else {
             error_reply(ErrorCode::Internal, "command executor stopped")
         };
-        for handle in command_handles(command.command.as_ref()) {
-            hub.push_result(
-                index,
-                CommandResult {
-                    command_id: command.command_id,
-                    handle,
-                    error: Some(Box::new(error.clone())),
-                },
-            );
+        if full {
+            error.retry_after_ms = 1000;
         }
+        // One result for the whole command, however many handles it names:
+        // none of it ran, and a flood of refusals must not push the results
+        // of commands that did run out of the bounded queue.
+        hub.push_result(
+            index,
+            CommandResult {
+                command_id: command.command_id,
+                handle: first_handle(command.command.as_ref()),
+                error: Some(Box::new(error)),
+            },
+        );
     }
 }
 
 /// Runs the commands of one master in order, recording their results.
-async fn execute_commands(
-    hub: Rc<Hub>,
-    index: usize,
-    queue: async_channel::Receiver<CommandEnvelope>,
-) {
-    while let Ok(envelope) = queue.recv().await {
+async fn execute_commands(hub: Rc<Hub>, index: usize, queue: async_channel::Receiver<Queued>) {
+    while let Ok(Queued {
+        envelope,
+        heartbeat_sent,
+    }) = queue.recv().await
+    {
         let id = envelope.command_id;
         let Some(command) = envelope.command else {
             hub.push_result(
@@ -880,8 +930,8 @@ async fn execute_commands(
             );
             continue;
         };
-        let bodies = bodies_of(command);
-        if bodies.is_empty() {
+        let mut bodies = bodies_of(command).peekable();
+        if bodies.peek().is_none() {
             // A DeleteChunk naming no handles: nothing to do, done.
             hub.push_result(
                 index,
@@ -893,7 +943,10 @@ async fn execute_commands(
             );
         }
         for (handle, body) in bodies {
-            let error = execute_one(&hub.core, handle, body).await;
+            let error = match lease_from(body, heartbeat_sent) {
+                Ok(body) => execute_one(&hub.core, handle, body).await,
+                Err(e) => Some(Box::new(e)),
+            };
             hub.push_result(
                 index,
                 CommandResult {
@@ -933,48 +986,68 @@ async fn execute_one(core: &Rc<Core>, handle: u64, body: Body) -> Option<Box<Err
     }
 }
 
+/// A lease counts from the send of the heartbeat that fetched it
+/// (chunkserver.fbs, `GrantLease`), so it never outlives what the master
+/// believes; `ops` starts it when it runs. Until `ops` takes that start
+/// instant, the duration is shortened by the time since the send (rounded
+/// up), and a lease with nothing left is refused.
+fn lease_from(body: Body, heartbeat_sent: Instant) -> Result<Body, ErrorReply> {
+    let Body::GrantLease(mut g) = body else {
+        return Ok(body);
+    };
+    let waited = heartbeat_sent.elapsed().as_millis().saturating_add(1);
+    let waited = u32::try_from(waited).unwrap_or(u32::MAX);
+    if waited >= g.duration_ms {
+        return Err(error_reply(
+            ErrorCode::LeaseExpired,
+            "the lease ran out before it could be granted",
+        ));
+    }
+    g.duration_ms -= waited;
+    Ok(Body::GrantLease(g))
+}
+
 /// The requests a command amounts to, each with the handle it is about
 /// (routed by it, and reported with its result). A DeleteChunk becomes one
-/// request per handle, so each handle gets its own result.
-fn bodies_of(command: ChunkCommand) -> Vec<(u64, Body)> {
+/// request per handle, so each handle gets its own result; they are made
+/// one at a time, as the executor gets to them.
+fn bodies_of(command: ChunkCommand) -> Box<dyn Iterator<Item = (u64, Body)>> {
+    let one = |handle, body| Box::new(std::iter::once((handle, body)));
     match command {
-        ChunkCommand::CreateChunk(c) => vec![(c.handle, Body::CreateChunk(c))],
-        ChunkCommand::DeleteChunk(d) => d
-            .handles
-            .unwrap_or_default()
-            .into_iter()
-            .map(|h| {
-                let one = DeleteChunk {
-                    epoch: d.epoch,
+        ChunkCommand::CreateChunk(c) => one(c.handle, Body::CreateChunk(c)),
+        ChunkCommand::DeleteChunk(d) => {
+            let (epoch, reason) = (d.epoch, d.reason);
+            Box::new(d.handles.unwrap_or_default().into_iter().map(move |h| {
+                let single = DeleteChunk {
+                    epoch,
                     handles: Some(vec![h]),
-                    reason: d.reason,
+                    reason,
                 };
-                (h, Body::DeleteChunk(Box::new(one)))
-            })
-            .collect(),
-        ChunkCommand::BumpVersion(b) => vec![(b.handle, Body::BumpVersion(b))],
-        ChunkCommand::CloneChunk(c) => vec![(c.handle, Body::CloneChunk(c))],
-        ChunkCommand::GrantLease(g) => vec![(g.handle, Body::GrantLease(g))],
-        ChunkCommand::RevokeLease(r) => vec![(r.handle, Body::RevokeLease(r))],
+                (h, Body::DeleteChunk(Box::new(single)))
+            }))
+        }
+        ChunkCommand::BumpVersion(b) => one(b.handle, Body::BumpVersion(b)),
+        ChunkCommand::CloneChunk(c) => one(c.handle, Body::CloneChunk(c)),
+        ChunkCommand::GrantLease(g) => one(g.handle, Body::GrantLease(g)),
+        ChunkCommand::RevokeLease(r) => one(r.handle, Body::RevokeLease(r)),
     }
 }
 
-/// The handles a command's results are reported under (one result for a
-/// command about no handle).
-fn command_handles(command: Option<&ChunkCommand>) -> Vec<u64> {
-    let handles = match command {
-        Some(ChunkCommand::CreateChunk(c)) => vec![c.handle],
-        Some(ChunkCommand::DeleteChunk(d)) => d.handles.clone().unwrap_or_default(),
-        Some(ChunkCommand::BumpVersion(b)) => vec![b.handle],
-        Some(ChunkCommand::CloneChunk(c)) => vec![c.handle],
-        Some(ChunkCommand::GrantLease(g)) => vec![g.handle],
-        Some(ChunkCommand::RevokeLease(r)) => vec![r.handle],
-        None => Vec::new(),
-    };
-    if handles.is_empty() {
-        vec![0]
-    } else {
-        handles
+/// The handle a result about the whole command is reported under: its
+/// first (0 for a command about none).
+fn first_handle(command: Option<&ChunkCommand>) -> u64 {
+    match command {
+        Some(ChunkCommand::CreateChunk(c)) => c.handle,
+        Some(ChunkCommand::DeleteChunk(d)) => d
+            .handles
+            .as_ref()
+            .and_then(|h| h.first().copied())
+            .unwrap_or(0),
+        Some(ChunkCommand::BumpVersion(b)) => b.handle,
+        Some(ChunkCommand::CloneChunk(c)) => c.handle,
+        Some(ChunkCommand::GrantLease(g)) => g.handle,
+        Some(ChunkCommand::RevokeLease(r)) => r.handle,
+        None => 0,
     }
 }
 
@@ -1037,7 +1110,7 @@ fn jitter() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringfs_wire::msg::{CreateChunk, DeleteReason, ReplicaState};
+    use ringfs_wire::msg::{CreateChunk, DeleteReason, GrantLease, ReplicaState};
 
     fn r(handle: u64, version: u64) -> ChunkReport {
         ChunkReport {
@@ -1113,7 +1186,7 @@ mod tests {
             handles: Some(vec![7, 9]),
             reason: DeleteReason::Orphan,
         }));
-        let bodies = bodies_of(d.clone());
+        let bodies: Vec<_> = bodies_of(d.clone()).collect();
         assert_eq!(bodies.len(), 2);
         assert_eq!(bodies[1].0, 9);
         match &bodies[1].1 {
@@ -1123,15 +1196,42 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(command_handles(Some(&d)), vec![7, 9]);
+        assert_eq!(first_handle(Some(&d)), 7);
         let c = ChunkCommand::CreateChunk(Box::new(CreateChunk {
             epoch: 1,
             handle: 5,
             version: 1,
         }));
-        assert_eq!(bodies_of(c.clone())[0].0, 5);
-        assert_eq!(command_handles(Some(&c)), vec![5]);
-        assert_eq!(command_handles(None), vec![0]);
+        assert_eq!(bodies_of(c.clone()).next().map(|b| b.0), Some(5));
+        assert_eq!(first_handle(Some(&c)), 5);
+        assert_eq!(first_handle(None), 0);
+        let none = ChunkCommand::DeleteChunk(Box::default());
+        assert_eq!(bodies_of(none.clone()).count(), 0);
+        assert_eq!(first_handle(Some(&none)), 0);
+    }
+
+    #[test]
+    fn a_lease_counts_from_the_heartbeat_send() {
+        let grant = |duration_ms| {
+            Body::GrantLease(Box::new(GrantLease {
+                epoch: 1,
+                handle: 9,
+                version: 1,
+                duration_ms,
+                secondaries: None,
+            }))
+        };
+        let sent = Instant::now()
+            .checked_sub(Duration::from_secs(2))
+            .expect("the clock is past 2 s");
+        match lease_from(grant(60_000), sent) {
+            Ok(Body::GrantLease(g)) => assert!(g.duration_ms <= 58_000, "{}", g.duration_ms),
+            other => panic!("{other:?}"),
+        }
+        let e = lease_from(grant(1_500), sent).unwrap_err();
+        assert_eq!(e.code, ErrorCode::LeaseExpired);
+        let create = Body::CreateChunk(Box::default());
+        assert!(matches!(lease_from(create, sent), Ok(Body::CreateChunk(_))));
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use compio::net::TcpStream;
-use ringfs_wire::auth::ClusterKey;
+use std::sync::Arc;
+
+use crate::node::Node;
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::Encoder;
 use ringfs_wire::msg::Body;
@@ -25,9 +27,9 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct PeerPool {
     idle: RefCell<HashMap<String, Vec<TcpStream>>>,
-    key: ClusterKey,
-    cluster_id: String,
-    node_id: u64,
+    /// Key, cluster id and our node id (read at each connect: the master
+    /// may assign the id after start-up).
+    node: Arc<Node>,
 }
 
 /// A peer's reply: its head, and its data (if any) in the given buffers.
@@ -37,12 +39,10 @@ pub struct PeerReply {
 }
 
 impl PeerPool {
-    pub fn new(key: ClusterKey, cluster_id: String, node_id: u64) -> PeerPool {
+    pub fn new(node: Arc<Node>) -> PeerPool {
         PeerPool {
             idle: RefCell::new(HashMap::new()),
-            key,
-            cluster_id,
-            node_id,
+            node,
         }
     }
 
@@ -56,9 +56,9 @@ impl PeerPool {
         stream.set_nodelay(true)?;
         conn::initiate_handshake(
             &mut stream,
-            &self.key,
-            &self.cluster_id,
-            conn::chunkserver_identity(self.node_id),
+            &self.node.key,
+            &self.node.settings.cluster_id,
+            conn::chunkserver_identity(self.node.node_id()),
         )
         .await?;
         Ok(stream)

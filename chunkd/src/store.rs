@@ -138,6 +138,7 @@ pub struct Store {
     pub dirs: Vec<Rc<DataDir>>,
     chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
     creating: RefCell<HashSet<u64>>,
+    next_dir: std::cell::Cell<usize>,
     pub chunk_size_bytes: u64,
     pub log_bytes: u32,
 }
@@ -148,6 +149,7 @@ impl Store {
             dirs,
             chunks: RefCell::new(BTreeMap::new()),
             creating: RefCell::new(HashSet::new()),
+            next_dir: std::cell::Cell::new(0),
             chunk_size_bytes,
             log_bytes,
         }
@@ -225,21 +227,33 @@ impl Store {
         }
     }
 
-    /// Picks the data dir with the most free space that can take a chunk.
+    /// Picks a data dir for a new chunk: among the dirs with room, those
+    /// within 10 % (at least 1 GiB) of the most free space take turns, so
+    /// equal disks fill evenly and a fuller disk is skipped.
     pub(crate) fn choose_dir(&self) -> ChunkResult<Rc<DataDir>> {
-        let mut best: Option<(u64, Rc<DataDir>)> = None;
-        for dir in &self.dirs {
-            let Ok(stat) = rustix::fs::statvfs(&dir.path) else {
-                continue;
-            };
-            let free = stat.f_bavail.saturating_mul(stat.f_frsize);
-            let need = self.chunk_size_bytes + self.chunk_size_bytes / 16;
-            if free >= need && best.as_ref().is_none_or(|(f, _)| free > *f) {
-                best = Some((free, dir.clone()));
-            }
-        }
-        best.map(|(_, d)| d)
-            .ok_or_else(|| ChunkError::NoSpace("no data dir has room for another chunk".into()))
+        let need = self.chunk_size_bytes + self.chunk_size_bytes / 16;
+        let free: Vec<(u64, &Rc<DataDir>)> = self
+            .dirs
+            .iter()
+            .filter_map(|d| {
+                let stat = rustix::fs::statvfs(&d.path).ok()?;
+                Some((stat.f_bavail.saturating_mul(stat.f_frsize), d))
+            })
+            .filter(|(f, _)| *f >= need)
+            .collect();
+        let most =
+            free.iter().map(|(f, _)| *f).max().ok_or_else(|| {
+                ChunkError::NoSpace("no data dir has room for another chunk".into())
+            })?;
+        let slack = (most / 10).max(1 << 30);
+        let candidates: Vec<&Rc<DataDir>> = free
+            .iter()
+            .filter(|(f, _)| *f + slack >= most)
+            .map(|(_, d)| *d)
+            .collect();
+        let turn = self.next_dir.get();
+        self.next_dir.set(turn.wrapping_add(1));
+        Ok(candidates[turn % candidates.len()].clone())
     }
 
     /// Creates an empty chunk: a preallocated data file (so writes are

@@ -139,3 +139,141 @@ fn record_appends_land_whole_and_full_chunks_pad() {
     let r = append(&mut client, 1, handle, 1, &[1]);
     assert_eq!(r.error_code(), Some(ErrorCode::ChunkFull));
 }
+
+fn list_all(conn: &mut ringfs_client::conn::Conn) -> Vec<ringfs_wire::msg::ChunkReport> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    for _ in 0..100 {
+        let r = conn
+            .call(
+                &Body::ListChunks(Box::new(ringfs_wire::msg::ListChunks {
+                    start_after: after,
+                    limit: 7,
+                })),
+                &[],
+            )
+            .unwrap();
+        let Body::ListChunksReply(l) = r.body else {
+            panic!("{:?}", r.body)
+        };
+        let chunks = l.chunks.unwrap_or_default();
+        if let Some(last) = chunks.last() {
+            after = last.handle;
+        }
+        out.extend(chunks);
+        if !l.more {
+            return out;
+        }
+    }
+    panic!("listing did not end");
+}
+
+#[test]
+fn chunks_spread_over_data_dirs_list_delete_and_survive_restart() {
+    use ringfs_wire::msg::PeerKind;
+    let env = Env::new(CHUNK);
+    let dirs = [env.data_dir("disk0"), env.data_dir("disk1")];
+    let mut cs = env.start(&dirs, &["--cores", "2"]);
+    let mut master = cs.conn(&env, PeerKind::Master);
+    let mut client = cs.conn(&env, PeerKind::Client);
+    let handles: Vec<u64> = (1..=20).collect();
+    for &h in &handles {
+        expect_ok(&create(&mut master, 1, h, 1));
+        expect_ok(&lease(&mut master, 1, h, 1, 60_000, Vec::new()));
+        expect_ok(&write(
+            &mut client,
+            1,
+            h,
+            1,
+            0,
+            &pattern(h, h as usize * 1000),
+        ));
+    }
+    let listed = list_all(&mut client);
+    assert_eq!(listed.iter().map(|c| c.handle).collect::<Vec<_>>(), handles);
+    for c in &listed {
+        assert_eq!(c.length_bytes, c.handle * 1000);
+    }
+    // Both disks hold chunks.
+    for d in &dirs {
+        let metas = std::fs::read_dir(d.join("chunks"))
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "meta")
+            })
+            .count();
+        assert!(metas > 0, "{} holds no chunk", d.display());
+    }
+    // One DeleteChunk naming chunks of both cores.
+    let r = master
+        .call(
+            &Body::DeleteChunk(Box::new(ringfs_wire::msg::DeleteChunk {
+                epoch: 1,
+                handles: Some(vec![2, 3, 5, 7, 11]),
+                reason: ringfs_wire::msg::DeleteReason::Orphan,
+            })),
+            &[],
+        )
+        .unwrap();
+    expect_ok(&r);
+    let left: Vec<u64> = handles
+        .iter()
+        .copied()
+        .filter(|h| ![2, 3, 5, 7, 11].contains(h))
+        .collect();
+    assert_eq!(
+        list_all(&mut client)
+            .iter()
+            .map(|c| c.handle)
+            .collect::<Vec<_>>(),
+        left
+    );
+    drop((master, client));
+    cs.restart(&env);
+    assert!(cs.ready_line.contains("chunks=15"), "{}", cs.ready_line);
+    let mut client = cs.conn(&env, PeerKind::Client);
+    for &h in &left {
+        assert_eq!(
+            read(&mut client, h, 0, (h * 1000) as u32).unwrap(),
+            pattern(h, h as usize * 1000)
+        );
+    }
+    // A disk of another cluster is refused at start-up with a clear error.
+    drop(client);
+    cs.kill9();
+    let foreign = env.data_dir("foreign");
+    chunkd::identity::open_or_init(&foreign, "another-cluster", 0).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chunkd"))
+        .args([
+            "--config",
+            env.config.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--data",
+        ])
+        .arg(format!("{},{}", dirs[0].display(), foreign.display()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chunkd with a foreign data dir did not exit");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("belongs to cluster"), "{stderr}");
+}

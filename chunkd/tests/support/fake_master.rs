@@ -17,8 +17,8 @@ use ringfs_wire::auth::{self, Acceptor, ClusterKey, Identity};
 use ringfs_wire::frame::{FrameHeader, FrameLimits, HEADER_BYTES};
 use ringfs_wire::message::{Encoder, decode_meta, error_body};
 use ringfs_wire::msg::{
-    Body, BodyRef, ChunkReport, CommandEnvelope, ErrorCode, ErrorReply, Heartbeat,
-    HeartbeatReply, PeerKind, Register, RegisterReply,
+    Body, BodyRef, ChunkReport, CommandEnvelope, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply,
+    PeerKind, Register, RegisterReply,
 };
 
 /// A connection idle this long is dropped (chunkd heartbeats far more often).
@@ -208,11 +208,7 @@ impl Drop for FakeMaster {
     }
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    shared: Arc<Shared>,
-    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
-) {
+fn accept_loop(listener: TcpListener, shared: Arc<Shared>, conns: Arc<Mutex<Vec<JoinHandle<()>>>>) {
     let mut next_conn = 0u64;
     while !shared.stop.load(Ordering::Acquire) {
         match listener.accept() {
@@ -268,16 +264,49 @@ impl RawFrame {
     }
 }
 
-fn read_frame(stream: &mut TcpStream) -> Result<RawFrame, String> {
+#[derive(Debug)]
+enum ReadError {
+    /// End of stream (or a reset) before a frame began.
+    Closed,
+    Bad(String),
+}
+
+impl std::fmt::Display for ReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReadError::Closed => f.write_str("connection closed"),
+            ReadError::Bad(e) => f.write_str(e),
+        }
+    }
+}
+
+impl From<ReadError> for String {
+    fn from(e: ReadError) -> String {
+        e.to_string()
+    }
+}
+
+fn read_frame(stream: &mut TcpStream) -> Result<RawFrame, ReadError> {
     let limits = FrameLimits::CONTROL;
     let mut raw = [0u8; HEADER_BYTES];
-    stream.read_exact(&mut raw).map_err(|e| e.to_string())?;
-    let header = FrameHeader::decode(&raw, &limits).map_err(|e| e.to_string())?;
+    stream.read_exact(&mut raw).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof | std::io::ErrorKind::ConnectionReset => {
+            ReadError::Closed
+        }
+        _ => ReadError::Bad(e.to_string()),
+    })?;
+    let bad = |e: String| ReadError::Bad(e);
+    let header = FrameHeader::decode(&raw, &limits).map_err(|e| bad(e.to_string()))?;
     let mut meta = vec![0u8; header.meta_len as usize];
-    stream.read_exact(&mut meta).map_err(|e| e.to_string())?;
-    header.verify_meta(&meta).map_err(|e| e.to_string())?;
+    stream
+        .read_exact(&mut meta)
+        .map_err(|e| bad(e.to_string()))?;
+    header.verify_meta(&meta).map_err(|e| bad(e.to_string()))?;
     if header.data_len != 0 {
-        return Err(format!("unexpected data section of {}", header.data_len));
+        return Err(bad(format!(
+            "unexpected data section of {}",
+            header.data_len
+        )));
     }
     Ok(RawFrame { header, meta })
 }
@@ -345,9 +374,11 @@ fn serve(mut stream: TcpStream, conn: u64, shared: &Shared) -> Result<(), String
     loop {
         let frame = match read_frame(&mut stream) {
             Ok(f) => f,
-            // The chunkserver closed: normal after a reconnect.
+            // The chunkserver closed (it restarted or reconnects), or we
+            // are stopping: both normal.
+            Err(ReadError::Closed) => return Ok(()),
             Err(_) if shared.stop.load(Ordering::Acquire) => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.to_string()),
         };
         let options = lock(&shared.options).clone();
         let reply = match frame.owned_body()? {

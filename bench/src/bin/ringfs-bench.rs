@@ -1,0 +1,35 @@
+//! `ringfs-bench`: the benchmark binary. Today: `ringfs-bench chunkd` (one
+//! chunkd on one data dir against fio, issue 3); see docs/BENCHMARKS.md.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "ringfs-bench", version, about = "ringfs benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// One chunkd on one data dir: sequential 1 MiB writes and reads at
+    /// QD 1, 8, 32 and 64 KiB random reads at QD 32, against fio in the
+    /// same run.
+    Chunkd(ringfs_bench::chunkd::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Chunkd(args) => ringfs_bench::chunkd::run(args),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ringfs-bench: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
