@@ -17,7 +17,7 @@ use ringfs_wire::checksum::{BLOCK_BYTES, block_count, blocks_covering, crc32c, c
 pub const PAGE_BYTES: usize = 4096;
 pub const FORMAT_VERSION: u16 = 1;
 /// Log region size the chunkserver uses.
-pub const DEFAULT_LOG_BYTES: u32 = 64 * 1024;
+pub const DEFAULT_LOG_BYTES: u32 = 256 * 1024;
 pub const MAGIC: [u8; 8] = *b"RGFSCHNK";
 pub const BATCH_MAGIC: [u8; 4] = *b"RGLB";
 pub const MAX_CHUNK_SIZE_BYTES: u64 = 1 << 30;
@@ -946,7 +946,7 @@ mod tests {
         assert_eq!(l.block_count, 1024);
         assert_eq!((l.table_offset, l.table_bytes), (4096, 4096));
         assert_eq!(l.log_offset, 8192);
-        assert_eq!(l.file_bytes, 8192 + 65536);
+        assert_eq!(l.file_bytes, 8192 + 256 * 1024);
         let big = MetaLayout::new(MAX_CHUNK_SIZE_BYTES, MAX_LOG_BYTES).unwrap();
         assert_eq!(big.block_count, 16384);
         assert_eq!(big.table_bytes, 65536);
