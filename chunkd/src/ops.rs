@@ -219,32 +219,20 @@ async fn run(
             read(core, &chunk, r.version, r.offset, u64::from(r.length), bufs).await
         }
         Body::WriteChunk(w) => {
-            let crcs = w.block_crcs.clone().unwrap_or_default();
-            let data_id = w.data_id;
-            let length = u64::from(w.length);
-            let data = match mutation_data(
-                core,
-                w.inline,
-                data_id.as_ref(),
-                bufs,
-                data_len,
-                length,
-                crcs,
-            )
-            .await
-            {
-                Ok(d) => d,
-                Err((e, bufs)) => return (Err(e), bufs),
+            let m = PrimaryMutation {
+                handle: w.handle,
+                epoch: w.epoch,
+                version: w.version,
+                length: u64::from(w.length),
+                inline: w.inline,
+                data_id: w.data_id,
+                crcs: w.block_crcs.clone().unwrap_or_default(),
             };
-            let data_id = if w.inline { None } else { data_id };
-            let chunk = match core.store.get(w.handle) {
-                Ok(c) => c,
-                Err(e) => return (Err(e), data.bufs),
-            };
-            let lease = match primary_lease(core, &chunk, w.epoch, w.version) {
-                Ok(l) => l,
-                Err(e) => return (Err(e), data.bufs),
-            };
+            let (chunk, lease, data, data_id) =
+                match primary_prelude(core, &m, bufs, data_len).await {
+                    Ok(v) => v,
+                    Err((e, bufs)) => return (Err(e), bufs),
+                };
             let ticket = match chunk.begin_write(w.version, w.offset, data.len, Order::Assign) {
                 Ok(t) => t,
                 Err(e) => return (Err(e), data.bufs),
@@ -274,32 +262,20 @@ async fn run(
             (r, bufs)
         }
         Body::AppendChunk(a) => {
-            let crcs = a.block_crcs.clone().unwrap_or_default();
-            let data_id = a.data_id;
-            let length = u64::from(a.length);
-            let data = match mutation_data(
-                core,
-                a.inline,
-                data_id.as_ref(),
-                bufs,
-                data_len,
-                length,
-                crcs,
-            )
-            .await
-            {
-                Ok(d) => d,
-                Err((e, bufs)) => return (Err(e), bufs),
+            let m = PrimaryMutation {
+                handle: a.handle,
+                epoch: a.epoch,
+                version: a.version,
+                length: u64::from(a.length),
+                inline: a.inline,
+                data_id: a.data_id,
+                crcs: a.block_crcs.clone().unwrap_or_default(),
             };
-            let data_id = if a.inline { None } else { data_id };
-            let chunk = match core.store.get(a.handle) {
-                Ok(c) => c,
-                Err(e) => return (Err(e), data.bufs),
-            };
-            let lease = match primary_lease(core, &chunk, a.epoch, a.version) {
-                Ok(l) => l,
-                Err(e) => return (Err(e), data.bufs),
-            };
+            let (chunk, lease, data, data_id) =
+                match primary_prelude(core, &m, bufs, data_len).await {
+                    Ok(v) => v,
+                    Err((e, bufs)) => return (Err(e), bufs),
+                };
             match chunk.begin_append(a.version, data.len) {
                 Err(e) => (Err(e), data.bufs),
                 Ok(Appended::At(ticket)) => {
@@ -445,6 +421,52 @@ fn primary_lease(core: &Core, chunk: &Chunk, epoch: u64, version: u64) -> ChunkR
     lease.check(chunk.handle, version, Instant::now())?;
     chunk.check_version(version)?;
     Ok(lease.clone())
+}
+
+/// The chunk, its lease, the verified data and the data id to forward.
+type Prelude = (Rc<Chunk>, Lease, WriteData, Option<RequestId>);
+
+/// What the primary needs from a WriteChunk or AppendChunk.
+struct PrimaryMutation {
+    handle: u64,
+    epoch: u64,
+    version: u64,
+    length: u64,
+    inline: bool,
+    data_id: Option<RequestId>,
+    crcs: Vec<u32>,
+}
+
+/// The primary's checks before it orders a mutation: the chunk, the lease
+/// (epoch, expiry, version), then the data (verified inline bytes or the
+/// claimed pushed ones). The lease is checked first, so a refused mutation
+/// never consumes pushed data the client could retry with.
+async fn primary_prelude(
+    core: &Rc<Core>,
+    m: &PrimaryMutation,
+    bufs: Vec<AlignedBuf>,
+    data_len: u64,
+) -> Result<Prelude, (ChunkError, Vec<AlignedBuf>)> {
+    let chunk = match core.store.get(m.handle) {
+        Ok(c) => c,
+        Err(e) => return Err((e, bufs)),
+    };
+    let lease = match primary_lease(core, &chunk, m.epoch, m.version) {
+        Ok(l) => l,
+        Err(e) => return Err((e, bufs)),
+    };
+    let data = mutation_data(
+        core,
+        m.inline,
+        m.data_id.as_ref(),
+        bufs,
+        data_len,
+        m.length,
+        m.crcs.clone(),
+    )
+    .await?;
+    let data_id = if m.inline { None } else { m.data_id };
+    Ok((chunk, lease, data, data_id))
 }
 
 /// The data of a mutation: inline in the frame (checked here against the
