@@ -269,10 +269,6 @@ impl Chunk {
         }
     }
 
-    pub fn chunk_size_bytes(&self) -> u64 {
-        self.layout.chunk_size_bytes
-    }
-
     pub fn version(&self) -> u64 {
         self.mem.borrow().version
     }

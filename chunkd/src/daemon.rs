@@ -390,7 +390,6 @@ fn core_thread(
             peers: PeerPool::new(node.clone()),
             leases: Default::default(),
             pushes: Default::default(),
-            started: Instant::now(),
             foreground: Default::default(),
         });
         compio::runtime::spawn(shard::serve_inbox(core.clone(), inbox)).detach();

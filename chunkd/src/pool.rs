@@ -191,10 +191,6 @@ impl Pooled {
         &self.bufs
     }
 
-    pub fn bufs_mut(&mut self) -> &mut [AlignedBuf] {
-        &mut self.bufs
-    }
-
     /// Moves the buffers out (they are `Send`, this guard is not).
     pub fn lend(&mut self) -> Vec<AlignedBuf> {
         std::mem::take(&mut self.bufs)

@@ -8,7 +8,6 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
 
 use futures_channel::oneshot;
 use ringfs_wire::msg::{Body, PeerKind};
@@ -85,7 +84,6 @@ pub struct Core {
     pub peers: PeerPool,
     pub leases: RefCell<HashMap<u64, Lease>>,
     pub pushes: crate::push::PushStore,
-    pub started: Instant,
     /// Requests running on this core (the scrubber steps aside for them).
     pub foreground: std::cell::Cell<usize>,
 }
@@ -93,10 +91,6 @@ pub struct Core {
 impl Core {
     pub fn metrics(&self) -> &crate::metrics::CoreMetrics {
         self.node.metrics.core(self.id)
-    }
-
-    pub fn owns(&self, handle: u64) -> bool {
-        owner_core(handle, self.node.cores()) == self.id
     }
 
     /// Runs `job` on the owner of `handle`: here, or through its inbox.

@@ -185,10 +185,6 @@ impl Store {
             .collect()
     }
 
-    pub fn stored_bytes(&self) -> u64 {
-        self.chunks.borrow().values().map(|c| c.length()).sum()
-    }
-
     /// Recovers one chunk found at start-up. Damaged metadata quarantines
     /// the chunk (it is then simply absent: the master re-replicates).
     pub async fn recover(&self, found: &FoundChunk, stats: &mut RecoveryStats) -> ChunkResult<()> {
@@ -473,8 +469,8 @@ async fn recover_chunk(
     // A torn tail (non-zero bytes where the next batch goes) or recomputed
     // CRCs: start a fresh base, so the next batch never sits beside stale
     // bytes and the recomputed CRCs are durable.
-    let tail_dirty = log[scan.end_offset as usize..].iter().any(|&b| b != 0);
-    let needs_compaction = recomputed > 0 || tail_dirty || !replayed.unsettled_blocks.is_empty();
+    let needs_compaction =
+        recomputed > 0 || !scan.tail_zeroed || !replayed.unsettled_blocks.is_empty();
     let meta_file = dio::open_direct(&found.meta_path, false, true)
         .await
         .map_err(|e| ChunkError::io(format!("opening {}", found.meta_path.display()), e))?;

@@ -91,34 +91,31 @@ impl Conn {
         };
         let nonce = auth::fresh_nonce().map_err(|e| ConnError::Message(e.to_string()))?;
         let initiator = Initiator::new(key, cluster_id, Identity { kind, node_id: 0 }, nonce);
-        let challenge = conn.call(&Body::Hello(Box::new(initiator.hello())), &[])?;
-        let challenge = match challenge.body {
-            Body::Challenge(c) => c,
-            Body::ErrorReply(e) => {
+        conn.send(&Body::Hello(Box::new(initiator.hello())), &[])?;
+        let (header, meta, _) = conn.receive_raw()?;
+        let body = decode_meta(&header, &meta).map_err(|e| ConnError::Message(e.to_string()))?;
+        let challenge = match body {
+            BodyRef::Challenge(c) => c,
+            BodyRef::ErrorReply(e) => {
                 return Err(ConnError::Handshake {
-                    code: e.code,
-                    reason: e.message.unwrap_or_default(),
+                    code: e.code().unwrap_or(ErrorCode::Unknown),
+                    reason: e.message().ok().flatten().unwrap_or("").to_owned(),
                 });
             }
-            other => return Err(ConnError::Unexpected(format!("{other:?}"))),
+            _ => {
+                return Err(ConnError::Unexpected(format!(
+                    "{:?} during the handshake",
+                    header.kind
+                )));
+            }
         };
-        // Re-encode the owned challenge to read it through the Ref API the
-        // handshake takes.
-        let mut enc = Encoder::new();
-        let body = Body::Challenge(challenge);
-        let (kind_c, meta) = enc.meta(&body);
-        let header = FrameHeader::for_meta(kind_c, 0, meta, 0);
-        let BodyRef::Challenge(cref) =
-            decode_meta(&header, meta).map_err(|e| ConnError::Message(e.to_string()))?
-        else {
-            return Err(ConnError::Message("challenge re-decode".into()));
-        };
-        let (proof, peer) = initiator
-            .on_challenge(&cref)
-            .map_err(|e| ConnError::Handshake {
-                code: e.code(),
-                reason: e.to_string(),
-            })?;
+        let (proof, peer) =
+            initiator
+                .on_challenge(&challenge)
+                .map_err(|e| ConnError::Handshake {
+                    code: e.code(),
+                    reason: e.to_string(),
+                })?;
         let welcome = conn.call(&Body::Proof(Box::new(proof)), &[])?;
         match welcome.body {
             Body::Welcome(_) => {}
@@ -140,13 +137,17 @@ impl Conn {
 
     /// Sends one request (with `data`) and reads its reply.
     pub fn call(&mut self, body: &Body, data: &[u8]) -> Result<Response, ConnError> {
+        self.send(body, data)?;
+        self.receive()
+    }
+
+    fn send(&mut self, body: &Body, data: &[u8]) -> Result<(), ConnError> {
         let id = self.next_request_id;
         self.next_request_id += 1;
         let mut frame = Vec::with_capacity(HEADER_BYTES + 256 + data.len());
         self.encoder
             .frame(&mut frame, id, body, data, &self.limits)?;
-        self.send_raw(&frame)?;
-        self.receive()
+        self.send_raw(&frame)
     }
 
     /// Writes raw bytes (tests use this to send malformed frames).
@@ -159,6 +160,14 @@ impl Conn {
 
     /// Reads one reply frame.
     pub fn receive(&mut self) -> Result<Response, ConnError> {
+        let (header, meta, data) = self.receive_raw()?;
+        let body = decode_meta(&header, &meta).map_err(|e| ConnError::Message(e.to_string()))?;
+        let body = Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))?;
+        Ok(Response { body, data })
+    }
+
+    /// Reads one frame: its header, CRC-checked meta and data.
+    fn receive_raw(&mut self) -> Result<(FrameHeader, Vec<u8>, Vec<u8>), ConnError> {
         let addr = self.addr.clone();
         let io_err = |source| ConnError::Io {
             addr: addr.clone(),
@@ -172,8 +181,6 @@ impl Conn {
         header.verify_meta(&meta)?;
         let mut data = vec![0u8; header.data_len as usize];
         self.stream.read_exact(&mut data).map_err(io_err)?;
-        let body = decode_meta(&header, &meta).map_err(|e| ConnError::Message(e.to_string()))?;
-        let body = Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))?;
-        Ok(Response { body, data })
+        Ok((header, meta, data))
     }
 }
