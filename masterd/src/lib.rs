@@ -1,4 +1,7 @@
-//! ringfs metadata master (DESIGN §4), built by the masterd issue: namespace,
-//! the op log as a Raft log (openraft), mmap checkpoints, chunkserver
-//! registry, leases, placement, re-replication and GC, on tokio. It speaks
-//! the protocol in `ringfs-wire`; this crate holds no code yet.
+//! ringfs metadata master (DESIGN §4): the namespace and chunk table as a
+//! state machine over a Raft-replicated op log (openraft), mmap checkpoints,
+//! the chunkserver registry, leases, placement, re-replication and GC, on
+//! tokio.
+
+pub mod oplog;
+pub mod types;

@@ -1,0 +1,1 @@
+//! The op log: placeholder until the log store lands.

@@ -1,0 +1,259 @@
+//! The Raft type configuration and what travels in the op log.
+//!
+//! One log entry carries a [`Proposal`]: a batch of [`Op`]s that the leader
+//! collected while the previous batch was being committed (application-level
+//! group commit, on top of the log's own fsync batching). Applying a proposal
+//! yields one [`Outcome`] per op, in order.
+//!
+//! Every input that is not a pure function of the state and the op is inside
+//! the op: the leader's wall-clock time (`now_ms`, `now_ns`), placement
+//! choices, the retention deadline. Identifiers (inodes, chunk handles, node
+//! ids, trash ids) are allocated by the state machine from counters, so
+//! every master that applies the same log ends in the same state.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+openraft::declare_raft_types!(
+    /// ringfs's Raft: node ids are master ids from the config, entries carry proposals.
+    pub TypeConfig:
+        D = Proposal,
+        R = Applied,
+        NodeId = u64,
+        Node = openraft::BasicNode,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = tokio::fs::File,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type NodeId = u64;
+pub type Raft = openraft::Raft<TypeConfig>;
+pub type Entry = openraft::Entry<TypeConfig>;
+pub type LogId = openraft::LogId<NodeId>;
+pub type Vote = openraft::Vote<NodeId>;
+pub type StorageError = openraft::StorageError<NodeId>;
+
+/// Upper bound on ops in one proposal (one log entry).
+pub const PROPOSAL_OPS_MAX: usize = 4096;
+/// Upper bound on a path, in bytes.
+pub const PATH_BYTES_MAX: usize = 4096;
+/// Upper bound on one path component, in bytes.
+pub const NAME_BYTES_MAX: usize = 255;
+/// Upper bound on an owner name, in bytes.
+pub const OWNER_BYTES_MAX: usize = 64;
+/// Upper bound on chunks per file (16 Ki × 64 MiB = 1 TiB at the default size).
+pub const FILE_CHUNKS_MAX: u64 = 1 << 20;
+
+/// Idempotency key of a mutation (wire `RequestId`); `client_id == 0` means none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ReqId {
+    pub client_id: u64,
+    pub seq: u64,
+}
+
+/// One log entry's application data.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    pub ops: Vec<Op>,
+}
+
+impl fmt::Display for Proposal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "proposal of {} ops", self.ops.len())
+    }
+}
+
+/// A mutation, with everything its effect depends on besides the state.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    Mkdir {
+        req: ReqId,
+        path: String,
+        parents: bool,
+        mode: u32,
+        owner: String,
+        now_ns: i64,
+    },
+    Create {
+        req: ReqId,
+        path: String,
+        /// 0 = the parent directory's default.
+        replication: u8,
+        exclusive: bool,
+        mode: u32,
+        owner: String,
+        now_ns: i64,
+    },
+    Rename {
+        req: ReqId,
+        src: String,
+        dst: String,
+        replace: bool,
+        now_ns: i64,
+    },
+    /// Moves the subtree to the trash until `purge_at_ms`.
+    Delete {
+        req: ReqId,
+        path: String,
+        recursive: bool,
+        now_ms: u64,
+        purge_at_ms: u64,
+    },
+    Restore {
+        req: ReqId,
+        trash_id: u64,
+        /// Empty = the original path.
+        dst_path: String,
+        now_ns: i64,
+    },
+    /// Purges one trash entry, or (`trash_id == 0`) every entry due by `now_ms`.
+    Purge {
+        req: ReqId,
+        trash_id: u64,
+        now_ms: u64,
+    },
+    SetReplication {
+        req: ReqId,
+        path: String,
+        replication: u8,
+        recursive: bool,
+    },
+    /// Adds chunk `index` (the next one) to a file. The handle comes from the
+    /// state's counter; the replicas were chosen by the leader's placement.
+    AllocateChunk {
+        req: ReqId,
+        inode: u64,
+        index: u64,
+        replicas: Vec<NodeId>,
+        now_ns: i64,
+    },
+    /// Bumps a chunk's version and records the new primary lease
+    /// (DESIGN §2: committed before the lease is granted).
+    GrantLease {
+        handle: u64,
+        primary: NodeId,
+        /// The version the leader saw; a mismatch means another grant won.
+        expected_version: u64,
+        now_ms: u64,
+        duration_ms: u64,
+    },
+    CompleteFile {
+        req: ReqId,
+        inode: u64,
+        length_bytes: u64,
+        now_ns: i64,
+    },
+    /// Gives a chunkserver its permanent node id.
+    AssignNodeId {
+        /// Identifies the registration this answers (its first data dir's id).
+        dir_id: u64,
+    },
+}
+
+impl Op {
+    pub fn req(&self) -> ReqId {
+        match self {
+            Op::Mkdir { req, .. }
+            | Op::Create { req, .. }
+            | Op::Rename { req, .. }
+            | Op::Delete { req, .. }
+            | Op::Restore { req, .. }
+            | Op::Purge { req, .. }
+            | Op::SetReplication { req, .. }
+            | Op::AllocateChunk { req, .. }
+            | Op::CompleteFile { req, .. } => *req,
+            Op::GrantLease { .. } | Op::AssignNodeId { .. } => ReqId::default(),
+        }
+    }
+
+    /// Short name, for metrics labels.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Op::Mkdir { .. } => "mkdir",
+            Op::Create { .. } => "create",
+            Op::Rename { .. } => "rename",
+            Op::Delete { .. } => "delete",
+            Op::Restore { .. } => "restore",
+            Op::Purge { .. } => "purge",
+            Op::SetReplication { .. } => "set_replication",
+            Op::AllocateChunk { .. } => "allocate_chunk",
+            Op::GrantLease { .. } => "grant_lease",
+            Op::CompleteFile { .. } => "complete_file",
+            Op::AssignNodeId { .. } => "assign_node_id",
+        }
+    }
+}
+
+/// Why a mutation was refused. Maps one to one onto wire error codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Fail {
+    NotFound,
+    Exists,
+    NotDirectory,
+    IsDirectory,
+    DirectoryNotEmpty,
+    InvalidPath,
+    RenameIntoSelf,
+    BadRequest,
+    OutOfRange,
+    StaleVersion,
+    TooLarge,
+}
+
+impl Fail {
+    pub fn code(self) -> ringfs_wire::msg::ErrorCode {
+        use ringfs_wire::msg::ErrorCode;
+        match self {
+            Fail::NotFound => ErrorCode::NotFound,
+            Fail::Exists => ErrorCode::Exists,
+            Fail::NotDirectory => ErrorCode::NotDirectory,
+            Fail::IsDirectory => ErrorCode::IsDirectory,
+            Fail::DirectoryNotEmpty => ErrorCode::DirectoryNotEmpty,
+            Fail::InvalidPath => ErrorCode::InvalidPath,
+            Fail::RenameIntoSelf => ErrorCode::RenameIntoSelf,
+            Fail::BadRequest => ErrorCode::BadRequest,
+            Fail::OutOfRange => ErrorCode::OutOfRange,
+            Fail::StaleVersion => ErrorCode::StaleVersion,
+            Fail::TooLarge => ErrorCode::TooLarge,
+        }
+    }
+}
+
+impl fmt::Display for Fail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// What a successful op produced.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Done {
+    /// Mkdir, Create, Restore, CompleteFile: the inode it names.
+    Inode(u64),
+    /// Delete: the trash entry.
+    Trashed(u64),
+    /// SetReplication: files changed.
+    Changed(u64),
+    /// Purge: entries purged.
+    Purged(u64),
+    /// AllocateChunk: the new chunk.
+    Chunk { handle: u64, version: u64 },
+    /// GrantLease: the chunk's new version.
+    Version(u64),
+    /// AssignNodeId.
+    NodeId(NodeId),
+    /// Rename.
+    Ok,
+}
+
+pub type Outcome = Result<Done, Fail>;
+
+/// The response of applying one entry: one outcome per op of its proposal
+/// (empty for blank and membership entries).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    pub outcomes: Vec<Outcome>,
+    /// The log index the outcomes were applied at (read-your-writes stamps).
+    pub index: u64,
+}
