@@ -3,5 +3,8 @@
 //! the chunkserver registry, leases, placement, re-replication and GC, on
 //! tokio.
 
+pub mod chunks;
+pub mod namespace;
 pub mod oplog;
+pub mod state;
 pub mod types;

@@ -84,6 +84,8 @@ pub enum Op {
         mode: u32,
         owner: String,
         now_ns: i64,
+        /// A truncated file goes to the trash until now + this.
+        trash_retention_ms: u64,
     },
     Rename {
         req: ReqId,
@@ -91,6 +93,8 @@ pub enum Op {
         dst: String,
         replace: bool,
         now_ns: i64,
+        /// A replaced destination goes to the trash until now + this.
+        trash_retention_ms: u64,
     },
     /// Moves the subtree to the trash until `purge_at_ms`.
     Delete {
