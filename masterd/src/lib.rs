@@ -3,8 +3,23 @@
 //! the chunkserver registry, leases, placement, re-replication and GC, on
 //! tokio.
 
+pub mod checkpoint;
 pub mod chunks;
+pub mod client_api;
+pub mod conn;
+pub mod cscmd;
+pub mod cslink;
+pub mod duties;
+pub mod http;
+pub mod lease;
+pub mod metrics;
 pub mod namespace;
+pub mod node;
 pub mod oplog;
+pub mod placement;
+pub mod proposer;
+pub mod raftnet;
+pub mod registry;
 pub mod state;
+pub mod statemachine;
 pub mod types;

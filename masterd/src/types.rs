@@ -129,8 +129,10 @@ pub enum Op {
         req: ReqId,
         inode: u64,
         index: u64,
+        /// The first is the primary of the chunk's first lease.
         replicas: Vec<NodeId>,
         now_ns: i64,
+        lease_duration_ms: u64,
     },
     /// Bumps a chunk's version and records the new primary lease
     /// (DESIGN §2: committed before the lease is granted).

@@ -1,0 +1,594 @@
+//! The client API (master.fbs): namespace operations, chunk lookup and
+//! allocation, leases, bad-replica reports, admin status and fsck.
+//!
+//! Reads are answered from the applied state (waiting, bounded, for a
+//! client's `min_applied_index`); mutations go through the proposer and are
+//! answered after they are committed and applied.
+
+use std::time::{Duration, Instant};
+
+use ringfs_wire::msg::{
+    Ack, AdminStatusReply, Attr, AttrReply, Body, ChunkLocation, ChunkLocationReply, ChunkserverState,
+    ChunkserverStatus, DeleteReply, DirEntry, ErrorCode, ErrorReply, FsckChunk, FsckFile, FsckReply,
+    GetChunksReply, InodeKind, ListDirReply, ListTrashReply, MasterRole, MasterStatus, Replica, ReplicaState,
+    RequestId, SetReplicationReply, TrashEntry as WireTrashEntry,
+};
+
+use crate::lease::{self, LeaseError, Located};
+use crate::metrics;
+use crate::namespace::{Inode, Kind};
+use crate::node::{Master, now_ms, now_ns};
+use crate::proposer::ProposeError;
+use crate::registry::Liveness;
+use crate::state::State;
+use crate::types::{Done, Fail, Op, OWNER_BYTES_MAX, ReqId};
+
+/// Longest wait for a read's `min_applied_index`.
+pub const MIN_APPLIED_WAIT: Duration = Duration::from_secs(2);
+/// Upper bound on entries in one ListDir / ListTrash / GetChunks / Fsck reply.
+pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Files examined per Fsck call (paged beyond that).
+pub const FSCK_FILES_PER_CALL_MAX: u32 = 10_000;
+
+fn error(code: ErrorCode, message: impl Into<String>) -> Body {
+    Body::ErrorReply(Box::new(ErrorReply { code, message: Some(message.into()), ..ErrorReply::default() }))
+}
+
+fn not_leader(master: &Master) -> Body {
+    let (hint, addr) = master.leader_hint();
+    Body::ErrorReply(Box::new(ErrorReply {
+        code: ErrorCode::NotLeader,
+        message: Some(format!("master {} is not the leader", master.id)),
+        leader_hint: hint,
+        leader_addr: Some(addr),
+        ..ErrorReply::default()
+    }))
+}
+
+fn fail(f: Fail) -> Body {
+    error(f.code(), f.to_string())
+}
+
+fn propose_error(master: &Master, e: ProposeError) -> Body {
+    match e {
+        ProposeError::NotLeader { .. } => not_leader(master),
+        ProposeError::Busy => Body::ErrorReply(Box::new(ErrorReply {
+            code: ErrorCode::Busy,
+            message: Some("proposal queue full".into()),
+            retry_after_ms: 10,
+            ..ErrorReply::default()
+        })),
+        ProposeError::Stopped(why) => error(ErrorCode::Unavailable, why),
+    }
+}
+
+fn lease_error(master: &Master, e: LeaseError) -> Body {
+    match e {
+        LeaseError::Propose(p) => propose_error(master, p),
+        LeaseError::Fail(f) => fail(f),
+        LeaseError::Unavailable { retry_after, why } => Body::ErrorReply(Box::new(ErrorReply {
+            code: lease::error_code(&LeaseError::Unavailable { retry_after, why: String::new() }),
+            message: Some(why),
+            retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
+            ..ErrorReply::default()
+        })),
+    }
+}
+
+fn req_of(r: Option<RequestId>) -> ReqId {
+    r.map_or(ReqId::default(), |r| ReqId { client_id: r.client_id, seq: r.seq })
+}
+
+fn owner_of(o: Option<String>) -> String {
+    let mut o = o.unwrap_or_default();
+    if o.is_empty() {
+        o.push_str("nobody");
+    }
+    o.truncate(OWNER_BYTES_MAX);
+    o
+}
+
+pub fn attr(state: &State, ino: u64, inode: &Inode) -> Attr {
+    let (kind, length_bytes, chunk_count, complete) = match &inode.kind {
+        Kind::File(f) => (InodeKind::File, f.length_bytes, f.chunks.len() as u64, f.complete),
+        Kind::Dir(d) => (InodeKind::Directory, 0, d.children.len() as u64, true),
+    };
+    Attr {
+        inode: ino,
+        kind,
+        length_bytes,
+        replication: inode.replication,
+        mode: inode.mode,
+        owner: Some(state.ns.owner_name(inode.owner).to_string()),
+        mtime_ns: inode.mtime_ns,
+        ctime_ns: inode.ctime_ns,
+        chunk_count,
+        complete,
+    }
+}
+
+fn attr_reply(master: &Master, ino: u64) -> Body {
+    let state = master.shared.read();
+    match state.ns.get(ino) {
+        Some(inode) => {
+            Body::AttrReply(Box::new(AttrReply { attr: Some(attr(&state, ino, inode)), stamp: Some(master.stamp()) }))
+        }
+        None => fail(Fail::NotFound),
+    }
+}
+
+/// Commits `op` and turns its outcome into a reply with `reply`.
+async fn mutate(master: &Master, op: Op, reply: impl FnOnce(Done) -> Body) -> Body {
+    if !master.is_leader() {
+        return not_leader(master);
+    }
+    match master.proposer.propose(op).await {
+        Ok(c) => match c.outcome {
+            Ok(done) => reply(done),
+            Err(f) => fail(f),
+        },
+        Err(e) => propose_error(master, e),
+    }
+}
+
+fn stamp_ack(master: &Master) -> Body {
+    Body::Ack(Box::new(Ack { stamp: Some(master.stamp()) }))
+}
+
+fn inode_of(done: &Done) -> u64 {
+    match done {
+        Done::Inode(i) => *i,
+        _ => 0,
+    }
+}
+
+/// Kind name for metrics.
+pub fn kind_name(body: &Body) -> &'static str {
+    match body {
+        Body::Mkdir(_) => "mkdir",
+        Body::Create(_) => "create",
+        Body::Stat(_) => "stat",
+        Body::ListDir(_) => "list_dir",
+        Body::Rename(_) => "rename",
+        Body::Delete(_) => "delete",
+        Body::ListTrash(_) => "list_trash",
+        Body::RestoreFromTrash(_) => "restore",
+        Body::Purge(_) => "purge",
+        Body::SetReplication(_) => "set_replication",
+        Body::CompleteFile(_) => "complete_file",
+        Body::GetChunks(_) => "get_chunks",
+        Body::AllocateChunk(_) => "allocate_chunk",
+        Body::GetLease(_) => "get_lease",
+        Body::ReportBadReplica(_) => "report_bad_replica",
+        Body::AdminStatus(_) => "admin_status",
+        Body::Fsck(_) => "fsck",
+        Body::AdminFailover(_) | Body::AdminMembership(_) | Body::AdminDecommission(_) => "admin_other",
+        _ => "other",
+    }
+}
+
+pub async fn handle(master: &Master, body: Body) -> Body {
+    let kind = kind_name(&body);
+    let reply = dispatch(master, body).await;
+    master.metrics.count(kind, !matches!(reply, Body::ErrorReply(_)));
+    reply
+}
+
+async fn dispatch(master: &Master, body: Body) -> Body {
+    let retention_ms = master.tuning().trash_retention_secs.saturating_mul(1000);
+    match body {
+        Body::Mkdir(m) => {
+            let op = Op::Mkdir {
+                req: req_of(m.req),
+                path: m.path.unwrap_or_default(),
+                parents: m.parents,
+                mode: m.mode,
+                owner: owner_of(m.owner),
+                now_ns: now_ns(),
+            };
+            mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
+        }
+        Body::Create(c) => {
+            let op = Op::Create {
+                req: req_of(c.req),
+                path: c.path.unwrap_or_default(),
+                replication: c.replication,
+                exclusive: c.exclusive,
+                mode: c.mode,
+                owner: owner_of(c.owner),
+                now_ns: now_ns(),
+                trash_retention_ms: retention_ms,
+            };
+            mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
+        }
+        Body::Rename(r) => {
+            let op = Op::Rename {
+                req: req_of(r.req),
+                src: r.src.unwrap_or_default(),
+                dst: r.dst.unwrap_or_default(),
+                replace: r.replace,
+                now_ns: now_ns(),
+                trash_retention_ms: retention_ms,
+            };
+            mutate(master, op, |_| stamp_ack(master)).await
+        }
+        Body::Delete(d) => {
+            let now = now_ms();
+            let op = Op::Delete {
+                req: req_of(d.req),
+                path: d.path.unwrap_or_default(),
+                recursive: d.recursive,
+                now_ms: now,
+                purge_at_ms: now.saturating_add(retention_ms),
+            };
+            mutate(master, op, |done| {
+                let trash_id = if let Done::Trashed(t) = done { t } else { 0 };
+                Body::DeleteReply(Box::new(DeleteReply { trash_id, stamp: Some(master.stamp()) }))
+            })
+            .await
+        }
+        Body::RestoreFromTrash(r) => {
+            let op = Op::Restore {
+                req: req_of(r.req),
+                trash_id: r.trash_id,
+                dst_path: r.dst_path.unwrap_or_default(),
+                now_ns: now_ns(),
+            };
+            mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
+        }
+        Body::Purge(p) => {
+            let op = Op::Purge { req: req_of(p.req), trash_id: p.trash_id, now_ms: now_ms() };
+            mutate(master, op, |_| stamp_ack(master)).await
+        }
+        Body::SetReplication(s) => {
+            let op = Op::SetReplication {
+                req: req_of(s.req),
+                path: s.path.unwrap_or_default(),
+                replication: s.replication,
+                recursive: s.recursive,
+            };
+            mutate(master, op, |d| {
+                let files_changed = if let Done::Changed(n) = d { n } else { 0 };
+                Body::SetReplicationReply(Box::new(SetReplicationReply { files_changed, stamp: Some(master.stamp()) }))
+            })
+            .await
+        }
+        Body::CompleteFile(c) => {
+            let op =
+                Op::CompleteFile { req: req_of(c.req), inode: c.inode, length_bytes: c.length_bytes, now_ns: now_ns() };
+            mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
+        }
+        Body::Stat(s) => {
+            if !master.wait_applied(s.min_applied_index, MIN_APPLIED_WAIT).await {
+                return behind(master, s.min_applied_index);
+            }
+            let state = master.shared.read();
+            match state.ns.lookup(s.path.as_deref().unwrap_or("")) {
+                Ok(ino) => match state.ns.get(ino) {
+                    Some(inode) => Body::AttrReply(Box::new(AttrReply {
+                        attr: Some(attr(&state, ino, inode)),
+                        stamp: Some(master.stamp()),
+                    })),
+                    None => fail(Fail::NotFound),
+                },
+                Err(f) => fail(f),
+            }
+        }
+        Body::ListDir(l) => {
+            if !master.wait_applied(l.min_applied_index, MIN_APPLIED_WAIT).await {
+                return behind(master, l.min_applied_index);
+            }
+            list_dir(master, l.path.as_deref().unwrap_or(""), l.start_after.as_deref().unwrap_or(""), l.limit)
+        }
+        Body::ListTrash(l) => {
+            let state = master.shared.read();
+            let limit = l.limit.clamp(1, LIST_LIMIT_MAX) as usize;
+            let mut entries = Vec::new();
+            let mut more = false;
+            for (&id, e) in state.ns.trash.range(l.start_after.saturating_add(1)..) {
+                if entries.len() == limit {
+                    more = true;
+                    break;
+                }
+                let attr = state.ns.get(e.inode).map(|i| attr(&state, e.inode, i));
+                entries.push(WireTrashEntry {
+                    trash_id: id,
+                    original_path: Some(e.original_path.clone()),
+                    deleted_at_ms: e.deleted_at_ms,
+                    purge_at_ms: e.purge_at_ms,
+                    attr,
+                });
+            }
+            Body::ListTrashReply(Box::new(ListTrashReply { entries: Some(entries), more, stamp: Some(master.stamp()) }))
+        }
+        Body::GetChunks(g) => {
+            if !master.wait_applied(g.min_applied_index, MIN_APPLIED_WAIT).await {
+                return behind(master, g.min_applied_index);
+            }
+            get_chunks(master, g.inode, g.first_index, g.count)
+        }
+        Body::AllocateChunk(a) => {
+            if !master.is_leader() {
+                return not_leader(master);
+            }
+            match lease::allocate(master, req_of(a.req), a.inode, a.index).await {
+                Ok(located) => location_reply(master, a.index, located),
+                Err(e) => lease_error(master, e),
+            }
+        }
+        Body::GetLease(g) => {
+            if !master.is_leader() {
+                return not_leader(master);
+            }
+            let index = master.shared.read().chunks.get(g.handle).map_or(0, |c| u64::from(c.index));
+            match lease::get_lease(master, g.handle).await {
+                Ok(located) => location_reply(master, index, located),
+                Err(e) => lease_error(master, e),
+            }
+        }
+        Body::ReportBadReplica(r) => {
+            {
+                let mut reg = master.registry();
+                if let Some(l) =
+                    reg.locations.get_mut(&r.handle).and_then(|ls| ls.iter_mut().find(|l| l.node == r.node_id))
+                {
+                    l.state = ReplicaState::Corrupt;
+                }
+            }
+            tracing::warn!(handle = r.handle, node = r.node_id, reason = ?r.reason, "client reported a bad replica");
+            stamp_ack(master)
+        }
+        Body::AdminStatus(_) => admin_status(master),
+        Body::Fsck(f) => fsck(master, f.path.as_deref().unwrap_or("/"), f.start_after.as_deref().unwrap_or(""), f.limit),
+        Body::AdminDecommission(d) => {
+            let mut reg = master.registry();
+            match reg.servers.get_mut(&d.node_id) {
+                Some(s) if s.liveness == Liveness::Live => {
+                    s.liveness = Liveness::Decommissioning;
+                    drop(reg);
+                    stamp_ack(master)
+                }
+                Some(_) => stamp_ack(master),
+                None => fail(Fail::NotFound),
+            }
+        }
+        Body::AdminFailover(_) | Body::AdminMembership(_) => error(
+            ErrorCode::Unsupported,
+            "this master runs as the single voter; failover and membership need replicated masters",
+        ),
+        other => error(
+            ErrorCode::BadRequest,
+            format!("{:?} is not a client request", ringfs_wire::msg::MessageKind::of_body(&other)),
+        ),
+    }
+}
+
+fn behind(master: &Master, wanted: u64) -> Body {
+    Body::ErrorReply(Box::new(ErrorReply {
+        code: ErrorCode::Unavailable,
+        message: Some(format!(
+            "applied index {} is behind the requested {wanted}",
+            master.shared.applied_index.load(std::sync::atomic::Ordering::Acquire)
+        )),
+        retry_after_ms: 100,
+        ..ErrorReply::default()
+    }))
+}
+
+fn list_dir(master: &Master, path: &str, start_after: &str, limit: u32) -> Body {
+    let state = master.shared.read();
+    let ino = match state.ns.lookup(path) {
+        Ok(i) => i,
+        Err(f) => return fail(f),
+    };
+    let Some(dir) = state.ns.get(ino).and_then(Inode::dir) else { return fail(Fail::NotDirectory) };
+    let limit = limit.clamp(1, LIST_LIMIT_MAX) as usize;
+    let range = if start_after.is_empty() {
+        dir.children.range::<str, _>(..)
+    } else {
+        dir.children.range::<str, _>((std::ops::Bound::Excluded(start_after), std::ops::Bound::Unbounded))
+    };
+    let mut entries = Vec::new();
+    let mut more = false;
+    for (name, &child) in range {
+        if entries.len() == limit {
+            more = true;
+            break;
+        }
+        let attr = state.ns.get(child).map(|i| attr(&state, child, i));
+        entries.push(DirEntry { name: Some(name.to_string()), attr });
+    }
+    Body::ListDirReply(Box::new(ListDirReply { entries: Some(entries), more, stamp: Some(master.stamp()) }))
+}
+
+fn replicas_of(master: &Master, locs: &[crate::registry::Location]) -> Vec<Replica> {
+    let reg = master.registry();
+    let mut out: Vec<(u32, Replica)> = locs
+        .iter()
+        .filter_map(|l| {
+            let s = reg.servers.get(&l.node)?;
+            let r = Replica { node_id: l.node, addr: Some(s.listen_addr.clone()), rack: Some(s.rack.clone()) };
+            Some((s.ops_in_flight, r))
+        })
+        .collect();
+    // Least loaded first: clients read from the front.
+    out.sort_by_key(|(load, r)| (*load, r.node_id));
+    out.into_iter().map(|(_, r)| r).collect()
+}
+
+fn location(master: &Master, index: u64, located: &Located) -> ChunkLocation {
+    let now = Instant::now();
+    let (primary, remaining, epoch) = match &located.lease {
+        Some(l) if l.client_expires > now => (
+            l.primary,
+            u32::try_from(l.client_expires.duration_since(now).as_millis()).unwrap_or(u32::MAX),
+            l.epoch,
+        ),
+        _ => (0, 0, master.epoch()),
+    };
+    ChunkLocation {
+        index,
+        handle: located.handle,
+        version: located.version,
+        replicas: Some(replicas_of(master, &located.replicas)),
+        primary,
+        lease_remaining_ms: remaining,
+        epoch,
+    }
+}
+
+fn location_reply(master: &Master, index: u64, located: Located) -> Body {
+    Body::ChunkLocationReply(Box::new(ChunkLocationReply {
+        location: Some(location(master, index, &located)),
+        stamp: Some(master.stamp()),
+    }))
+}
+
+fn get_chunks(master: &Master, inode: u64, first: u64, count: u32) -> Body {
+    let (length, handles) = {
+        let state = master.shared.read();
+        let Some(node) = state.ns.get(inode) else { return fail(Fail::NotFound) };
+        let Some(file) = node.file() else { return fail(Fail::IsDirectory) };
+        let count = count.clamp(1, LIST_LIMIT_MAX) as usize;
+        let start = usize::try_from(first).unwrap_or(usize::MAX).min(file.chunks.len());
+        let handles: Vec<(u64, u64, u64)> = file.chunks[start..]
+            .iter()
+            .take(count)
+            .enumerate()
+            .map(|(i, &h)| (start as u64 + i as u64, h, state.chunks.get(h).map_or(0, |c| c.version)))
+            .collect();
+        (file.length_bytes, handles)
+    };
+    let now = Instant::now();
+    let chunks = handles
+        .into_iter()
+        .map(|(index, handle, version)| {
+            let replicas = master.registry().good_replicas(handle, version).to_vec();
+            let lease = master.leases.live(handle, now).filter(|l| l.version == version);
+            location(master, index, &Located { handle, version, replicas, lease })
+        })
+        .collect();
+    Body::GetChunksReply(Box::new(GetChunksReply {
+        length_bytes: length,
+        chunks: Some(chunks),
+        stamp: Some(master.stamp()),
+    }))
+}
+
+fn admin_status(master: &Master) -> Body {
+    let h = metrics::health(master);
+    let (files, directories, chunks) = {
+        let s = master.shared.read();
+        (s.ns.files, s.ns.directories, s.chunks.chunks.len() as u64)
+    };
+    let m = master.raft.metrics().borrow().clone();
+    let me = MasterStatus {
+        id: master.id,
+        role: if master.is_leader() { MasterRole::Leader } else { MasterRole::Follower },
+        term: m.current_term,
+        leader: m.current_leader.unwrap_or(0),
+        commit_index: m.last_applied.map_or(0, |l| l.index),
+        applied_index: master.shared.applied_index.load(std::sync::atomic::Ordering::Acquire),
+        lag: 0,
+        client_addr: master.config.master(master.id).map(|c| c.client_addr.clone()),
+    };
+    let chunkservers = master
+        .registry()
+        .servers
+        .values()
+        .map(|s| ChunkserverStatus {
+            node_id: s.node_id,
+            addr: Some(s.listen_addr.clone()),
+            rack: Some(s.rack.clone()),
+            state: match s.liveness {
+                Liveness::Live => ChunkserverState::Live,
+                Liveness::Dead => ChunkserverState::Dead,
+                Liveness::Decommissioning => ChunkserverState::Decommissioning,
+            },
+            capacity_bytes: s.capacity_bytes,
+            used_bytes: s.used_bytes,
+            chunk_count: s.chunk_count,
+            ops_in_flight: s.ops_in_flight,
+            last_heartbeat_ms_ago: s.last_heartbeat.elapsed().as_millis() as u64,
+            scrub_bytes_unverified_beyond_period: s.scrub_unverified_bytes,
+        })
+        .collect();
+    Body::AdminStatusReply(Box::new(AdminStatusReply {
+        masters: Some(vec![me]),
+        chunkservers: Some(chunkservers),
+        files,
+        directories,
+        chunks,
+        under_replicated_chunks: h.under_replicated,
+        corrupt_replicas: h.corrupt_replicas,
+        missing_chunks: h.missing,
+        stamp: Some(master.stamp()),
+    }))
+}
+
+/// Walks files under `path` in path order, reporting unhealthy chunks.
+fn fsck(master: &Master, path: &str, start_after: &str, limit: u32) -> Body {
+    let state = master.shared.read();
+    let root = match state.ns.lookup(path) {
+        Ok(i) => i,
+        Err(f) => return fail(f),
+    };
+    let limit = limit.clamp(1, FSCK_FILES_PER_CALL_MAX) as usize;
+    // Depth-first in name order, so `start_after` (a path) resumes a walk.
+    let base = if path.ends_with('/') { path.trim_end_matches('/').to_string() } else { path.to_string() };
+    let mut stack: Vec<(String, u64)> = vec![(base, root)];
+    let mut files = Vec::new();
+    let mut checked = 0u64;
+    let mut more = false;
+    let reg = master.registry();
+    while let Some((p, ino)) = stack.pop() {
+        let Some(node) = state.ns.get(ino) else { continue };
+        match &node.kind {
+            Kind::Dir(d) => {
+                for (name, &child) in d.children.iter().rev() {
+                    stack.push((format!("{p}/{name}"), child));
+                }
+            }
+            Kind::File(f) => {
+                if !start_after.is_empty() && p.as_str() <= start_after {
+                    continue;
+                }
+                if checked as usize == limit {
+                    more = true;
+                    break;
+                }
+                checked += 1;
+                let mut unhealthy = Vec::new();
+                for (index, &handle) in f.chunks.iter().enumerate() {
+                    let version = state.chunks.get(handle).map_or(0, |c| c.version);
+                    let locs = reg.locations.get(&handle);
+                    let count = |pred: &dyn Fn(&crate::registry::Location) -> bool| {
+                        locs.map_or(0, |ls| ls.iter().filter(|l| pred(l)).count()) as u8
+                    };
+                    let live = reg.good_replicas(handle, version).len() as u8;
+                    let corrupt = count(&|l| l.state == ReplicaState::Corrupt);
+                    let stale = count(&|l| l.version < version);
+                    if live < node.replication || corrupt > 0 || stale > 0 {
+                        unhealthy.push(FsckChunk {
+                            index: index as u64,
+                            handle,
+                            version,
+                            goal: node.replication,
+                            live_replicas: live,
+                            corrupt_replicas: corrupt,
+                            stale_replicas: stale,
+                        });
+                    }
+                }
+                if !unhealthy.is_empty() {
+                    files.push(FsckFile {
+                        path: Some(p.clone()),
+                        unhealthy_chunks: Some(unhealthy),
+                        chunk_count: f.chunks.len() as u64,
+                    });
+                }
+            }
+        }
+    }
+    Body::FsckReply(Box::new(FsckReply { files: Some(files), files_checked: checked, more, stamp: Some(master.stamp()) }))
+}

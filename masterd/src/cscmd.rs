@@ -1,0 +1,129 @@
+//! Direct commands to chunkservers, for what a client is waiting on
+//! (create the replicas of a new chunk, bump versions, grant a lease).
+//! Background work (deletes, clones) rides heartbeat replies instead.
+//!
+//! Connections authenticate as this master and are kept in a small idle
+//! pool per address; one command at a time per connection.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ringfs_wire::auth::{ClusterKey, Identity};
+use ringfs_wire::frame::FrameLimits;
+use ringfs_wire::message::Encoder;
+use ringfs_wire::msg::{Body, ErrorCode, ErrorReply, PeerKind};
+use tokio::net::TcpStream;
+
+use crate::conn::{self, ConnError};
+
+/// Connect plus handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// One command and its reply (a create fallocates a whole chunk).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Idle connections kept per chunkserver.
+pub const IDLE_PER_SERVER_MAX: usize = 4;
+/// Chunkservers with idle connections kept.
+pub const SERVERS_MAX: usize = 4096;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{addr}: {source}")]
+    Link { addr: String, source: ConnError },
+    #[error("{addr}: timed out")]
+    Timeout { addr: String },
+    #[error("{addr}: refused ({:?}): {}", .reply.code, .reply.message.as_deref().unwrap_or(""))]
+    Refused { addr: String, reply: Box<ErrorReply> },
+}
+
+impl CommandError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            CommandError::Refused { reply, .. } => reply.code,
+            CommandError::Timeout { .. } => ErrorCode::Timeout,
+            CommandError::Link { .. } => ErrorCode::Unavailable,
+        }
+    }
+}
+
+pub struct CsClient {
+    key: ClusterKey,
+    cluster_id: String,
+    me: Identity,
+    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+}
+
+impl CsClient {
+    pub fn new(key: ClusterKey, cluster_id: String, master_id: u64) -> Arc<CsClient> {
+        Arc::new(CsClient {
+            key,
+            cluster_id,
+            me: Identity { kind: PeerKind::Master, node_id: master_id },
+            idle: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn connect(&self, addr: &str) -> Result<TcpStream, ConnError> {
+        let mut stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        conn::initiate_handshake(&mut stream, &self.key, &self.cluster_id, self.me).await?;
+        Ok(stream)
+    }
+
+    fn take_idle(&self, addr: &str) -> Option<TcpStream> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(addr)?.pop()
+    }
+
+    fn put_idle(&self, addr: &str, stream: TcpStream) {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() >= SERVERS_MAX && !idle.contains_key(addr) {
+            return;
+        }
+        let list = idle.entry(addr.to_string()).or_default();
+        if list.len() < IDLE_PER_SERVER_MAX {
+            list.push(stream);
+        }
+    }
+
+    /// Sends one command and waits for its `Ack` (or typed refusal).
+    pub async fn command(&self, addr: &str, body: &Body) -> Result<(), CommandError> {
+        let link = |source| CommandError::Link { addr: addr.to_string(), source };
+        let attempt = async {
+            // A pooled connection may have been closed by the peer meanwhile:
+            // one retry on a fresh connection, no more.
+            if let Some(mut stream) = self.take_idle(addr) {
+                if let Ok(reply) = exchange(&mut stream, body).await {
+                    self.put_idle(addr, stream);
+                    return Ok(reply);
+                }
+            }
+            let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr))
+                .await
+                .map_err(|_| CommandError::Timeout { addr: addr.to_string() })?
+                .map_err(link)?;
+            let reply = exchange(&mut stream, body).await.map_err(link)?;
+            self.put_idle(addr, stream);
+            Ok(reply)
+        };
+        let reply = tokio::time::timeout(COMMAND_TIMEOUT, attempt)
+            .await
+            .map_err(|_| CommandError::Timeout { addr: addr.to_string() })??;
+        match reply {
+            Body::Ack(_) => Ok(()),
+            Body::ErrorReply(reply) => Err(CommandError::Refused { addr: addr.to_string(), reply }),
+            other => Err(link(ConnError::Protocol(format!("unexpected reply {:?}", ringfs_wire::msg::MessageKind::of_body(&other))))),
+        }
+    }
+}
+
+async fn exchange(stream: &mut TcpStream, body: &Body) -> Result<Body, ConnError> {
+    let limits = FrameLimits::CONTROL;
+    let mut encoder = Encoder::new();
+    conn::write_frame(stream, &mut encoder, 1, body, &[], &limits).await?;
+    let frame = conn::read_frame(stream, &limits).await?;
+    if frame.header.request_id != 1 {
+        return Err(ConnError::Protocol("reply to another request".into()));
+    }
+    let body = frame.body()?;
+    Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))
+}

@@ -1,0 +1,113 @@
+//! The chunkserver side of a master: `Register` and `Heartbeat` frames,
+//! each answered by exactly one reply frame echoing its request id (the
+//! contract of chunkd's master link).
+//!
+//! Every master takes reports, leader or not, so its registry is warm when
+//! it becomes leader; only the leader assigns node ids and sends commands.
+//! A follower answers `NotLeader` (the chunkserver keeps reporting).
+
+use std::time::Instant;
+
+use ringfs_wire::msg::{Body, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply, Register, RegisterReply};
+
+use crate::duties;
+use crate::node::Master;
+use crate::registry::Registration;
+use crate::types::{Done, Op};
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Body {
+    Body::ErrorReply(Box::new(ErrorReply { code, message: Some(message.into()), ..ErrorReply::default() }))
+}
+
+fn not_leader(master: &Master) -> Body {
+    let (hint, addr) = master.leader_hint();
+    Body::ErrorReply(Box::new(ErrorReply {
+        code: ErrorCode::NotLeader,
+        message: Some("reports taken; commands come from the leader".into()),
+        leader_hint: hint,
+        leader_addr: Some(addr),
+        ..ErrorReply::default()
+    }))
+}
+
+pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
+    let mut node_id = r.node_id;
+    if node_id == 0 {
+        // A fresh chunkserver: its id is committed, keyed by its first data
+        // dir's identity, so a retried registration gets the same id.
+        if !master.is_leader() {
+            return not_leader(master);
+        }
+        let Some(dir_id) = r.dirs.as_ref().and_then(|d| d.first()).map(|d| d.dir_id) else {
+            return refuse(ErrorCode::BadRequest, "registration without a data dir");
+        };
+        match master.proposer.propose(Op::AssignNodeId { dir_id }).await {
+            Ok(c) => match c.outcome {
+                Ok(Done::NodeId(id)) => node_id = id,
+                Ok(other) => return refuse(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
+                Err(f) => return refuse(f.code(), f.to_string()),
+            },
+            Err(_) => return not_leader(master),
+        }
+    } else if peer_node_id != 0 && peer_node_id != node_id {
+        return refuse(
+            ErrorCode::BadRequest,
+            format!("connection authenticated as node {peer_node_id} registers as {node_id}"),
+        );
+    }
+    let dirs = r.dirs.unwrap_or_default();
+    let registration = Registration {
+        node_id,
+        listen_addr: r.listen_addr.as_deref().unwrap_or(""),
+        http_addr: r.http_addr.as_deref().unwrap_or(""),
+        rack: r.rack.as_deref().unwrap_or(""),
+        capacity_bytes: dirs.iter().map(|d| d.capacity_bytes).sum(),
+        used_bytes: dirs.iter().map(|d| d.used_bytes).sum(),
+    };
+    let chunks = r.chunks.unwrap_or_default();
+    master.registry().register(&registration, &chunks, r.report_complete, Instant::now());
+    if r.report_complete {
+        tracing::info!(node_id, addr = registration.listen_addr, rack = registration.rack, "chunkserver registered");
+    }
+    Body::RegisterReply(Box::new(RegisterReply {
+        node_id,
+        epoch: master.epoch(),
+        heartbeat_interval_ms: u32::try_from(master.tuning().heartbeat_interval_ms).unwrap_or(u32::MAX),
+        master_id: master.id,
+    }))
+}
+
+pub fn heartbeat(master: &Master, h: Heartbeat) -> Body {
+    let node = h.node_id;
+    let known = {
+        let mut reg = master.registry();
+        let known = reg.heartbeat(
+            node,
+            h.added.as_deref().unwrap_or(&[]),
+            h.removed.as_deref().unwrap_or(&[]),
+            h.corrupt.as_deref().unwrap_or(&[]),
+            Instant::now(),
+        );
+        if let Some(s) = reg.servers.get_mut(&node) {
+            s.capacity_bytes = h.capacity_bytes;
+            s.used_bytes = h.used_bytes;
+            s.ops_in_flight = h.ops_in_flight;
+            if let Some(scrub) = &h.scrub {
+                s.scrub_unverified_bytes = scrub.bytes_unverified_beyond_period;
+            }
+        }
+        known
+    };
+    if !known {
+        // Unknown, or declared dead meanwhile: a fresh full report is needed.
+        return refuse(ErrorCode::NotFound, format!("node {node} must register again"));
+    }
+    for result in h.results.unwrap_or_default() {
+        duties::command_result(master, node, &result);
+    }
+    if !master.is_leader() {
+        return not_leader(master);
+    }
+    let commands = master.registry().take_commands(node);
+    Body::HeartbeatReply(Box::new(HeartbeatReply { epoch: master.epoch(), commands: Some(commands) }))
+}

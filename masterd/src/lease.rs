@@ -1,0 +1,397 @@
+//! Primary leases (DESIGN §4) and the allocation of new chunks.
+//!
+//! Rules, in the order they are applied:
+//! - a chunk's version is bumped and committed before a new primary lease,
+//!   and every up-to-date replica is told the new version before the
+//!   primary is told it holds the lease;
+//! - a new primary is never named while an older lease may still run:
+//!   this master counts a lease from the moment the primary acknowledged it
+//!   (the holder counts from when it received it, minus a margin, so it
+//!   always stops first), and a master that just became leader waits out
+//!   one lease duration for chunks whose committed lease record may be live;
+//! - leases and commands carry the epoch (the Raft term).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use ringfs_wire::msg::{Body, BumpVersion, CreateChunk, ErrorCode, GrantLease, Replica};
+
+use crate::node::{Master, now_ms, now_ns};
+use crate::placement::{self, Candidate};
+use crate::proposer::ProposeError;
+use crate::registry::Location;
+use crate::types::{Done, Fail, NodeId, Op, ReqId};
+
+/// Lease grants serialised per chunk through this many locks.
+const GRANT_LOCKS: usize = 64;
+
+/// Why a lease or allocation could not be had.
+#[derive(Debug)]
+pub enum LeaseError {
+    Fail(Fail),
+    Propose(ProposeError),
+    /// Retry after this long (a previous lease may run; no replica up).
+    Unavailable { retry_after: Duration, why: String },
+}
+
+impl From<ProposeError> for LeaseError {
+    fn from(e: ProposeError) -> Self {
+        LeaseError::Propose(e)
+    }
+}
+
+impl From<Fail> for LeaseError {
+    fn from(e: Fail) -> Self {
+        LeaseError::Fail(e)
+    }
+}
+
+/// A lease as the leader tracks it.
+#[derive(Clone, Debug)]
+pub struct LiveLease {
+    pub primary: NodeId,
+    pub version: u64,
+    /// From when the grant was sent: what clients are told.
+    pub client_expires: Instant,
+    /// From when the primary acknowledged: when a new primary may be named.
+    pub expires: Instant,
+    pub epoch: u64,
+}
+
+pub struct Leases {
+    pub duration: Duration,
+    live: Mutex<HashMap<u64, LiveLease>>,
+    grant_locks: Vec<tokio::sync::Mutex<()>>,
+    /// When this master last became leader, and in which term.
+    leader_since: Mutex<Option<(u64, Instant)>>,
+}
+
+/// A chunk's location answer.
+pub struct Located {
+    pub handle: u64,
+    pub version: u64,
+    pub replicas: Vec<Location>,
+    pub lease: Option<LiveLease>,
+}
+
+impl Leases {
+    pub fn new(duration: Duration) -> Leases {
+        Leases {
+            duration,
+            live: Mutex::new(HashMap::new()),
+            grant_locks: (0..GRANT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            leader_since: Mutex::new(None),
+        }
+    }
+
+    pub fn live(&self, handle: u64, now: Instant) -> Option<LiveLease> {
+        let map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&handle).filter(|l| l.client_expires > now).cloned()
+    }
+
+    /// A lease that may still run on its holder (`expires` not passed).
+    pub fn running(&self, handle: u64, now: Instant) -> Option<LiveLease> {
+        let map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&handle).filter(|l| l.expires > now).cloned()
+    }
+
+    fn record(&self, handle: u64, lease: LiveLease) {
+        let mut map = self.live.lock().unwrap_or_else(|e| e.into_inner());
+        map.insert(handle, lease);
+    }
+
+    pub fn forget(&self, handle: u64) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle);
+    }
+
+    /// Drops expired leases (bounded memory).
+    pub fn sweep(&self, now: Instant) {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, l| l.expires > now);
+    }
+
+    /// Called whenever this master sees itself leading `term`.
+    pub fn note_leader(&self, term: u64, now: Instant) {
+        let mut since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+        if since.is_none_or(|(t, _)| t != term) {
+            *since = Some((term, now));
+            // Leases granted in earlier terms are not ours to extend.
+            self.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        }
+    }
+
+    fn leading_for(&self, now: Instant) -> Duration {
+        let since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(at))
+    }
+
+    /// True while a grant or allocation may be changing the chunk's version.
+    pub fn granting(&self, handle: u64) -> bool {
+        self.grant_locks[(handle as usize) % GRANT_LOCKS].try_lock().is_err()
+    }
+
+    pub fn count(&self) -> usize {
+        self.live.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
+    let reg = master.registry();
+    let s = reg.servers.get(&node)?;
+    Some(Replica { node_id: node, addr: Some(s.listen_addr.clone()), rack: Some(s.rack.clone()) })
+}
+
+fn addr_of(master: &Master, node: NodeId) -> Option<String> {
+    master.registry().servers.get(&node).map(|s| s.listen_addr.clone())
+}
+
+/// The current primary lease of `handle`, granting one if none is live.
+pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseError> {
+    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS].lock().await;
+    master.leases.note_leader(master.epoch(), Instant::now());
+    let (version, record) = {
+        let state = master.shared.read();
+        let chunk = state.chunks.get(handle).ok_or(Fail::NotFound)?;
+        (chunk.version, state.chunks.leases.get(&handle).copied())
+    };
+    let now = Instant::now();
+    let good = master.registry().good_replicas(handle, version);
+    if let Some(lease) = master.leases.running(handle, now) {
+        if lease.version == version && lease.client_expires > now && good.iter().any(|l| l.node == lease.primary) {
+            return Ok(Located { handle, version, replicas: good.to_vec(), lease: Some(lease) });
+        }
+        // The holder may still act as primary until its lease runs out:
+        // nobody else may be named before then.
+        return Err(LeaseError::Unavailable {
+            retry_after: lease.expires.saturating_duration_since(now),
+            why: format!("the lease of primary {} has not expired yet", lease.primary),
+        });
+    }
+    // A lease committed by an earlier leader (or by us before a restart)
+    // may still run on its holder: wait it out.
+    let duration = master.leases.duration;
+    if let Some(r) = record {
+        let leading = master.leases.leading_for(now);
+        let wall_left = r.expires_at_ms().saturating_sub(now_ms());
+        if leading < duration && wall_left > 0 {
+            let retry_after = (duration - leading).min(Duration::from_millis(wall_left));
+            return Err(LeaseError::Unavailable { retry_after, why: "a lease from an earlier term may still run".into() });
+        }
+    }
+    if good.is_empty() {
+        return Err(LeaseError::Unavailable {
+            retry_after: Duration::from_secs(1),
+            why: format!("no live replica of chunk {handle} at version {version}"),
+        });
+    }
+    let primary = pick_primary(master, &good);
+    let committed = master
+        .proposer
+        .propose(Op::GrantLease {
+            handle,
+            primary,
+            expected_version: version,
+            now_ms: now_ms(),
+            duration_ms: duration.as_millis() as u64,
+        })
+        .await?;
+    let new_version = match committed.outcome? {
+        Done::Version(v) => v,
+        other => unreachable_outcome(other)?,
+    };
+    let epoch = master.epoch();
+    // Tell every up-to-date replica its new version; the ones that do not
+    // answer are left stale (reports will show it; GC and re-replication fix it).
+    let bumps = good.iter().map(|l| {
+        let body = Body::BumpVersion(Box::new(BumpVersion { epoch, handle, old_version: version, new_version }));
+        let addr = addr_of(master, l.node);
+        async move {
+            let ok = match addr {
+                Some(a) => master.cs.command(&a, &body).await.is_ok(),
+                None => false,
+            };
+            (l.node, ok)
+        }
+    });
+    let bumped: Vec<NodeId> =
+        join_all(bumps).await.into_iter().filter(|(_, ok)| *ok).map(|(n, _)| n).collect();
+    {
+        let mut reg = master.registry();
+        for n in &bumped {
+            if let Some(l) = reg.locations.get_mut(&handle).and_then(|ls| ls.iter_mut().find(|l| l.node == *n)) {
+                l.version = new_version;
+            }
+        }
+    }
+    if !bumped.contains(&primary) {
+        return Err(LeaseError::Unavailable {
+            retry_after: Duration::from_millis(200),
+            why: format!("primary {primary} did not take version {new_version}"),
+        });
+    }
+    let lease = grant(master, handle, new_version, primary, &bumped, epoch).await?;
+    let replicas = master.registry().good_replicas(handle, new_version).to_vec();
+    Ok(Located { handle, version: new_version, replicas, lease: Some(lease) })
+}
+
+/// Tells `primary` it holds the lease; records it once acknowledged.
+async fn grant(
+    master: &Master,
+    handle: u64,
+    version: u64,
+    primary: NodeId,
+    holders: &[NodeId],
+    epoch: u64,
+) -> Result<LiveLease, LeaseError> {
+    let duration = master.leases.duration;
+    let secondaries: Vec<Replica> =
+        holders.iter().filter(|&&n| n != primary).filter_map(|&n| replica_of(master, n)).collect();
+    let body = Body::GrantLease(Box::new(GrantLease {
+        epoch,
+        handle,
+        version,
+        duration_ms: u32::try_from(duration.as_millis()).unwrap_or(u32::MAX),
+        secondaries: Some(secondaries),
+    }));
+    let addr = addr_of(master, primary).ok_or_else(|| LeaseError::Unavailable {
+        retry_after: Duration::from_millis(200),
+        why: format!("primary {primary} is not registered"),
+    })?;
+    let sent = Instant::now();
+    master.cs.command(&addr, &body).await.map_err(|e| LeaseError::Unavailable {
+        retry_after: Duration::from_millis(200),
+        why: format!("lease grant to {primary}: {e}"),
+    })?;
+    let lease = LiveLease { primary, version, client_expires: sent + duration, expires: Instant::now() + duration, epoch };
+    master.leases.record(handle, lease.clone());
+    Ok(lease)
+}
+
+fn pick_primary(master: &Master, good: &[Location]) -> NodeId {
+    let reg = master.registry();
+    good.iter()
+        .min_by(|a, b| {
+            let la = reg.servers.get(&a.node).map_or(u32::MAX, |s| s.ops_in_flight);
+            let lb = reg.servers.get(&b.node).map_or(u32::MAX, |s| s.ops_in_flight);
+            la.cmp(&lb).then(a.node.cmp(&b.node))
+        })
+        .map(|l| l.node)
+        .unwrap_or(0)
+}
+
+fn unreachable_outcome<T>(other: Done) -> Result<T, LeaseError> {
+    Err(LeaseError::Unavailable { retry_after: Duration::from_millis(100), why: format!("unexpected outcome {other:?}") })
+}
+
+/// Allocates chunk `index` of file `inode` (or finds it, if a concurrent
+/// writer won), creates its replicas and grants the first lease.
+pub async fn allocate(master: &Master, req: ReqId, inode: u64, index: u64) -> Result<Located, LeaseError> {
+    let (goal, existing, file_chunks) = {
+        let state = master.shared.read();
+        let node = state.ns.get(inode).ok_or(Fail::NotFound)?;
+        let file = node.file().ok_or(Fail::IsDirectory)?;
+        let existing = usize::try_from(index).ok().and_then(|i| file.chunks.get(i).copied());
+        (node.replication, existing, file.chunks.to_vec())
+    };
+    if let Some(handle) = existing {
+        return get_lease(master, handle).await;
+    }
+    let chosen = {
+        let reg = master.registry();
+        let mut per_node: HashMap<NodeId, u64> = HashMap::new();
+        for h in &file_chunks {
+            for l in reg.locations.get(h).into_iter().flatten() {
+                *per_node.entry(l.node).or_default() += 1;
+            }
+        }
+        let candidates: Vec<Candidate> = reg
+            .live_servers()
+            .map(|s| Candidate {
+                node: s.node_id,
+                rack: s.rack.clone(),
+                utilisation: s.utilisation(),
+                file_replicas: per_node.get(&s.node_id).copied().unwrap_or(0),
+            })
+            .collect();
+        placement::choose(&candidates, usize::from(goal), &[], &[])
+    };
+    if chosen.is_empty() {
+        return Err(LeaseError::Unavailable {
+            retry_after: Duration::from_secs(1),
+            why: "no live chunkserver to place a chunk on".into(),
+        });
+    }
+    let duration = master.leases.duration;
+    let committed = master
+        .proposer
+        .propose(Op::AllocateChunk {
+            req,
+            inode,
+            index,
+            replicas: chosen.clone(),
+            now_ns: now_ns(),
+            lease_duration_ms: duration.as_millis() as u64,
+        })
+        .await?;
+    let (handle, version) = match committed.outcome? {
+        Done::Chunk { handle, version } => (handle, version),
+        other => return unreachable_outcome(other),
+    };
+    if version != 1 {
+        // Someone else allocated it first (a retry or a race): join theirs.
+        return get_lease(master, handle).await;
+    }
+    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS].lock().await;
+    let epoch = master.epoch();
+    let creates = chosen.iter().map(|&node| {
+        let body = Body::CreateChunk(Box::new(CreateChunk { epoch, handle, version }));
+        let addr = addr_of(master, node);
+        async move {
+            match addr {
+                Some(a) => (node, master.cs.command(&a, &body).await.map_err(|e| e.to_string())),
+                None => (node, Err("not registered".to_string())),
+            }
+        }
+    });
+    let mut created = Vec::new();
+    for (node, result) in join_all(creates).await {
+        match result {
+            Ok(()) => created.push(node),
+            Err(e) => tracing::warn!(handle, node, error = %e, "create chunk failed; re-replication will make up"),
+        }
+    }
+    {
+        let mut reg = master.registry();
+        for &node in &created {
+            let report = ringfs_wire::msg::ChunkReport {
+                handle,
+                version,
+                length_bytes: 0,
+                state: ringfs_wire::msg::ReplicaState::Ok,
+            };
+            reg.heartbeat(node, std::slice::from_ref(&report), &[], &[], Instant::now());
+        }
+    }
+    let primary = chosen[0];
+    if !created.contains(&primary) {
+        drop(_turn);
+        // The committed first lease names a primary that has no replica:
+        // the next grant bumps the version and picks a live one.
+        return get_lease(master, handle).await;
+    }
+    let lease = grant(master, handle, version, primary, &created, epoch).await?;
+    let replicas = master.registry().good_replicas(handle, version).to_vec();
+    Ok(Located { handle, version, replicas, lease: Some(lease) })
+}
+
+/// How a lease error reads on the wire.
+pub fn error_code(e: &LeaseError) -> ErrorCode {
+    match e {
+        LeaseError::Fail(f) => f.code(),
+        LeaseError::Propose(ProposeError::NotLeader { .. }) => ErrorCode::NotLeader,
+        LeaseError::Propose(ProposeError::Busy) => ErrorCode::Busy,
+        LeaseError::Propose(ProposeError::Stopped(_)) => ErrorCode::Unavailable,
+        LeaseError::Unavailable { .. } => ErrorCode::Unavailable,
+    }
+}

@@ -1,0 +1,186 @@
+//! Counters for `/metrics` (Prometheus text) and `/status` (JSON).
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::node::Master;
+use crate::registry::Liveness;
+
+/// Request kinds counted, in the order of [`Metrics::requests`].
+pub const REQUEST_KINDS: [&str; 22] = [
+    "mkdir",
+    "create",
+    "stat",
+    "list_dir",
+    "rename",
+    "delete",
+    "list_trash",
+    "restore",
+    "purge",
+    "set_replication",
+    "complete_file",
+    "get_chunks",
+    "allocate_chunk",
+    "get_lease",
+    "report_bad_replica",
+    "admin_status",
+    "fsck",
+    "admin_other",
+    "register",
+    "heartbeat",
+    "raft",
+    "other",
+];
+
+#[derive(Default)]
+pub struct Metrics {
+    pub requests: [AtomicU64; REQUEST_KINDS.len()],
+    pub request_errors: [AtomicU64; REQUEST_KINDS.len()],
+    pub connections: AtomicU64,
+    pub handshake_failures: AtomicU64,
+    pub bad_frames: AtomicU64,
+}
+
+impl Metrics {
+    pub fn count(&self, kind: &str, ok: bool) {
+        let i = REQUEST_KINDS.iter().position(|k| *k == kind).unwrap_or(REQUEST_KINDS.len() - 1);
+        self.requests[i].fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.request_errors[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Cluster health as the master sees it.
+pub struct Health {
+    pub live_chunkservers: u64,
+    pub dead_chunkservers: u64,
+    pub under_replicated: u64,
+    pub missing: u64,
+    pub corrupt_replicas: u64,
+}
+
+pub fn health(master: &Master) -> Health {
+    let state = master.shared.read();
+    let reg = master.registry();
+    let mut h = Health {
+        live_chunkservers: reg.live_servers().count() as u64,
+        dead_chunkservers: reg.servers.values().filter(|s| s.liveness == Liveness::Dead).count() as u64,
+        under_replicated: 0,
+        missing: 0,
+        corrupt_replicas: 0,
+    };
+    for (handle, chunk) in &state.chunks.chunks {
+        let goal = state.ns.get(chunk.inode).map_or(0, |i| usize::from(i.replication));
+        let good = reg.good_replicas(*handle, chunk.version).len();
+        if good == 0 {
+            h.missing += 1;
+        } else if good < goal {
+            h.under_replicated += 1;
+        }
+    }
+    for locs in reg.locations.values() {
+        h.corrupt_replicas +=
+            locs.iter().filter(|l| l.state == ringfs_wire::msg::ReplicaState::Corrupt).count() as u64;
+    }
+    h
+}
+
+pub fn render(master: &Master) -> String {
+    let mut out = String::new();
+    let m = &master.metrics;
+    let _ = writeln!(out, "# TYPE ringfs_master_requests_total counter");
+    for (i, kind) in REQUEST_KINDS.iter().enumerate() {
+        let _ = writeln!(out, "ringfs_master_requests_total{{op=\"{kind}\"}} {}", m.requests[i].load(Ordering::Relaxed));
+    }
+    let _ = writeln!(out, "# TYPE ringfs_master_request_errors_total counter");
+    for (i, kind) in REQUEST_KINDS.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "ringfs_master_request_errors_total{{op=\"{kind}\"}} {}",
+            m.request_errors[i].load(Ordering::Relaxed)
+        );
+    }
+    let log = &master.oplog_stats;
+    let p = &master.proposer.stats;
+    let sh = &master.shared;
+    let counters: [(&str, &str, u64); 11] = [
+        ("ringfs_master_connections_total", "counter", m.connections.load(Ordering::Relaxed)),
+        ("ringfs_master_handshake_failures_total", "counter", m.handshake_failures.load(Ordering::Relaxed)),
+        ("ringfs_master_oplog_records_total", "counter", log.records.load(Ordering::Relaxed)),
+        ("ringfs_master_oplog_fsyncs_total", "counter", log.fsyncs.load(Ordering::Relaxed)),
+        ("ringfs_master_oplog_bytes", "gauge", log.bytes_on_disk.load(Ordering::Relaxed)),
+        ("ringfs_master_proposals_total", "counter", p.proposals.load(Ordering::Relaxed)),
+        ("ringfs_master_proposed_ops_total", "counter", p.ops.load(Ordering::Relaxed)),
+        ("ringfs_master_checkpoints_total", "counter", sh.checkpoints_written.load(Ordering::Relaxed)),
+        ("ringfs_master_checkpoint_last_bytes", "gauge", sh.checkpoint_last_bytes.load(Ordering::Relaxed)),
+        ("ringfs_master_checkpoint_last_ms", "gauge", sh.checkpoint_last_ms.load(Ordering::Relaxed)),
+        ("ringfs_master_applied_index", "gauge", sh.applied_index.load(Ordering::Relaxed)),
+    ];
+    for (name, kind, value) in counters {
+        let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");
+    }
+    let h = health(master);
+    for (name, value) in [
+        ("ringfs_master_chunkservers_live", h.live_chunkservers),
+        ("ringfs_master_chunkservers_dead", h.dead_chunkservers),
+        ("ringfs_master_chunks_under_replicated", h.under_replicated),
+        ("ringfs_master_chunks_missing", h.missing),
+        ("ringfs_master_replicas_corrupt", h.corrupt_replicas),
+        ("ringfs_master_leases_live", master.leases.count() as u64),
+    ] {
+        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {value}");
+    }
+    out
+}
+
+pub fn status_json(master: &Master) -> String {
+    let metrics = master.raft.metrics().borrow().clone();
+    let h = health(master);
+    let (files, dirs) = {
+        let s = master.shared.read();
+        (s.ns.files, s.ns.directories)
+    };
+    let chunkservers: Vec<serde_json::Value> = master
+        .registry()
+        .servers
+        .values()
+        .map(|s| {
+            serde_json::json!({
+                "node_id": s.node_id,
+                "addr": s.listen_addr,
+                "rack": s.rack,
+                "state": format!("{:?}", s.liveness).to_lowercase(),
+                "capacity_bytes": s.capacity_bytes,
+                "used_bytes": s.used_bytes,
+                "chunks": s.chunk_count,
+                "last_heartbeat_ms_ago": s.last_heartbeat.elapsed().as_millis() as u64,
+            })
+        })
+        .collect();
+    let role = match metrics.state {
+        openraft::ServerState::Leader => "leader",
+        openraft::ServerState::Follower => "follower",
+        openraft::ServerState::Candidate => "candidate",
+        openraft::ServerState::Learner => "shadow",
+        openraft::ServerState::Shutdown => "shutdown",
+    };
+    serde_json::json!({
+        "role": role,
+        "id": master.id,
+        "term": metrics.current_term,
+        "leader": metrics.current_leader,
+        "commit_index": metrics.last_applied.map_or(0, |l| l.index),
+        "applied_index": master.shared.applied_index.load(Ordering::Relaxed),
+        "last_log_index": metrics.last_log_index,
+        "snapshot_index": metrics.snapshot.map(|l| l.index),
+        "files": files,
+        "directories": dirs,
+        "chunkservers": chunkservers,
+        "live_chunkservers": h.live_chunkservers,
+        "under_replicated": h.under_replicated,
+        "missing_chunks": h.missing,
+        "uptime_secs": master.started.elapsed().as_secs(),
+    })
+    .to_string()
+}

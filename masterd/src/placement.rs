@@ -1,0 +1,99 @@
+//! Where new replicas go (DESIGN §4): distinct live chunkservers, at least
+//! two racks when the cluster has more than one, least utilised first, and
+//! no chunkserver holding more than its share of one file's chunks.
+//!
+//! Pure: the caller snapshots the registry into [`Candidate`]s, so the
+//! choice is testable and the registry lock is not held while choosing.
+
+use crate::types::NodeId;
+
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    pub node: NodeId,
+    pub rack: String,
+    /// Used / capacity.
+    pub utilisation: f64,
+    /// Replicas of the file's chunks this server already holds.
+    pub file_replicas: u64,
+}
+
+/// Picks up to `count` nodes, none of them in `exclude` (current holders).
+/// `existing_racks` are the racks already holding a replica.
+pub fn choose(candidates: &[Candidate], count: usize, exclude: &[NodeId], existing_racks: &[&str]) -> Vec<NodeId> {
+    let mut pool: Vec<&Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.node)).collect();
+    if pool.is_empty() || count == 0 {
+        return Vec::new();
+    }
+    let live = candidates.len() as u64;
+    let total_file_replicas: u64 = candidates.iter().map(|c| c.file_replicas).sum::<u64>() + count as u64;
+    // A server's fair share of this file: every replica spread evenly, plus one.
+    let share_cap = total_file_replicas.div_ceil(live) + 1;
+    pool.sort_by(|a, b| {
+        let over_a = a.file_replicas >= share_cap;
+        let over_b = b.file_replicas >= share_cap;
+        over_a
+            .cmp(&over_b)
+            .then(a.utilisation.total_cmp(&b.utilisation))
+            .then(a.file_replicas.cmp(&b.file_replicas))
+            .then(a.node.cmp(&b.node))
+    });
+    let distinct_racks = {
+        let mut racks: Vec<&str> = candidates.iter().map(|c| c.rack.as_str()).collect();
+        racks.sort_unstable();
+        racks.dedup();
+        racks.len()
+    };
+    let mut racks_used: Vec<&str> = existing_racks.to_vec();
+    let mut chosen: Vec<NodeId> = Vec::with_capacity(count);
+    while chosen.len() < count {
+        let need_new_rack = distinct_racks > 1 && {
+            let mut r = racks_used.clone();
+            r.sort_unstable();
+            r.dedup();
+            r.len() < 2
+        };
+        let pick = pool
+            .iter()
+            .position(|c| !need_new_rack || racks_used.is_empty() || !racks_used.contains(&c.rack.as_str()))
+            .or(if pool.is_empty() { None } else { Some(0) });
+        let Some(i) = pick else { break };
+        let c = pool.remove(i);
+        racks_used.push(c.rack.as_str());
+        chosen.push(c.node);
+    }
+    assert!(chosen.len() <= count);
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(node: NodeId, rack: &str, utilisation: f64, file_replicas: u64) -> Candidate {
+        Candidate { node, rack: rack.into(), utilisation, file_replicas }
+    }
+
+    #[test]
+    fn least_utilised_first_and_distinct() {
+        let c = [cand(1, "", 0.9, 0), cand(2, "", 0.1, 0), cand(3, "", 0.5, 0), cand(4, "", 0.3, 0)];
+        assert_eq!(choose(&c, 3, &[], &[]), vec![2, 4, 3]);
+        assert_eq!(choose(&c, 3, &[2], &[]), vec![4, 3, 1]);
+        assert_eq!(choose(&c, 9, &[], &[]).len(), 4);
+    }
+
+    #[test]
+    fn spans_two_racks_when_there_are_two() {
+        let c = [cand(1, "a", 0.1, 0), cand(2, "a", 0.2, 0), cand(3, "a", 0.3, 0), cand(4, "b", 0.9, 0)];
+        let chosen = choose(&c, 3, &[], &[]);
+        assert_eq!(chosen[0], 1);
+        assert!(chosen.contains(&4), "{chosen:?}");
+        // Re-replication next to replicas on rack a only must add rack b.
+        assert_eq!(choose(&c, 1, &[1, 2], &["a", "a"]), vec![4]);
+    }
+
+    #[test]
+    fn no_server_beyond_its_share_of_a_file() {
+        let c = [cand(1, "", 0.0, 10), cand(2, "", 0.5, 0), cand(3, "", 0.6, 0)];
+        assert_eq!(choose(&c, 1, &[], &[]), vec![2]);
+    }
+}

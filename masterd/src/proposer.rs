@@ -1,0 +1,120 @@
+//! Application-level group commit: mutations from every connection queue
+//! here, and whatever has queued while earlier proposals were committing
+//! goes into the log as one entry ([`Proposal`]). Together with the log's own
+//! fsync batching (`crate::oplog`) that is what makes many records share one
+//! `fdatasync` (docs/design/009-masterd-core.md).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use openraft::error::{ClientWriteError, RaftError};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::types::{NodeId, Op, Outcome, PROPOSAL_OPS_MAX, Proposal, Raft};
+
+/// Mutations waiting for a proposal; beyond this callers get `Busy`.
+pub const QUEUED_OPS_MAX: usize = 65_536;
+/// Proposals handed to Raft and not yet committed.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 16;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProposeError {
+    /// Another master leads (if known).
+    NotLeader { leader: Option<NodeId> },
+    /// The queue is full; retry shortly.
+    Busy,
+    /// Raft stopped (fatal storage error or shutdown).
+    Stopped(String),
+}
+
+/// A committed and applied op.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Committed {
+    pub outcome: Outcome,
+    /// Log index of the entry that carried it.
+    pub index: u64,
+}
+
+struct Pending {
+    op: Op,
+    reply: oneshot::Sender<Result<Committed, ProposeError>>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProposerStats {
+    pub proposals: AtomicU64,
+    pub ops: AtomicU64,
+    pub largest_proposal_ops: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Proposer {
+    tx: mpsc::Sender<Pending>,
+    pub stats: Arc<ProposerStats>,
+}
+
+impl Proposer {
+    pub fn start(raft: Raft) -> Proposer {
+        let (tx, rx) = mpsc::channel(QUEUED_OPS_MAX);
+        let stats = Arc::new(ProposerStats::default());
+        tokio::spawn(run(raft, rx, stats.clone()));
+        Proposer { tx, stats }
+    }
+
+    /// Commits `op` through the log; returns its outcome once applied.
+    pub async fn propose(&self, op: Op) -> Result<Committed, ProposeError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.try_send(Pending { op, reply }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => ProposeError::Busy,
+            mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("proposer stopped".into()),
+        })?;
+        rx.await.map_err(|_| ProposeError::Stopped("proposal dropped".into()))?
+    }
+}
+
+async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerStats>) {
+    let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+    while let Some(first) = rx.recv().await {
+        // Wait for a slot before collecting: ops that arrive meanwhile join
+        // this proposal instead of making their own.
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let mut batch = vec![first];
+        while batch.len() < PROPOSAL_OPS_MAX {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        stats.proposals.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        stats.largest_proposal_ops.fetch_max(batch.len() as u64, Ordering::Relaxed);
+        let raft = raft.clone();
+        tokio::spawn(async move {
+            let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let n = ops.len();
+            let result = raft.client_write(Proposal { ops }).await;
+            drop(permit);
+            match result {
+                Ok(resp) => {
+                    let applied = resp.data;
+                    assert_eq!(applied.outcomes.len(), n, "one outcome per proposed op");
+                    for (reply, outcome) in replies.into_iter().zip(applied.outcomes) {
+                        let _ = reply.send(Ok(Committed { outcome, index: applied.index }));
+                    }
+                }
+                Err(e) => {
+                    let err = match e {
+                        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            ProposeError::NotLeader { leader: f.leader_id }
+                        }
+                        RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
+                        RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),
+                    };
+                    for reply in replies {
+                        let _ = reply.send(Err(err.clone()));
+                    }
+                }
+            }
+        });
+    }
+}

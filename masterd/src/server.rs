@@ -1,0 +1,167 @@
+//! The master's listener on `client_addr`: clients and chunkservers, after
+//! the cluster-key handshake.
+//!
+//! Client connections are pipelined: a reader takes frames and runs each
+//! request as its own task (at most [`REQUESTS_IN_FLIGHT_PER_CONNECTION`]),
+//! a writer sends replies as they finish, each echoing its request id, so
+//! one slow commit does not hold up the reads behind it. Chunkserver
+//! connections are lock-step (one Register/Heartbeat, one reply).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ringfs_wire::auth::Identity;
+use ringfs_wire::frame::FrameLimits;
+use ringfs_wire::message::{Encoder, error_body};
+use ringfs_wire::msg::{Body, ErrorCode, PeerKind};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::conn::{self, ConnError};
+use crate::node::Master;
+use crate::{client_api, cslink};
+
+/// Connections served at once; more wait in the kernel's backlog.
+pub const CONNECTIONS_MAX: usize = 4096;
+/// Requests of one client connection being worked on at once.
+pub const REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// Time a new connection gets to complete the handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub async fn accept_loop(master: Arc<Master>, listener: TcpListener) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, bounded.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let master = master.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            master.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if let Err(e) = serve(&master, stream).await {
+                match e {
+                    ConnError::Closed => {}
+                    ConnError::Handshake { .. } => {
+                        master.metrics.handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        tracing::info!(%peer, error = %e, "handshake refused");
+                    }
+                    e => tracing::debug!(%peer, error = %e, "connection ended"),
+                }
+            }
+        });
+    }
+}
+
+async fn serve(master: &Arc<Master>, mut stream: TcpStream) -> Result<(), ConnError> {
+    stream.set_nodelay(true)?;
+    let me = Identity { kind: PeerKind::Master, node_id: master.id };
+    let key = &master.config.key;
+    let cluster = &master.config.file.cluster_id;
+    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn::accept_handshake(&mut stream, key, cluster, me))
+        .await
+        .map_err(|_| ConnError::Protocol("handshake timed out".into()))??;
+    match peer.kind {
+        PeerKind::Chunkserver => serve_chunkserver(master, stream, peer).await,
+        PeerKind::Client => serve_client(master, stream).await,
+        _ => serve_refusing(stream).await,
+    }
+}
+
+async fn serve_chunkserver(master: &Master, mut stream: TcpStream, peer: Identity) -> Result<(), ConnError> {
+    let limits = FrameLimits::CONTROL;
+    let mut encoder = Encoder::new();
+    loop {
+        let frame = conn::read_frame(&mut stream, &limits).await?;
+        let id = frame.header.request_id;
+        let reply = match frame.body().and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string()))) {
+            Ok(Body::Register(r)) => {
+                master.metrics.count("register", true);
+                cslink::register(master, *r, peer.node_id).await
+            }
+            Ok(Body::Heartbeat(h)) => {
+                master.metrics.count("heartbeat", true);
+                cslink::heartbeat(master, *h)
+            }
+            Ok(Body::Ping(p)) => Body::Pong(Box::new(ringfs_wire::msg::Pong { sent_at_us: p.sent_at_us })),
+            Ok(_) => error_body(ErrorCode::BadRequest, "a chunkserver sends Register and Heartbeat"),
+            Err(e) => {
+                master.metrics.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                error_body(ErrorCode::BadFrame, e.to_string())
+            }
+        };
+        conn::write_frame(&mut stream, &mut encoder, id, &reply, &[], &limits).await?;
+    }
+}
+
+async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), ConnError> {
+    let limits = FrameLimits::CONTROL;
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<(u64, Body)>(REQUESTS_IN_FLIGHT_PER_CONNECTION);
+    let writer_task = tokio::spawn(async move {
+        let mut encoder = Encoder::new();
+        let mut out = Vec::new();
+        while let Some((id, body)) = rx.recv().await {
+            if let Err(e) = conn::encode_frame(&mut encoder, &mut out, id, &body, &[], &limits) {
+                // A reply over the frame limit: tell the client instead.
+                let small = error_body(ErrorCode::TooLarge, e.to_string());
+                if conn::encode_frame(&mut encoder, &mut out, id, &small, &[], &limits).is_err() {
+                    return;
+                }
+            }
+            if writer.write_all(&out).await.is_err() {
+                return;
+            }
+        }
+    });
+    let in_flight = Arc::new(Semaphore::new(REQUESTS_IN_FLIGHT_PER_CONNECTION));
+    let result = loop {
+        let frame = match conn::read_frame(&mut reader, &limits).await {
+            Ok(f) => f,
+            Err(e) => break Err(e),
+        };
+        let id = frame.header.request_id;
+        let body = match frame.body().and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string()))) {
+            Ok(b) => b,
+            Err(e) => {
+                master.metrics.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if tx.send((id, error_body(ErrorCode::BadFrame, e.to_string()))).await.is_err() {
+                    break Ok(());
+                }
+                continue;
+            }
+        };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
+        let master = master.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let reply = client_api::handle(&master, body).await;
+            let _ = tx.send((id, reply)).await;
+            drop(permit);
+        });
+    };
+    drop(tx);
+    // Let replies already computed reach the client (bounded by the channel).
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
+    result
+}
+
+async fn serve_refusing(mut stream: TcpStream) -> Result<(), ConnError> {
+    let limits = FrameLimits::CONTROL;
+    let frame = conn::read_frame(&mut stream, &limits).await?;
+    let body = error_body(
+        ErrorCode::Unsupported,
+        "master-to-master traffic goes to the peer address, and this master runs as the single voter",
+    );
+    let mut encoder = Encoder::new();
+    conn::write_frame(&mut stream, &mut encoder, frame.header.request_id, &body, &[], &limits).await?;
+    stream.shutdown().await?;
+    Ok(())
+}

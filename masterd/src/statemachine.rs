@@ -1,0 +1,229 @@
+//! The Raft state machine: applies committed proposals to [`State`] and
+//! turns checkpoints into Raft snapshots.
+//!
+//! One writer (openraft's state-machine worker) and many readers (client
+//! requests) share the state through a `RwLock`; `apply` takes the write
+//! lock once per batch of entries, so readers wait at most one batch.
+//! A snapshot is a checkpoint file: the builder forks at the current applied
+//! index (docs/design/011-checkpoint-format.md), so mutations keep flowing
+//! while the child writes it.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
+use openraft::{BasicNode, EntryPayload, ErrorSubject, ErrorVerb, StoredMembership};
+
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::state::State;
+use crate::types::{Applied, Entry, LogId, NodeId, StorageError, TypeConfig};
+
+/// Longest a checkpoint child may run before it is killed (bounded wait).
+pub const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(600);
+
+/// What readers and the rest of the master see of the state machine.
+pub struct Shared {
+    pub state: RwLock<State>,
+    /// Index of the last applied entry (0 = none): read stamps.
+    pub applied_index: AtomicU64,
+    /// Checkpoints written / their last duration and size, for /metrics.
+    pub checkpoints_written: AtomicU64,
+    pub checkpoint_last_ms: AtomicU64,
+    pub checkpoint_last_bytes: AtomicU64,
+    pub checkpoint_last_index: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(state: State) -> Arc<Shared> {
+        Arc::new(Shared {
+            state: RwLock::new(state),
+            applied_index: AtomicU64::new(0),
+            checkpoints_written: AtomicU64::new(0),
+            checkpoint_last_ms: AtomicU64::new(0),
+            checkpoint_last_bytes: AtomicU64::new(0),
+            checkpoint_last_index: AtomicU64::new(0),
+        })
+    }
+
+    pub fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A panic while holding the lock already brought the master down
+        // (panic = abort is not set, but apply never panics on data);
+        // the state itself stays consistent per op, so keep serving.
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+pub struct StateMachine {
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    last_applied: Option<LogId>,
+    membership: StoredMembership<NodeId, BasicNode>,
+}
+
+fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+    StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
+}
+
+impl StateMachine {
+    /// Starts from the newest good checkpoint in `dir` (or an empty state).
+    pub fn open(dir: PathBuf, fresh: State) -> Result<(StateMachine, Arc<Shared>), checkpoint::CheckpointError> {
+        std::fs::create_dir_all(&dir).map_err(|e| checkpoint::CheckpointError::io(&dir, e))?;
+        let (state, meta) = match checkpoint::load_newest(&dir)? {
+            Some(loaded) => (loaded.state, loaded.meta),
+            None => (fresh, CheckpointMeta::default()),
+        };
+        let shared = Shared::new(state);
+        let index = meta.last_log_id.map_or(0, |l| l.index);
+        shared.applied_index.store(index, Ordering::Release);
+        shared.checkpoint_last_index.store(index, Ordering::Relaxed);
+        let sm = StateMachine {
+            shared: shared.clone(),
+            dir,
+            last_applied: meta.last_log_id,
+            membership: meta.last_membership,
+        };
+        Ok((sm, shared))
+    }
+
+    fn meta(&self) -> CheckpointMeta {
+        CheckpointMeta { last_log_id: self.last_applied, last_membership: self.membership.clone() }
+    }
+}
+
+pub struct Builder {
+    shared: Arc<Shared>,
+    meta: CheckpointMeta,
+    pending: Option<Result<checkpoint::PendingCheckpoint, checkpoint::CheckpointError>>,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let subject = || ErrorSubject::Snapshot(None);
+        let pending = self.pending.take().ok_or_else(|| {
+            io_error(subject(), ErrorVerb::Write, std::io::Error::other("checkpoint builder used twice"))
+        })?;
+        let pending = pending.map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        let info = tokio::task::spawn_blocking(move || pending.wait(CHECKPOINT_DEADLINE))
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        let shared = &self.shared;
+        shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
+        shared.checkpoint_last_ms.store(info.duration.as_millis() as u64, Ordering::Relaxed);
+        shared.checkpoint_last_bytes.store(info.bytes, Ordering::Relaxed);
+        shared.checkpoint_last_index.store(self.meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
+        tracing::info!(path = %info.path.display(), bytes = info.bytes, ms = info.duration.as_millis() as u64, "checkpoint written");
+        let file = tokio::fs::File::open(&info.path).await.map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        Ok(Snapshot { meta: snapshot_meta(&self.meta), snapshot: Box::new(file) })
+    }
+}
+
+fn snapshot_meta(meta: &CheckpointMeta) -> SnapshotMeta<NodeId, BasicNode> {
+    let id = meta.last_log_id.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id.term, l.index));
+    SnapshotMeta { last_log_id: meta.last_log_id, last_membership: meta.last_membership.clone(), snapshot_id: id }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        Ok((self.last_applied, self.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + Send,
+        I::IntoIter: Send,
+    {
+        let mut replies = Vec::new();
+        let mut state = self.shared.write();
+        for entry in entries {
+            if let Some(last) = self.last_applied {
+                assert!(entry.log_id.index > last.index, "entries applied out of order");
+            }
+            let index = entry.log_id.index;
+            let outcomes = match entry.payload {
+                EntryPayload::Blank => Vec::new(),
+                EntryPayload::Normal(proposal) => proposal.ops.iter().map(|op| state.apply(op)).collect(),
+                EntryPayload::Membership(m) => {
+                    self.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Vec::new()
+                }
+            };
+            self.last_applied = Some(entry.log_id);
+            self.shared.applied_index.store(index, Ordering::Release);
+            replies.push(Applied { outcomes, index });
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Builder {
+        // On the state-machine worker: nothing applies while we fork, so the
+        // child's copy is exactly the state at `last_applied`.
+        let meta = self.meta();
+        let pending = {
+            let state = self.shared.read();
+            checkpoint::Checkpointer::start(&self.dir, &state, &meta)
+        };
+        Builder { shared: self.shared.clone(), meta, pending: Some(pending) }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
+        let path = checkpoint::incoming_path(&self.dir);
+        let file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .await
+            .map_err(|e| io_error(ErrorSubject::Snapshot(None), ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<tokio::fs::File>,
+    ) -> Result<(), StorageError> {
+        let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
+        snapshot.sync_all().await.map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        drop(snapshot);
+        let dir = self.dir.clone();
+        let loaded = tokio::task::spawn_blocking(move || checkpoint::install_incoming(&dir))
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
+            .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        if loaded.meta.last_log_id != meta.last_log_id {
+            return Err(io_error(
+                subject(),
+                ErrorVerb::Read,
+                std::io::Error::other(format!(
+                    "received checkpoint is at {:?}, the leader announced {:?}",
+                    loaded.meta.last_log_id, meta.last_log_id
+                )),
+            ));
+        }
+        *self.shared.write() = loaded.state;
+        self.last_applied = loaded.meta.last_log_id;
+        self.membership = loaded.meta.last_membership;
+        self.shared.applied_index.store(self.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let subject = || ErrorSubject::Snapshot(None);
+        let Some((path, meta)) = checkpoint::newest_meta(&self.dir).map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
+        else {
+            return Ok(None);
+        };
+        let file = tokio::fs::File::open(&path).await.map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot { meta: snapshot_meta(&meta), snapshot: Box::new(file) }))
+    }
+}
