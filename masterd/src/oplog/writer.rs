@@ -279,7 +279,10 @@ impl Writer {
         let last_seq = batch.last().map_or(0, |a| a.seq);
         let records: usize = batch.iter().map(|a| a.records.len()).sum();
         let r = self.guarded(|w| w.write_batch(&batch));
-        self.finish(last_seq);
+        // After a failure the entries stay cached: they are not on disk.
+        if r.is_ok() {
+            self.finish(last_seq);
+        }
         if r.is_ok() && records > 0 {
             let st = &self.shared.stats;
             st.batches.fetch_add(1, Relaxed);
