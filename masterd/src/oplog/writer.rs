@@ -232,12 +232,8 @@ impl Writer {
                     bytes += a.bytes;
                     batch.push(a);
                 }
-                Ok(Cmd::SaveCommitted { seq, committed, .. }) => {
-                    self.note_committed(committed);
-                    // Its seq is below the next append's; `finish` after the
-                    // batch covers it.
-                    let _ = seq;
-                }
+                // Its seq needs no `finish`: only appends' seqs gate the cache.
+                Ok(Cmd::SaveCommitted { committed, .. }) => self.note_committed(committed),
                 Ok(other) => {
                     *carry = Some(other);
                     break;
