@@ -380,7 +380,7 @@ mod tests {
         Entry { log_id, payload }
     }
 
-    fn segment(first: u64, batches: &[u64]) -> (Vec<u8>, Vec<usize>) {
+    pub(super) fn segment(first: u64, batches: &[u64]) -> (Vec<u8>, Vec<usize>) {
         let mut b = encode_segment_header(first).to_vec();
         let mut offsets = Vec::new();
         let mut index = first;
@@ -527,5 +527,21 @@ mod tests {
             scan_segment(&b[..10]),
             Err(SegmentError::Header(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod fuzz_seed {
+    /// The fuzz corpus seed is a valid segment of two batches; regenerate
+    /// with `RINGFS_WRITE_FUZZ_SEEDS=1 cargo test -p masterd --lib fuzz_seed`.
+    #[test]
+    fn fuzz_seed_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/oplog_segment/seed-0");
+        let (want, _) = super::tests::segment(5, &[1, 2]);
+        if std::env::var_os("RINGFS_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::write(&path, &want).unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), want);
     }
 }

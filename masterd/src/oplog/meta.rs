@@ -226,3 +226,25 @@ mod tests {
         assert_eq!(decode(&b), Err(MetaError::NotZero));
     }
 }
+
+#[cfg(test)]
+mod fuzz_seed {
+    use super::*;
+
+    /// The fuzz corpus seed is a valid file; regenerate with
+    /// `RINGFS_WRITE_FUZZ_SEEDS=1 cargo test -p masterd --lib fuzz_seed`.
+    #[test]
+    fn fuzz_seed_is_current() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/corpus/oplog_meta/seed-0");
+        let want = encode(&MetaState {
+            vote: Some(Vote::new_committed(4, 2)),
+            committed: Some(LogId::new(CommittedLeaderId::new(4, 2), 90)),
+            purged: Some(LogId::new(CommittedLeaderId::new(3, 1), 40)),
+        });
+        if std::env::var_os("RINGFS_WRITE_FUZZ_SEEDS").is_some() {
+            std::fs::write(&path, want).unwrap();
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+    }
+}

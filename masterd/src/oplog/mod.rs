@@ -172,6 +172,9 @@ impl OpLogOptions {
 /// The log store. Owned by openraft's core; hands out [`OpLogReader`]s.
 pub struct OpLog {
     shared: Arc<Shared>,
+    /// Unbounded by type, bounded by the two semaphores below, which an
+    /// appender awaits: a bounded std channel would block the runtime's
+    /// thread instead of yielding it.
     tx: mpsc::Sender<Cmd>,
     queue_batches: Arc<Semaphore>,
     queue_bytes: Arc<Semaphore>,

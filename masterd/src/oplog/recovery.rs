@@ -49,11 +49,14 @@ struct Scanned {
 pub(super) fn recover(dir: &Path, stats: &OpLogStats) -> Result<Recovered, OpLogError> {
     if !dir.is_dir() {
         fs::create_dir_all(dir).map_err(io("create", dir))?;
-        if let Some(parent) = dir.parent() {
-            File::open(parent)
-                .and_then(|f| f.sync_all())
-                .map_err(io("fsync", parent))?;
-        }
+        // The new directory's own entry, in its parent.
+        let parent = match dir.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        File::open(parent)
+            .and_then(|f| f.sync_all())
+            .map_err(io("fsync", parent))?;
     }
     let lock_path = dir.join(LOCK_FILE);
     let lock = OpenOptions::new()

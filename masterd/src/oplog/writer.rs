@@ -232,12 +232,8 @@ impl Writer {
                     bytes += a.bytes;
                     batch.push(a);
                 }
-                Ok(Cmd::SaveCommitted { seq, committed, .. }) => {
-                    self.note_committed(committed);
-                    // Its seq is below the next append's; `finish` after the
-                    // batch covers it.
-                    let _ = seq;
-                }
+                // Its seq needs no `finish`: only appends' seqs gate the cache.
+                Ok(Cmd::SaveCommitted { committed, .. }) => self.note_committed(committed),
                 Ok(other) => {
                     *carry = Some(other);
                     break;
@@ -279,7 +275,10 @@ impl Writer {
         let last_seq = batch.last().map_or(0, |a| a.seq);
         let records: usize = batch.iter().map(|a| a.records.len()).sum();
         let r = self.guarded(|w| w.write_batch(&batch));
-        self.finish(last_seq);
+        // After a failure the entries stay cached: they are not on disk.
+        if r.is_ok() {
+            self.finish(last_seq);
+        }
         if r.is_ok() && records > 0 {
             let st = &self.shared.stats;
             st.batches.fetch_add(1, Relaxed);
