@@ -111,7 +111,7 @@ fn attr_reply(master: &Master, ino: u64) -> Body {
     let state = master.shared.read();
     match state.ns.get(ino) {
         Some(inode) => {
-            Body::AttrReply(Box::new(AttrReply { attr: Some(attr(&state, ino, inode)), stamp: Some(master.stamp()) }))
+            Body::AttrReply(Box::new(AttrReply { attr: Some(Box::new(attr(&state, ino, inode))), stamp: Some(master.stamp()) }))
         }
         None => fail(Fail::NotFound),
     }
@@ -266,7 +266,7 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             match state.ns.lookup(s.path.as_deref().unwrap_or("")) {
                 Ok(ino) => match state.ns.get(ino) {
                     Some(inode) => Body::AttrReply(Box::new(AttrReply {
-                        attr: Some(attr(&state, ino, inode)),
+                        attr: Some(Box::new(attr(&state, ino, inode))),
                         stamp: Some(master.stamp()),
                     })),
                     None => fail(Fail::NotFound),
@@ -290,7 +290,7 @@ async fn dispatch(master: &Master, body: Body) -> Body {
                     more = true;
                     break;
                 }
-                let attr = state.ns.get(e.inode).map(|i| attr(&state, e.inode, i));
+                let attr = state.ns.get(e.inode).map(|i| Box::new(attr(&state, e.inode, i)));
                 entries.push(WireTrashEntry {
                     trash_id: id,
                     original_path: Some(e.original_path.clone()),
@@ -395,7 +395,7 @@ fn list_dir(master: &Master, path: &str, start_after: &str, limit: u32) -> Body 
             more = true;
             break;
         }
-        let attr = state.ns.get(child).map(|i| attr(&state, child, i));
+        let attr = state.ns.get(child).map(|i| Box::new(attr(&state, child, i)));
         entries.push(DirEntry { name: Some(name.to_string()), attr });
     }
     Body::ListDirReply(Box::new(ListDirReply { entries: Some(entries), more, stamp: Some(master.stamp()) }))
@@ -439,7 +439,7 @@ fn location(master: &Master, index: u64, located: &Located) -> ChunkLocation {
 
 fn location_reply(master: &Master, index: u64, located: Located) -> Body {
     Body::ChunkLocationReply(Box::new(ChunkLocationReply {
-        location: Some(location(master, index, &located)),
+        location: Some(Box::new(location(master, index, &located))),
         stamp: Some(master.stamp()),
     }))
 }

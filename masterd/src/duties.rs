@@ -173,7 +173,7 @@ fn scan(master: &Master, now: Instant) {
                 epoch,
                 handle,
                 version,
-                source: Some(source_replica),
+                source: Some(Box::new(source_replica)),
             }))),
         };
         if reg.queue_command(target, command) {

@@ -20,6 +20,7 @@ pub mod placement;
 pub mod proposer;
 pub mod raftnet;
 pub mod registry;
+pub mod server;
 pub mod state;
 pub mod statemachine;
 pub mod types;

@@ -12,6 +12,9 @@ use masterd::node::Master;
 use ringfs_wire::config::Config;
 use tokio::net::TcpListener;
 
+/// Longest start-up wait for a leader before saying ready anyway.
+const LEADER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 #[derive(Parser, Debug)]
 #[command(name = "masterd", version, about = "ringfs metadata master")]
 struct Args {
@@ -88,6 +91,10 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(masterd::server::accept_loop(master.clone(), listener));
     tokio::spawn(masterd::http::serve(master.clone(), http_listener));
     tokio::spawn(masterd::duties::run(master.clone()));
+    // Say "ready" once a leader is known (for a single voter, itself), so
+    // the first request is not refused with NotLeader; bounded.
+    let mut metrics = master.raft.metrics();
+    let _ = tokio::time::timeout(LEADER_WAIT, metrics.wait_for(|m| m.current_leader.is_some())).await;
     let (files, dirs) = {
         let s = master.shared.read();
         (s.ns.files, s.ns.directories)

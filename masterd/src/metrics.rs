@@ -107,9 +107,9 @@ pub fn render(master: &Master) -> String {
     let counters: [(&str, &str, u64); 11] = [
         ("ringfs_master_connections_total", "counter", m.connections.load(Ordering::Relaxed)),
         ("ringfs_master_handshake_failures_total", "counter", m.handshake_failures.load(Ordering::Relaxed)),
-        ("ringfs_master_oplog_records_total", "counter", log.records.load(Ordering::Relaxed)),
-        ("ringfs_master_oplog_fsyncs_total", "counter", log.fsyncs.load(Ordering::Relaxed)),
-        ("ringfs_master_oplog_bytes", "gauge", log.bytes_on_disk.load(Ordering::Relaxed)),
+        ("ringfs_master_oplog_records_total", "counter", log.records_appended.load(Ordering::Relaxed)),
+        ("ringfs_master_oplog_fsyncs_total", "counter", log.data_fsyncs.load(Ordering::Relaxed)),
+        ("ringfs_master_oplog_bytes", "gauge", log.log_bytes_on_disk.load(Ordering::Relaxed)),
         ("ringfs_master_proposals_total", "counter", p.proposals.load(Ordering::Relaxed)),
         ("ringfs_master_proposed_ops_total", "counter", p.ops.load(Ordering::Relaxed)),
         ("ringfs_master_checkpoints_total", "counter", sh.checkpoints_written.load(Ordering::Relaxed)),

@@ -10,8 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine, Snapshot, SnapshotMeta};
 use openraft::{BasicNode, EntryPayload, ErrorSubject, ErrorVerb, StoredMembership};
@@ -20,8 +19,8 @@ use crate::checkpoint::{self, CheckpointMeta};
 use crate::state::State;
 use crate::types::{Applied, Entry, LogId, NodeId, StorageError, TypeConfig};
 
-/// Longest a checkpoint child may run before it is killed (bounded wait).
-pub const CHECKPOINT_DEADLINE: Duration = Duration::from_secs(600);
+/// Where a checkpoint sent by the leader is received before it is checked.
+const INCOMING_NAME: &str = "incoming.ckpt.part";
 
 /// What readers and the rest of the master see of the state machine.
 pub struct Shared {
@@ -33,6 +32,8 @@ pub struct Shared {
     pub checkpoint_last_ms: AtomicU64,
     pub checkpoint_last_bytes: AtomicU64,
     pub checkpoint_last_index: AtomicU64,
+    /// The newest published checkpoint: the snapshot openraft may ask for.
+    current: Mutex<Option<(PathBuf, CheckpointMeta)>>,
 }
 
 impl Shared {
@@ -44,6 +45,7 @@ impl Shared {
             checkpoint_last_ms: AtomicU64::new(0),
             checkpoint_last_bytes: AtomicU64::new(0),
             checkpoint_last_index: AtomicU64::new(0),
+            current: Mutex::new(None),
         })
     }
 
@@ -56,6 +58,14 @@ impl Shared {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
         self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set_current(&self, path: PathBuf, meta: CheckpointMeta) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Some((path, meta));
+    }
+
+    fn current(&self) -> Option<(PathBuf, CheckpointMeta)> {
+        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
 
@@ -73,12 +83,20 @@ fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::
 impl StateMachine {
     /// Starts from the newest good checkpoint in `dir` (or an empty state).
     pub fn open(dir: PathBuf, fresh: State) -> Result<(StateMachine, Arc<Shared>), checkpoint::CheckpointError> {
-        std::fs::create_dir_all(&dir).map_err(|e| checkpoint::CheckpointError::io(&dir, e))?;
-        let (state, meta) = match checkpoint::load_newest(&dir)? {
-            Some(loaded) => (loaded.state, loaded.meta),
-            None => (fresh, CheckpointMeta::default()),
+        std::fs::create_dir_all(&dir).map_err(|source| checkpoint::CheckpointError::Io {
+            op: "create",
+            path: dir.clone(),
+            source,
+        })?;
+        let _ = std::fs::remove_file(dir.join(INCOMING_NAME));
+        let (state, meta, path) = match checkpoint::load_newest(&dir)? {
+            Some(loaded) => (loaded.state, loaded.meta, Some(loaded.path)),
+            None => (fresh, CheckpointMeta::default(), None),
         };
         let shared = Shared::new(state);
+        if let Some(path) = path {
+            shared.set_current(path, meta.clone());
+        }
         let index = meta.last_log_id.map_or(0, |l| l.index);
         shared.applied_index.store(index, Ordering::Release);
         shared.checkpoint_last_index.store(index, Ordering::Relaxed);
@@ -109,7 +127,7 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             io_error(subject(), ErrorVerb::Write, std::io::Error::other("checkpoint builder used twice"))
         })?;
         let pending = pending.map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
-        let info = tokio::task::spawn_blocking(move || pending.wait(CHECKPOINT_DEADLINE))
+        let info = tokio::task::spawn_blocking(move || pending.wait())
             .await
             .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?
             .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
@@ -118,7 +136,14 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         shared.checkpoint_last_ms.store(info.duration.as_millis() as u64, Ordering::Relaxed);
         shared.checkpoint_last_bytes.store(info.bytes, Ordering::Relaxed);
         shared.checkpoint_last_index.store(self.meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
-        tracing::info!(path = %info.path.display(), bytes = info.bytes, ms = info.duration.as_millis() as u64, "checkpoint written");
+        tracing::info!(
+            path = %info.path.display(),
+            bytes = info.bytes,
+            ms = info.duration.as_millis() as u64,
+            fork_us = info.fork_duration.as_micros() as u64,
+            "checkpoint written"
+        );
+        shared.set_current(info.path.clone(), self.meta.clone());
         let file = tokio::fs::File::open(&info.path).await.map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
         Ok(Snapshot { meta: snapshot_meta(&self.meta), snapshot: Box::new(file) })
     }
@@ -175,7 +200,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
-        let path = checkpoint::incoming_path(&self.dir);
+        let path = self.dir.join(INCOMING_NAME);
         let file = tokio::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -195,11 +220,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
         snapshot.sync_all().await.map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
         drop(snapshot);
-        let dir = self.dir.clone();
-        let loaded = tokio::task::spawn_blocking(move || checkpoint::install_incoming(&dir))
+        let incoming = self.dir.join(INCOMING_NAME);
+        let (state, loaded_meta) = tokio::task::spawn_blocking(move || checkpoint::load(&incoming))
             .await
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        let loaded = checkpoint::Loaded { state, meta: loaded_meta, path: PathBuf::new(), refused: Vec::new(), duration: Default::default() };
         if loaded.meta.last_log_id != meta.last_log_id {
             return Err(io_error(
                 subject(),
@@ -210,6 +236,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 )),
             ));
         }
+        // Published under its final name only once it decoded: a bad
+        // transfer never replaces a good checkpoint.
+        let final_path = self.dir.join(checkpoint::final_name(loaded.meta.last_log_id));
+        std::fs::rename(self.dir.join(INCOMING_NAME), &final_path)
+            .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        self.shared.set_current(final_path, loaded.meta.clone());
         *self.shared.write() = loaded.state;
         self.last_applied = loaded.meta.last_log_id;
         self.membership = loaded.meta.last_membership;
@@ -219,8 +252,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
         let subject = || ErrorSubject::Snapshot(None);
-        let Some((path, meta)) = checkpoint::newest_meta(&self.dir).map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
-        else {
+        let Some((path, meta)) = self.shared.current() else {
             return Ok(None);
         };
         let file = tokio::fs::File::open(&path).await.map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
