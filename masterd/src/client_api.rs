@@ -8,10 +8,11 @@
 use std::time::{Duration, Instant};
 
 use ringfs_wire::msg::{
-    Ack, AdminStatusReply, Attr, AttrReply, Body, ChunkLocation, ChunkLocationReply, ChunkserverState,
-    ChunkserverStatus, DeleteReply, DirEntry, ErrorCode, ErrorReply, FsckChunk, FsckFile, FsckReply,
-    GetChunksReply, InodeKind, ListDirReply, ListTrashReply, MasterRole, MasterStatus, Replica, ReplicaState,
-    RequestId, SetReplicationReply, TrashEntry as WireTrashEntry,
+    Ack, AdminStatusReply, Attr, AttrReply, Body, ChunkLocation, ChunkLocationReply,
+    ChunkserverState, ChunkserverStatus, DeleteReply, DirEntry, ErrorCode, ErrorReply, FsckChunk,
+    FsckFile, FsckReply, GetChunksReply, InodeKind, ListDirReply, ListTrashReply, MasterRole,
+    MasterStatus, Replica, ReplicaState, RequestId, SetReplicationReply,
+    TrashEntry as WireTrashEntry,
 };
 
 use crate::lease::{self, LeaseError, Located};
@@ -21,7 +22,7 @@ use crate::node::{Master, now_ms, now_ns};
 use crate::proposer::ProposeError;
 use crate::registry::Liveness;
 use crate::state::State;
-use crate::types::{Done, Fail, Op, OWNER_BYTES_MAX, ReqId};
+use crate::types::{Done, Fail, OWNER_BYTES_MAX, Op, ReqId};
 
 /// Longest wait for a read's `min_applied_index`.
 pub const MIN_APPLIED_WAIT: Duration = Duration::from_secs(2);
@@ -31,7 +32,11 @@ pub const LIST_LIMIT_MAX: u32 = 10_000;
 pub const FSCK_FILES_PER_CALL_MAX: u32 = 10_000;
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Body {
-    Body::ErrorReply(Box::new(ErrorReply { code, message: Some(message.into()), ..ErrorReply::default() }))
+    Body::ErrorReply(Box::new(ErrorReply {
+        code,
+        message: Some(message.into()),
+        ..ErrorReply::default()
+    }))
 }
 
 fn not_leader(master: &Master) -> Body {
@@ -67,7 +72,10 @@ fn lease_error(master: &Master, e: LeaseError) -> Body {
         LeaseError::Propose(p) => propose_error(master, p),
         LeaseError::Fail(f) => fail(f),
         LeaseError::Unavailable { retry_after, why } => Body::ErrorReply(Box::new(ErrorReply {
-            code: lease::error_code(&LeaseError::Unavailable { retry_after, why: String::new() }),
+            code: lease::error_code(&LeaseError::Unavailable {
+                retry_after,
+                why: String::new(),
+            }),
             message: Some(why),
             retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
             ..ErrorReply::default()
@@ -76,7 +84,10 @@ fn lease_error(master: &Master, e: LeaseError) -> Body {
 }
 
 fn req_of(r: Option<RequestId>) -> ReqId {
-    r.map_or(ReqId::default(), |r| ReqId { client_id: r.client_id, seq: r.seq })
+    r.map_or(ReqId::default(), |r| ReqId {
+        client_id: r.client_id,
+        seq: r.seq,
+    })
 }
 
 fn owner_of(o: Option<String>) -> String {
@@ -90,7 +101,12 @@ fn owner_of(o: Option<String>) -> String {
 
 pub fn attr(state: &State, ino: u64, inode: &Inode) -> Attr {
     let (kind, length_bytes, chunk_count, complete) = match &inode.kind {
-        Kind::File(f) => (InodeKind::File, f.length_bytes, f.chunks.len() as u64, f.complete),
+        Kind::File(f) => (
+            InodeKind::File,
+            f.length_bytes,
+            f.chunks.len() as u64,
+            f.complete,
+        ),
         Kind::Dir(d) => (InodeKind::Directory, 0, d.children.len() as u64, true),
     };
     Attr {
@@ -110,9 +126,10 @@ pub fn attr(state: &State, ino: u64, inode: &Inode) -> Attr {
 fn attr_reply(master: &Master, ino: u64) -> Body {
     let state = master.shared.read();
     match state.ns.get(ino) {
-        Some(inode) => {
-            Body::AttrReply(Box::new(AttrReply { attr: Some(Box::new(attr(&state, ino, inode))), stamp: Some(master.stamp()) }))
-        }
+        Some(inode) => Body::AttrReply(Box::new(AttrReply {
+            attr: Some(Box::new(attr(&state, ino, inode))),
+            stamp: Some(master.stamp()),
+        })),
         None => fail(Fail::NotFound),
     }
 }
@@ -132,7 +149,9 @@ async fn mutate(master: &Master, op: Op, reply: impl FnOnce(Done) -> Body) -> Bo
 }
 
 fn stamp_ack(master: &Master) -> Body {
-    Body::Ack(Box::new(Ack { stamp: Some(master.stamp()) }))
+    Body::Ack(Box::new(Ack {
+        stamp: Some(master.stamp()),
+    }))
 }
 
 fn inode_of(done: &Done) -> u64 {
@@ -162,7 +181,9 @@ pub fn kind_name(body: &Body) -> &'static str {
         Body::ReportBadReplica(_) => "report_bad_replica",
         Body::AdminStatus(_) => "admin_status",
         Body::Fsck(_) => "fsck",
-        Body::AdminFailover(_) | Body::AdminMembership(_) | Body::AdminDecommission(_) => "admin_other",
+        Body::AdminFailover(_) | Body::AdminMembership(_) | Body::AdminDecommission(_) => {
+            "admin_other"
+        }
         _ => "other",
     }
 }
@@ -170,7 +191,9 @@ pub fn kind_name(body: &Body) -> &'static str {
 pub async fn handle(master: &Master, body: Body) -> Body {
     let kind = kind_name(&body);
     let reply = dispatch(master, body).await;
-    master.metrics.count(kind, !matches!(reply, Body::ErrorReply(_)));
+    master
+        .metrics
+        .count(kind, !matches!(reply, Body::ErrorReply(_)));
     reply
 }
 
@@ -223,7 +246,10 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             };
             mutate(master, op, |done| {
                 let trash_id = if let Done::Trashed(t) = done { t } else { 0 };
-                Body::DeleteReply(Box::new(DeleteReply { trash_id, stamp: Some(master.stamp()) }))
+                Body::DeleteReply(Box::new(DeleteReply {
+                    trash_id,
+                    stamp: Some(master.stamp()),
+                }))
             })
             .await
         }
@@ -237,7 +263,11 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
         }
         Body::Purge(p) => {
-            let op = Op::Purge { req: req_of(p.req), trash_id: p.trash_id, now_ms: now_ms() };
+            let op = Op::Purge {
+                req: req_of(p.req),
+                trash_id: p.trash_id,
+                now_ms: now_ms(),
+            };
             mutate(master, op, |_| stamp_ack(master)).await
         }
         Body::SetReplication(s) => {
@@ -249,17 +279,27 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             };
             mutate(master, op, |d| {
                 let files_changed = if let Done::Changed(n) = d { n } else { 0 };
-                Body::SetReplicationReply(Box::new(SetReplicationReply { files_changed, stamp: Some(master.stamp()) }))
+                Body::SetReplicationReply(Box::new(SetReplicationReply {
+                    files_changed,
+                    stamp: Some(master.stamp()),
+                }))
             })
             .await
         }
         Body::CompleteFile(c) => {
-            let op =
-                Op::CompleteFile { req: req_of(c.req), inode: c.inode, length_bytes: c.length_bytes, now_ns: now_ns() };
+            let op = Op::CompleteFile {
+                req: req_of(c.req),
+                inode: c.inode,
+                length_bytes: c.length_bytes,
+                now_ns: now_ns(),
+            };
             mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
         }
         Body::Stat(s) => {
-            if !master.wait_applied(s.min_applied_index, MIN_APPLIED_WAIT).await {
+            if !master
+                .wait_applied(s.min_applied_index, MIN_APPLIED_WAIT)
+                .await
+            {
                 return behind(master, s.min_applied_index);
             }
             let state = master.shared.read();
@@ -275,10 +315,18 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             }
         }
         Body::ListDir(l) => {
-            if !master.wait_applied(l.min_applied_index, MIN_APPLIED_WAIT).await {
+            if !master
+                .wait_applied(l.min_applied_index, MIN_APPLIED_WAIT)
+                .await
+            {
                 return behind(master, l.min_applied_index);
             }
-            list_dir(master, l.path.as_deref().unwrap_or(""), l.start_after.as_deref().unwrap_or(""), l.limit)
+            list_dir(
+                master,
+                l.path.as_deref().unwrap_or(""),
+                l.start_after.as_deref().unwrap_or(""),
+                l.limit,
+            )
         }
         Body::ListTrash(l) => {
             let state = master.shared.read();
@@ -290,7 +338,10 @@ async fn dispatch(master: &Master, body: Body) -> Body {
                     more = true;
                     break;
                 }
-                let attr = state.ns.get(e.inode).map(|i| Box::new(attr(&state, e.inode, i)));
+                let attr = state
+                    .ns
+                    .get(e.inode)
+                    .map(|i| Box::new(attr(&state, e.inode, i)));
                 entries.push(WireTrashEntry {
                     trash_id: id,
                     original_path: Some(e.original_path.clone()),
@@ -299,10 +350,17 @@ async fn dispatch(master: &Master, body: Body) -> Body {
                     attr,
                 });
             }
-            Body::ListTrashReply(Box::new(ListTrashReply { entries: Some(entries), more, stamp: Some(master.stamp()) }))
+            Body::ListTrashReply(Box::new(ListTrashReply {
+                entries: Some(entries),
+                more,
+                stamp: Some(master.stamp()),
+            }))
         }
         Body::GetChunks(g) => {
-            if !master.wait_applied(g.min_applied_index, MIN_APPLIED_WAIT).await {
+            if !master
+                .wait_applied(g.min_applied_index, MIN_APPLIED_WAIT)
+                .await
+            {
                 return behind(master, g.min_applied_index);
             }
             get_chunks(master, g.inode, g.first_index, g.count)
@@ -320,7 +378,12 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             if !master.is_leader() {
                 return not_leader(master);
             }
-            let index = master.shared.read().chunks.get(g.handle).map_or(0, |c| u64::from(c.index));
+            let index = master
+                .shared
+                .read()
+                .chunks
+                .get(g.handle)
+                .map_or(0, |c| u64::from(c.index));
             match lease::get_lease(master, g.handle).await {
                 Ok(located) => location_reply(master, index, located),
                 Err(e) => lease_error(master, e),
@@ -329,8 +392,10 @@ async fn dispatch(master: &Master, body: Body) -> Body {
         Body::ReportBadReplica(r) => {
             {
                 let mut reg = master.registry();
-                if let Some(l) =
-                    reg.locations.get_mut(&r.handle).and_then(|ls| ls.iter_mut().find(|l| l.node == r.node_id))
+                if let Some(l) = reg
+                    .locations
+                    .get_mut(&r.handle)
+                    .and_then(|ls| ls.iter_mut().find(|l| l.node == r.node_id))
                 {
                     l.state = ReplicaState::Corrupt;
                 }
@@ -339,7 +404,12 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             stamp_ack(master)
         }
         Body::AdminStatus(_) => admin_status(master),
-        Body::Fsck(f) => fsck(master, f.path.as_deref().unwrap_or("/"), f.start_after.as_deref().unwrap_or(""), f.limit),
+        Body::Fsck(f) => fsck(
+            master,
+            f.path.as_deref().unwrap_or("/"),
+            f.start_after.as_deref().unwrap_or(""),
+            f.limit,
+        ),
         Body::AdminDecommission(d) => {
             let mut reg = master.registry();
             match reg.servers.get_mut(&d.node_id) {
@@ -358,7 +428,10 @@ async fn dispatch(master: &Master, body: Body) -> Body {
         ),
         other => error(
             ErrorCode::BadRequest,
-            format!("{:?} is not a client request", ringfs_wire::msg::MessageKind::of_body(&other)),
+            format!(
+                "{:?} is not a client request",
+                ringfs_wire::msg::MessageKind::of_body(&other)
+            ),
         ),
     }
 }
@@ -368,7 +441,10 @@ fn behind(master: &Master, wanted: u64) -> Body {
         code: ErrorCode::Unavailable,
         message: Some(format!(
             "applied index {} is behind the requested {wanted}",
-            master.shared.applied_index.load(std::sync::atomic::Ordering::Acquire)
+            master
+                .shared
+                .applied_index
+                .load(std::sync::atomic::Ordering::Acquire)
         )),
         retry_after_ms: 100,
         ..ErrorReply::default()
@@ -381,12 +457,17 @@ fn list_dir(master: &Master, path: &str, start_after: &str, limit: u32) -> Body 
         Ok(i) => i,
         Err(f) => return fail(f),
     };
-    let Some(dir) = state.ns.get(ino).and_then(Inode::dir) else { return fail(Fail::NotDirectory) };
+    let Some(dir) = state.ns.get(ino).and_then(Inode::dir) else {
+        return fail(Fail::NotDirectory);
+    };
     let limit = limit.clamp(1, LIST_LIMIT_MAX) as usize;
     let range = if start_after.is_empty() {
         dir.children.range::<str, _>(..)
     } else {
-        dir.children.range::<str, _>((std::ops::Bound::Excluded(start_after), std::ops::Bound::Unbounded))
+        dir.children.range::<str, _>((
+            std::ops::Bound::Excluded(start_after),
+            std::ops::Bound::Unbounded,
+        ))
     };
     let mut entries = Vec::new();
     let mut more = false;
@@ -395,10 +476,20 @@ fn list_dir(master: &Master, path: &str, start_after: &str, limit: u32) -> Body 
             more = true;
             break;
         }
-        let attr = state.ns.get(child).map(|i| Box::new(attr(&state, child, i)));
-        entries.push(DirEntry { name: Some(name.to_string()), attr });
+        let attr = state
+            .ns
+            .get(child)
+            .map(|i| Box::new(attr(&state, child, i)));
+        entries.push(DirEntry {
+            name: Some(name.to_string()),
+            attr,
+        });
     }
-    Body::ListDirReply(Box::new(ListDirReply { entries: Some(entries), more, stamp: Some(master.stamp()) }))
+    Body::ListDirReply(Box::new(ListDirReply {
+        entries: Some(entries),
+        more,
+        stamp: Some(master.stamp()),
+    }))
 }
 
 fn replicas_of(master: &Master, locs: &[crate::registry::Location]) -> Vec<Replica> {
@@ -407,7 +498,11 @@ fn replicas_of(master: &Master, locs: &[crate::registry::Location]) -> Vec<Repli
         .iter()
         .filter_map(|l| {
             let s = reg.servers.get(&l.node)?;
-            let r = Replica { node_id: l.node, addr: Some(s.listen_addr.clone()), rack: Some(s.rack.clone()) };
+            let r = Replica {
+                node_id: l.node,
+                addr: Some(s.listen_addr.clone()),
+                rack: Some(s.rack.clone()),
+            };
             Some((s.ops_in_flight, r))
         })
         .collect();
@@ -447,15 +542,27 @@ fn location_reply(master: &Master, index: u64, located: Located) -> Body {
 fn get_chunks(master: &Master, inode: u64, first: u64, count: u32) -> Body {
     let (length, handles) = {
         let state = master.shared.read();
-        let Some(node) = state.ns.get(inode) else { return fail(Fail::NotFound) };
-        let Some(file) = node.file() else { return fail(Fail::IsDirectory) };
+        let Some(node) = state.ns.get(inode) else {
+            return fail(Fail::NotFound);
+        };
+        let Some(file) = node.file() else {
+            return fail(Fail::IsDirectory);
+        };
         let count = count.clamp(1, LIST_LIMIT_MAX) as usize;
-        let start = usize::try_from(first).unwrap_or(usize::MAX).min(file.chunks.len());
+        let start = usize::try_from(first)
+            .unwrap_or(usize::MAX)
+            .min(file.chunks.len());
         let handles: Vec<(u64, u64, u64)> = file.chunks[start..]
             .iter()
             .take(count)
             .enumerate()
-            .map(|(i, &h)| (start as u64 + i as u64, h, state.chunks.get(h).map_or(0, |c| c.version)))
+            .map(|(i, &h)| {
+                (
+                    start as u64 + i as u64,
+                    h,
+                    state.chunks.get(h).map_or(0, |c| c.version),
+                )
+            })
             .collect();
         (file.length_bytes, handles)
     };
@@ -464,8 +571,20 @@ fn get_chunks(master: &Master, inode: u64, first: u64, count: u32) -> Body {
         .into_iter()
         .map(|(index, handle, version)| {
             let replicas = master.registry().good_replicas(handle, version).to_vec();
-            let lease = master.leases.live(handle, now).filter(|l| l.version == version);
-            location(master, index, &Located { handle, version, replicas, lease })
+            let lease = master
+                .leases
+                .live(handle, now)
+                .filter(|l| l.version == version);
+            location(
+                master,
+                index,
+                &Located {
+                    handle,
+                    version,
+                    replicas,
+                    lease,
+                },
+            )
         })
         .collect();
     Body::GetChunksReply(Box::new(GetChunksReply {
@@ -484,13 +603,23 @@ fn admin_status(master: &Master) -> Body {
     let m = master.raft.metrics().borrow().clone();
     let me = MasterStatus {
         id: master.id,
-        role: if master.is_leader() { MasterRole::Leader } else { MasterRole::Follower },
+        role: if master.is_leader() {
+            MasterRole::Leader
+        } else {
+            MasterRole::Follower
+        },
         term: m.current_term,
         leader: m.current_leader.unwrap_or(0),
         commit_index: m.last_applied.map_or(0, |l| l.index),
-        applied_index: master.shared.applied_index.load(std::sync::atomic::Ordering::Acquire),
+        applied_index: master
+            .shared
+            .applied_index
+            .load(std::sync::atomic::Ordering::Acquire),
         lag: 0,
-        client_addr: master.config.master(master.id).map(|c| c.client_addr.clone()),
+        client_addr: master
+            .config
+            .master(master.id)
+            .map(|c| c.client_addr.clone()),
     };
     let chunkservers = master
         .registry()
@@ -535,14 +664,20 @@ fn fsck(master: &Master, path: &str, start_after: &str, limit: u32) -> Body {
     };
     let limit = limit.clamp(1, FSCK_FILES_PER_CALL_MAX) as usize;
     // Depth-first in name order, so `start_after` (a path) resumes a walk.
-    let base = if path.ends_with('/') { path.trim_end_matches('/').to_string() } else { path.to_string() };
+    let base = if path.ends_with('/') {
+        path.trim_end_matches('/').to_string()
+    } else {
+        path.to_string()
+    };
     let mut stack: Vec<(String, u64)> = vec![(base, root)];
     let mut files = Vec::new();
     let mut checked = 0u64;
     let mut more = false;
     let reg = master.registry();
     while let Some((p, ino)) = stack.pop() {
-        let Some(node) = state.ns.get(ino) else { continue };
+        let Some(node) = state.ns.get(ino) else {
+            continue;
+        };
         match &node.kind {
             Kind::Dir(d) => {
                 for (name, &child) in d.children.iter().rev() {
@@ -590,5 +725,10 @@ fn fsck(master: &Master, path: &str, start_after: &str, limit: u32) -> Body {
             }
         }
     }
-    Body::FsckReply(Box::new(FsckReply { files: Some(files), files_checked: checked, more, stamp: Some(master.stamp()) }))
+    Body::FsckReply(Box::new(FsckReply {
+        files: Some(files),
+        files_checked: checked,
+        more,
+        stamp: Some(master.stamp()),
+    }))
 }

@@ -42,7 +42,11 @@ impl Frame {
     }
 }
 
-async fn read_vec<R: AsyncRead + Unpin>(stream: &mut R, n: usize, first: bool) -> Result<Vec<u8>, ConnError> {
+async fn read_vec<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    n: usize,
+    first: bool,
+) -> Result<Vec<u8>, ConnError> {
     let mut buf = vec![0u8; n];
     match stream.read_exact(&mut buf).await {
         Ok(_) => Ok(buf),
@@ -53,7 +57,10 @@ async fn read_vec<R: AsyncRead + Unpin>(stream: &mut R, n: usize, first: bool) -
 
 /// Reads one whole frame. Lengths are checked against `limits` before
 /// anything is allocated for them.
-pub async fn read_frame<R: AsyncRead + Unpin>(stream: &mut R, limits: &FrameLimits) -> Result<Frame, ConnError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    limits: &FrameLimits,
+) -> Result<Frame, ConnError> {
     let raw = read_vec(stream, HEADER_BYTES, true).await?;
     let header = FrameHeader::decode(&raw, limits)?;
     let meta = read_vec(stream, header.meta_len as usize, false).await?;
@@ -111,23 +118,49 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let acceptor = Acceptor::new(key, cluster_id, me, nonce);
     let hello_frame = read_frame(stream, &limits).await?;
     let result: Result<Identity, (ErrorCode, String)> = async {
-        let BodyRef::Hello(hello) = hello_frame.body().map_err(|e| (ErrorCode::BadFrame, e.to_string()))? else {
+        let BodyRef::Hello(hello) = hello_frame
+            .body()
+            .map_err(|e| (ErrorCode::BadFrame, e.to_string()))?
+        else {
             return Err((ErrorCode::AuthFailed, "expected Hello".to_owned()));
         };
-        let (challenge, awaiting) = acceptor.on_hello(&hello).map_err(|e| (e.code(), e.to_string()))?;
+        let (challenge, awaiting) = acceptor
+            .on_hello(&hello)
+            .map_err(|e| (e.code(), e.to_string()))?;
         let body = Body::Challenge(Box::new(challenge));
-        write_frame(stream, &mut encoder, hello_frame.header.request_id, &body, &[], &limits)
+        write_frame(
+            stream,
+            &mut encoder,
+            hello_frame.header.request_id,
+            &body,
+            &[],
+            &limits,
+        )
+        .await
+        .map_err(|e| (ErrorCode::Unknown, e.to_string()))?;
+        let proof_frame = read_frame(stream, &limits)
             .await
-            .map_err(|e| (ErrorCode::Unknown, e.to_string()))?;
-        let proof_frame = read_frame(stream, &limits).await.map_err(|e| (ErrorCode::AuthFailed, e.to_string()))?;
-        let BodyRef::Proof(proof) = proof_frame.body().map_err(|e| (ErrorCode::BadFrame, e.to_string()))? else {
+            .map_err(|e| (ErrorCode::AuthFailed, e.to_string()))?;
+        let BodyRef::Proof(proof) = proof_frame
+            .body()
+            .map_err(|e| (ErrorCode::BadFrame, e.to_string()))?
+        else {
             return Err((ErrorCode::AuthFailed, "expected Proof".to_owned()));
         };
-        let (peer, welcome) = awaiting.on_proof(&proof).map_err(|e| (e.code(), e.to_string()))?;
+        let (peer, welcome) = awaiting
+            .on_proof(&proof)
+            .map_err(|e| (e.code(), e.to_string()))?;
         let body = Body::Welcome(Box::new(welcome));
-        write_frame(stream, &mut encoder, proof_frame.header.request_id, &body, &[], &limits)
-            .await
-            .map_err(|e| (ErrorCode::Unknown, e.to_string()))?;
+        write_frame(
+            stream,
+            &mut encoder,
+            proof_frame.header.request_id,
+            &body,
+            &[],
+            &limits,
+        )
+        .await
+        .map_err(|e| (ErrorCode::Unknown, e.to_string()))?;
         Ok(peer)
     }
     .await;
@@ -136,7 +169,16 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         Err((code, reason)) => {
             let body = error_body(code, reason.clone());
             let mut out = Vec::new();
-            if encode_frame(&mut encoder, &mut out, hello_frame.header.request_id, &body, &[], &limits).is_ok() {
+            if encode_frame(
+                &mut encoder,
+                &mut out,
+                hello_frame.header.request_id,
+                &body,
+                &[],
+                &limits,
+            )
+            .is_ok()
+            {
                 // Best effort, bounded: the peer is refused either way.
                 let _ = tokio::time::timeout(REFUSAL_WRITE_TIMEOUT, stream.write_all(&out)).await;
             }
@@ -166,8 +208,19 @@ pub async fn initiate_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     };
     let (proof, peer) = initiator
         .on_challenge(&challenge)
-        .map_err(|e| ConnError::Handshake { code: e.code(), reason: e.to_string() })?;
-    write_frame(stream, &mut encoder, 2, &Body::Proof(Box::new(proof)), &[], &limits).await?;
+        .map_err(|e| ConnError::Handshake {
+            code: e.code(),
+            reason: e.to_string(),
+        })?;
+    write_frame(
+        stream,
+        &mut encoder,
+        2,
+        &Body::Proof(Box::new(proof)),
+        &[],
+        &limits,
+    )
+    .await?;
     let frame = read_frame(stream, &limits).await?;
     match frame.body()? {
         BodyRef::Welcome(_) => Ok(peer),

@@ -33,7 +33,10 @@ pub enum CommandError {
     #[error("{addr}: timed out")]
     Timeout { addr: String },
     #[error("{addr}: refused ({:?}): {}", .reply.code, .reply.message.as_deref().unwrap_or(""))]
-    Refused { addr: String, reply: Box<ErrorReply> },
+    Refused {
+        addr: String,
+        reply: Box<ErrorReply>,
+    },
 }
 
 impl CommandError {
@@ -58,7 +61,10 @@ impl CsClient {
         Arc::new(CsClient {
             key,
             cluster_id,
-            me: Identity { kind: PeerKind::Master, node_id: master_id },
+            me: Identity {
+                kind: PeerKind::Master,
+                node_id: master_id,
+            },
             idle: Mutex::new(HashMap::new()),
         })
     }
@@ -71,7 +77,11 @@ impl CsClient {
     }
 
     fn take_idle(&self, addr: &str) -> Option<TcpStream> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).get_mut(addr)?.pop()
+        self.idle
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(addr)?
+            .pop()
     }
 
     fn put_idle(&self, addr: &str, stream: TcpStream) {
@@ -87,19 +97,24 @@ impl CsClient {
 
     /// Sends one command and waits for its `Ack` (or typed refusal).
     pub async fn command(&self, addr: &str, body: &Body) -> Result<(), CommandError> {
-        let link = |source| CommandError::Link { addr: addr.to_string(), source };
+        let link = |source| CommandError::Link {
+            addr: addr.to_string(),
+            source,
+        };
         let attempt = async {
             // A pooled connection may have been closed by the peer meanwhile:
             // one retry on a fresh connection, no more.
-            if let Some(mut stream) = self.take_idle(addr) {
-                if let Ok(reply) = exchange(&mut stream, body).await {
-                    self.put_idle(addr, stream);
-                    return Ok(reply);
-                }
+            if let Some(mut stream) = self.take_idle(addr)
+                && let Ok(reply) = exchange(&mut stream, body).await
+            {
+                self.put_idle(addr, stream);
+                return Ok(reply);
             }
             let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr))
                 .await
-                .map_err(|_| CommandError::Timeout { addr: addr.to_string() })?
+                .map_err(|_| CommandError::Timeout {
+                    addr: addr.to_string(),
+                })?
                 .map_err(link)?;
             let reply = exchange(&mut stream, body).await.map_err(link)?;
             self.put_idle(addr, stream);
@@ -107,11 +122,19 @@ impl CsClient {
         };
         let reply = tokio::time::timeout(COMMAND_TIMEOUT, attempt)
             .await
-            .map_err(|_| CommandError::Timeout { addr: addr.to_string() })??;
+            .map_err(|_| CommandError::Timeout {
+                addr: addr.to_string(),
+            })??;
         match reply {
             Body::Ack(_) => Ok(()),
-            Body::ErrorReply(reply) => Err(CommandError::Refused { addr: addr.to_string(), reply }),
-            other => Err(link(ConnError::Protocol(format!("unexpected reply {:?}", ringfs_wire::msg::MessageKind::of_body(&other))))),
+            Body::ErrorReply(reply) => Err(CommandError::Refused {
+                addr: addr.to_string(),
+                reply,
+            }),
+            other => Err(link(ConnError::Protocol(format!(
+                "unexpected reply {:?}",
+                ringfs_wire::msg::MessageKind::of_body(&other)
+            )))),
         }
     }
 }

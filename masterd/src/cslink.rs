@@ -8,7 +8,9 @@
 
 use std::time::Instant;
 
-use ringfs_wire::msg::{Body, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply, Register, RegisterReply};
+use ringfs_wire::msg::{
+    Body, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply, Register, RegisterReply,
+};
 
 use crate::duties;
 use crate::node::Master;
@@ -16,7 +18,11 @@ use crate::registry::Registration;
 use crate::types::{Done, Op};
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Body {
-    Body::ErrorReply(Box::new(ErrorReply { code, message: Some(message.into()), ..ErrorReply::default() }))
+    Body::ErrorReply(Box::new(ErrorReply {
+        code,
+        message: Some(message.into()),
+        ..ErrorReply::default()
+    }))
 }
 
 fn not_leader(master: &Master) -> Body {
@@ -44,7 +50,9 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
         match master.proposer.propose(Op::AssignNodeId { dir_id }).await {
             Ok(c) => match c.outcome {
                 Ok(Done::NodeId(id)) => node_id = id,
-                Ok(other) => return refuse(ErrorCode::Internal, format!("unexpected outcome {other:?}")),
+                Ok(other) => {
+                    return refuse(ErrorCode::Internal, format!("unexpected outcome {other:?}"));
+                }
                 Err(f) => return refuse(f.code(), f.to_string()),
             },
             Err(_) => return not_leader(master),
@@ -65,14 +73,22 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
         used_bytes: dirs.iter().map(|d| d.used_bytes).sum(),
     };
     let chunks = r.chunks.unwrap_or_default();
-    master.registry().register(&registration, &chunks, r.report_complete, Instant::now());
+    master
+        .registry()
+        .register(&registration, &chunks, r.report_complete, Instant::now());
     if r.report_complete {
-        tracing::info!(node_id, addr = registration.listen_addr, rack = registration.rack, "chunkserver registered");
+        tracing::info!(
+            node_id,
+            addr = registration.listen_addr,
+            rack = registration.rack,
+            "chunkserver registered"
+        );
     }
     Body::RegisterReply(Box::new(RegisterReply {
         node_id,
         epoch: master.epoch(),
-        heartbeat_interval_ms: u32::try_from(master.tuning().heartbeat_interval_ms).unwrap_or(u32::MAX),
+        heartbeat_interval_ms: u32::try_from(master.tuning().heartbeat_interval_ms)
+            .unwrap_or(u32::MAX),
         master_id: master.id,
     }))
 }
@@ -100,7 +116,10 @@ pub fn heartbeat(master: &Master, h: Heartbeat) -> Body {
     };
     if !known {
         // Unknown, or declared dead meanwhile: a fresh full report is needed.
-        return refuse(ErrorCode::NotFound, format!("node {node} must register again"));
+        return refuse(
+            ErrorCode::NotFound,
+            format!("node {node} must register again"),
+        );
     }
     for result in h.results.unwrap_or_default() {
         duties::command_result(master, node, &result);
@@ -109,5 +128,8 @@ pub fn heartbeat(master: &Master, h: Heartbeat) -> Body {
         return not_leader(master);
     }
     let commands = master.registry().take_commands(node);
-    Body::HeartbeatReply(Box::new(HeartbeatReply { epoch: master.epoch(), commands: Some(commands) }))
+    Body::HeartbeatReply(Box::new(HeartbeatReply {
+        epoch: master.epoch(),
+        commands: Some(commands),
+    }))
 }

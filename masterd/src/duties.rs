@@ -13,7 +13,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use ringfs_wire::msg::{ChunkCommand, CloneChunk, CommandEnvelope, CommandResult, DeleteChunk, DeleteReason, Replica, ReplicaState};
+use ringfs_wire::msg::{
+    ChunkCommand, CloneChunk, CommandEnvelope, CommandResult, DeleteChunk, DeleteReason, Replica,
+    ReplicaState,
+};
 
 use crate::node::{Master, now_ms};
 use crate::placement::{self, Candidate};
@@ -66,13 +69,23 @@ fn with<R>(master: &Master, f: impl FnOnce(&mut Duties) -> R) -> R {
 
 /// Counters for /metrics: (clones in flight, started, done, failed, deletes sent).
 pub fn counters(master: &Master) -> (u64, u64, u64, u64, u64) {
-    with(master, |d| (d.clones.len() as u64, d.clones_started, d.clones_done, d.clones_failed, d.deletes_sent))
+    with(master, |d| {
+        (
+            d.clones.len() as u64,
+            d.clones_started,
+            d.clones_done,
+            d.clones_failed,
+            d.deletes_sent,
+        )
+    })
 }
 
 /// A chunkserver reported how a command went.
 pub fn command_result(master: &Master, node: NodeId, result: &CommandResult) {
     with(master, |d| {
-        let Some(c) = d.clones.get(&result.handle).copied() else { return };
+        let Some(c) = d.clones.get(&result.handle).copied() else {
+            return;
+        };
         if c.command_id != result.command_id || c.target != node {
             return;
         }
@@ -103,12 +116,18 @@ pub async fn run(master: std::sync::Arc<Master>) {
             continue;
         }
         master.leases.note_leader(master.epoch(), now);
-        let purge_due = with(&master, |d| d.last_purge.is_none_or(|t| now.duration_since(t) >= PURGE_INTERVAL));
+        let purge_due = with(&master, |d| {
+            d.last_purge
+                .is_none_or(|t| now.duration_since(t) >= PURGE_INTERVAL)
+        });
         if purge_due {
             with(&master, |d| d.last_purge = Some(now));
             purge_trash(&master).await;
         }
-        let scan_due = with(&master, |d| d.last_scan.is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL));
+        let scan_due = with(&master, |d| {
+            d.last_scan
+                .is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL)
+        });
         if scan_due {
             with(&master, |d| d.last_scan = Some(now));
             scan(&master, now);
@@ -118,9 +137,23 @@ pub async fn run(master: std::sync::Arc<Master>) {
 
 async fn purge_trash(master: &Master) {
     let now = now_ms();
-    let due = master.shared.read().ns.trash.values().any(|e| e.purge_at_ms <= now);
+    let due = master
+        .shared
+        .read()
+        .ns
+        .trash
+        .values()
+        .any(|e| e.purge_at_ms <= now);
     if due {
-        match master.proposer.propose(Op::Purge { req: ReqId::default(), trash_id: 0, now_ms: now }).await {
+        match master
+            .proposer
+            .propose(Op::Purge {
+                req: ReqId::default(),
+                trash_id: 0,
+                now_ms: now,
+            })
+            .await
+        {
             Ok(c) => tracing::info!(outcome = ?c.outcome, "trash purged"),
             Err(e) => tracing::warn!(error = ?e, "trash purge not committed"),
         }
@@ -139,8 +172,16 @@ fn scan(master: &Master, now: Instant) {
     let epoch = master.epoch();
     let mut reg = master.registry();
     for (node, items) in plan.deletes {
-        for reason in [DeleteReason::Orphan, DeleteReason::Stale, DeleteReason::Trimmed] {
-            let handles: Vec<u64> = items.iter().filter(|(_, r)| *r == reason).map(|(h, _)| *h).collect();
+        for reason in [
+            DeleteReason::Orphan,
+            DeleteReason::Stale,
+            DeleteReason::Trimmed,
+        ] {
+            let handles: Vec<u64> = items
+                .iter()
+                .filter(|(_, r)| *r == reason)
+                .map(|(h, _)| *h)
+                .collect();
             for batch in handles.chunks(DELETE_BATCH_MAX) {
                 let command = CommandEnvelope {
                     command_id: master.next_command_id(),
@@ -163,9 +204,14 @@ fn scan(master: &Master, now: Instant) {
         }
     }
     for (handle, version, source, target) in plan.clones {
-        let Some(src) = reg.servers.get(&source) else { continue };
-        let source_replica =
-            Replica { node_id: source, addr: Some(src.listen_addr.clone()), rack: Some(src.rack.clone()) };
+        let Some(src) = reg.servers.get(&source) else {
+            continue;
+        };
+        let source_replica = Replica {
+            node_id: source,
+            addr: Some(src.listen_addr.clone()),
+            rack: Some(src.rack.clone()),
+        };
         let command_id = master.next_command_id();
         let command = CommandEnvelope {
             command_id,
@@ -180,7 +226,15 @@ fn scan(master: &Master, now: Instant) {
             tracing::info!(handle, source, target, "re-replicating");
             with(master, |d| {
                 d.clones_started += 1;
-                d.clones.insert(handle, Clone { source, target, started: now, command_id });
+                d.clones.insert(
+                    handle,
+                    Clone {
+                        source,
+                        target,
+                        started: now,
+                        command_id,
+                    },
+                );
             });
         }
     }
@@ -200,11 +254,17 @@ fn plan(master: &Master, now: Instant) -> Plan {
             }
             alive
         });
-        d.deletes.retain(|_, at| now.duration_since(*at) < DELETE_RETRY);
+        d.deletes
+            .retain(|_, at| now.duration_since(*at) < DELETE_RETRY);
     });
-    let settle_ms = tuning.heartbeat_interval_ms.saturating_mul(2) + VERSION_SETTLE_SLACK.as_millis() as u64;
+    let settle_ms =
+        tuning.heartbeat_interval_ms.saturating_mul(2) + VERSION_SETTLE_SLACK.as_millis() as u64;
     let settling = |handle: u64| {
-        state.chunks.leases.get(&handle).is_some_and(|l| wall_ms.saturating_sub(l.granted_at_ms) < settle_ms)
+        state
+            .chunks
+            .leases
+            .get(&handle)
+            .is_some_and(|l| wall_ms.saturating_sub(l.granted_at_ms) < settle_ms)
             || master.leases.granting(handle)
     };
     let mut short: Vec<(usize, Instant, u64)> = Vec::new();
@@ -214,20 +274,36 @@ fn plan(master: &Master, now: Instant) -> Plan {
             // Orphan: allocated once (below the counter), owned by no file now.
             if handle < state.counters.next_handle {
                 for l in locs.iter().filter(|l| reg.is_live(l.node)) {
-                    plan.deletes.entry(l.node).or_default().push((handle, DeleteReason::Orphan));
+                    plan.deletes
+                        .entry(l.node)
+                        .or_default()
+                        .push((handle, DeleteReason::Orphan));
                 }
             }
             continue;
         };
-        let goal = state.ns.get(chunk.inode).map_or(0, |i| usize::from(i.replication));
+        let goal = state
+            .ns
+            .get(chunk.inode)
+            .map_or(0, |i| usize::from(i.replication));
         let counted: Vec<_> = locs
             .iter()
             .filter(|l| l.version == chunk.version && l.state == ReplicaState::Ok)
-            .filter(|l| reg.servers.get(&l.node).is_some_and(|s| s.liveness == Liveness::Live))
+            .filter(|l| {
+                reg.servers
+                    .get(&l.node)
+                    .is_some_and(|s| s.liveness == Liveness::Live)
+            })
             .collect();
         if !counted.is_empty() && !settling(handle) {
-            for l in locs.iter().filter(|l| l.version < chunk.version && reg.is_live(l.node)) {
-                plan.deletes.entry(l.node).or_default().push((handle, DeleteReason::Stale));
+            for l in locs
+                .iter()
+                .filter(|l| l.version < chunk.version && reg.is_live(l.node))
+            {
+                plan.deletes
+                    .entry(l.node)
+                    .or_default()
+                    .push((handle, DeleteReason::Stale));
             }
         }
         if counted.len() < goal {
@@ -238,7 +314,11 @@ fn plan(master: &Master, now: Instant) -> Plan {
             {
                 short.push((counted.len(), since, handle));
             }
-        } else if counted.len() > goal && goal > 0 && master.leases.live(handle, now).is_none() && !settling(handle) {
+        } else if counted.len() > goal
+            && goal > 0
+            && master.leases.live(handle, now).is_none()
+            && !settling(handle)
+        {
             // Trim the most utilised replicas.
             let mut extra: Vec<_> = counted.iter().map(|l| l.node).collect();
             extra.sort_by(|a, b| {
@@ -247,7 +327,10 @@ fn plan(master: &Master, now: Instant) -> Plan {
                 ub.total_cmp(&ua)
             });
             for node in extra.into_iter().take(counted.len() - goal) {
-                plan.deletes.entry(node).or_default().push((handle, DeleteReason::Trimmed));
+                plan.deletes
+                    .entry(node)
+                    .or_default()
+                    .push((handle, DeleteReason::Trimmed));
             }
         }
     }
@@ -275,24 +358,46 @@ fn plan(master: &Master, now: Instant) -> Plan {
     let mut budget = cluster_max.saturating_sub(in_flight);
     let candidates: Vec<Candidate> = reg
         .live_servers()
-        .map(|s| Candidate { node: s.node_id, rack: s.rack.clone(), utilisation: s.utilisation(), file_replicas: 0 })
+        .map(|s| Candidate {
+            node: s.node_id,
+            rack: s.rack.clone(),
+            utilisation: s.utilisation(),
+            file_replicas: 0,
+        })
         .collect();
     for (_, _, handle) in short {
         if budget == 0 {
             break;
         }
-        let Some(chunk) = state.chunks.get(handle) else { continue };
-        let holders: Vec<_> = reg.locations.get(&handle).map(|ls| ls.iter().map(|l| l.node).collect()).unwrap_or_default();
+        let Some(chunk) = state.chunks.get(handle) else {
+            continue;
+        };
+        let holders: Vec<_> = reg
+            .locations
+            .get(&handle)
+            .map(|ls| ls.iter().map(|l| l.node).collect())
+            .unwrap_or_default();
         let good = reg.good_replicas(handle, chunk.version);
-        let Some(source) = good.iter().map(|l| l.node).filter(|n| busy.get(n).copied().unwrap_or(0) < per_server_max).next()
+        let Some(source) = good
+            .iter()
+            .map(|l| l.node)
+            .find(|n| busy.get(n).copied().unwrap_or(0) < per_server_max)
         else {
             continue;
         };
-        let racks: Vec<&str> =
-            good.iter().filter_map(|l| reg.servers.get(&l.node)).map(|s| s.rack.as_str()).collect();
-        let free: Vec<Candidate> =
-            candidates.iter().filter(|c| busy.get(&c.node).copied().unwrap_or(0) < per_server_max).cloned().collect();
-        let Some(&target) = placement::choose(&free, 1, &holders, &racks).first() else { continue };
+        let racks: Vec<&str> = good
+            .iter()
+            .filter_map(|l| reg.servers.get(&l.node))
+            .map(|s| s.rack.as_str())
+            .collect();
+        let free: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| busy.get(&c.node).copied().unwrap_or(0) < per_server_max)
+            .cloned()
+            .collect();
+        let Some(&target) = placement::choose(&free, 1, &holders, &racks).first() else {
+            continue;
+        };
         *busy.entry(source).or_default() += 1;
         *busy.entry(target).or_default() += 1;
         budget -= 1;

@@ -26,7 +26,9 @@ pub async fn serve(master: Arc<Master>, listener: TcpListener) {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let Ok(permit) = slots.clone().try_acquire_owned() else { continue };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            continue;
+        };
         let master = master.clone();
         tokio::spawn(async move {
             let _permit = permit;
@@ -55,10 +57,24 @@ async fn answer(master: &Master, mut stream: TcpStream) -> std::io::Result<()> {
             let line = String::from_utf8_lossy(line);
             let mut parts = line.split(' ');
             match (parts.next(), parts.next()) {
-                (Some("GET"), Some("/metrics")) => ("200 OK", "text/plain; version=0.0.4", metrics::render(master)),
-                (Some("GET"), Some("/status")) => ("200 OK", "application/json", metrics::status_json(master)),
-                (Some("GET"), _) => ("404 Not Found", "text/plain", "try /metrics or /status\n".to_string()),
-                _ => ("405 Method Not Allowed", "text/plain", "GET only\n".to_string()),
+                (Some("GET"), Some("/metrics")) => (
+                    "200 OK",
+                    "text/plain; version=0.0.4",
+                    metrics::render(master),
+                ),
+                (Some("GET"), Some("/status")) => {
+                    ("200 OK", "application/json", metrics::status_json(master))
+                }
+                (Some("GET"), _) => (
+                    "404 Not Found",
+                    "text/plain",
+                    "try /metrics or /status\n".to_string(),
+                ),
+                _ => (
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    "GET only\n".to_string(),
+                ),
             }
         }
         _ => ("400 Bad Request", "text/plain", "bad request\n".to_string()),
@@ -67,6 +83,8 @@ async fn answer(master: &Master, mut stream: TcpStream) -> std::io::Result<()> {
         "HTTP/1.1 {status}\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tokio::time::timeout(IO_TIMEOUT, stream.write_all(response.as_bytes())).await.map_err(std::io::Error::other)??;
+    tokio::time::timeout(IO_TIMEOUT, stream.write_all(response.as_bytes()))
+        .await
+        .map_err(std::io::Error::other)??;
     stream.shutdown().await
 }

@@ -33,7 +33,10 @@ pub enum LeaseError {
     Fail(Fail),
     Propose(ProposeError),
     /// Retry after this long (a previous lease may run; no replica up).
-    Unavailable { retry_after: Duration, why: String },
+    Unavailable {
+        retry_after: Duration,
+        why: String,
+    },
 }
 
 impl From<ProposeError> for LeaseError {
@@ -81,7 +84,9 @@ impl Leases {
         Leases {
             duration,
             live: Mutex::new(HashMap::new()),
-            grant_locks: (0..GRANT_LOCKS).map(|_| tokio::sync::Mutex::new(())).collect(),
+            grant_locks: (0..GRANT_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             leader_since: Mutex::new(None),
         }
     }
@@ -103,12 +108,18 @@ impl Leases {
     }
 
     pub fn forget(&self, handle: u64) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(&handle);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&handle);
     }
 
     /// Drops expired leases (bounded memory).
     pub fn sweep(&self, now: Instant) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).retain(|_, l| l.expires > now);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|_, l| l.expires > now);
     }
 
     /// Called whenever this master sees itself leading `term`.
@@ -128,7 +139,9 @@ impl Leases {
 
     /// True while a grant or allocation may be changing the chunk's version.
     pub fn granting(&self, handle: u64) -> bool {
-        self.grant_locks[(handle as usize) % GRANT_LOCKS].try_lock().is_err()
+        self.grant_locks[(handle as usize) % GRANT_LOCKS]
+            .try_lock()
+            .is_err()
     }
 
     pub fn count(&self) -> usize {
@@ -139,16 +152,26 @@ impl Leases {
 fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
     let reg = master.registry();
     let s = reg.servers.get(&node)?;
-    Some(Replica { node_id: node, addr: Some(s.listen_addr.clone()), rack: Some(s.rack.clone()) })
+    Some(Replica {
+        node_id: node,
+        addr: Some(s.listen_addr.clone()),
+        rack: Some(s.rack.clone()),
+    })
 }
 
 fn addr_of(master: &Master, node: NodeId) -> Option<String> {
-    master.registry().servers.get(&node).map(|s| s.listen_addr.clone())
+    master
+        .registry()
+        .servers
+        .get(&node)
+        .map(|s| s.listen_addr.clone())
 }
 
 /// The current primary lease of `handle`, granting one if none is live.
 pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseError> {
-    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS].lock().await;
+    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS]
+        .lock()
+        .await;
     master.leases.note_leader(master.epoch(), Instant::now());
     let (version, record) = {
         let state = master.shared.read();
@@ -158,8 +181,16 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
     let now = Instant::now();
     let good = master.registry().good_replicas(handle, version);
     if let Some(lease) = master.leases.running(handle, now) {
-        if lease.version == version && lease.client_expires > now && good.iter().any(|l| l.node == lease.primary) {
-            return Ok(Located { handle, version, replicas: good.to_vec(), lease: Some(lease) });
+        if lease.version == version
+            && lease.client_expires > now
+            && good.iter().any(|l| l.node == lease.primary)
+        {
+            return Ok(Located {
+                handle,
+                version,
+                replicas: good.to_vec(),
+                lease: Some(lease),
+            });
         }
         // The holder may still act as primary until its lease runs out:
         // nobody else may be named before then.
@@ -176,7 +207,10 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
         let wall_left = r.expires_at_ms().saturating_sub(now_ms());
         if leading < duration && wall_left > 0 {
             let retry_after = (duration - leading).min(Duration::from_millis(wall_left));
-            return Err(LeaseError::Unavailable { retry_after, why: "a lease from an earlier term may still run".into() });
+            return Err(LeaseError::Unavailable {
+                retry_after,
+                why: "a lease from an earlier term may still run".into(),
+            });
         }
     }
     if good.is_empty() {
@@ -204,7 +238,12 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
     // Tell every up-to-date replica its new version; the ones that do not
     // answer are left stale (reports will show it; GC and re-replication fix it).
     let bumps = good.iter().map(|l| {
-        let body = Body::BumpVersion(Box::new(BumpVersion { epoch, handle, old_version: version, new_version }));
+        let body = Body::BumpVersion(Box::new(BumpVersion {
+            epoch,
+            handle,
+            old_version: version,
+            new_version,
+        }));
         let addr = addr_of(master, l.node);
         async move {
             let ok = match addr {
@@ -214,12 +253,20 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
             (l.node, ok)
         }
     });
-    let bumped: Vec<NodeId> =
-        join_all(bumps).await.into_iter().filter(|(_, ok)| *ok).map(|(n, _)| n).collect();
+    let bumped: Vec<NodeId> = join_all(bumps)
+        .await
+        .into_iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(n, _)| n)
+        .collect();
     {
         let mut reg = master.registry();
         for n in &bumped {
-            if let Some(l) = reg.locations.get_mut(&handle).and_then(|ls| ls.iter_mut().find(|l| l.node == *n)) {
+            if let Some(l) = reg
+                .locations
+                .get_mut(&handle)
+                .and_then(|ls| ls.iter_mut().find(|l| l.node == *n))
+            {
                 l.version = new_version;
             }
         }
@@ -231,8 +278,16 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
         });
     }
     let lease = grant(master, handle, new_version, primary, &bumped, epoch).await?;
-    let replicas = master.registry().good_replicas(handle, new_version).to_vec();
-    Ok(Located { handle, version: new_version, replicas, lease: Some(lease) })
+    let replicas = master
+        .registry()
+        .good_replicas(handle, new_version)
+        .to_vec();
+    Ok(Located {
+        handle,
+        version: new_version,
+        replicas,
+        lease: Some(lease),
+    })
 }
 
 /// Tells `primary` it holds the lease; records it once acknowledged.
@@ -245,8 +300,11 @@ async fn grant(
     epoch: u64,
 ) -> Result<LiveLease, LeaseError> {
     let duration = master.leases.duration;
-    let secondaries: Vec<Replica> =
-        holders.iter().filter(|&&n| n != primary).filter_map(|&n| replica_of(master, n)).collect();
+    let secondaries: Vec<Replica> = holders
+        .iter()
+        .filter(|&&n| n != primary)
+        .filter_map(|&n| replica_of(master, n))
+        .collect();
     let body = Body::GrantLease(Box::new(GrantLease {
         epoch,
         handle,
@@ -259,11 +317,21 @@ async fn grant(
         why: format!("primary {primary} is not registered"),
     })?;
     let sent = Instant::now();
-    master.cs.command(&addr, &body).await.map_err(|e| LeaseError::Unavailable {
-        retry_after: Duration::from_millis(200),
-        why: format!("lease grant to {primary}: {e}"),
-    })?;
-    let lease = LiveLease { primary, version, client_expires: sent + duration, expires: Instant::now() + duration, epoch };
+    master
+        .cs
+        .command(&addr, &body)
+        .await
+        .map_err(|e| LeaseError::Unavailable {
+            retry_after: Duration::from_millis(200),
+            why: format!("lease grant to {primary}: {e}"),
+        })?;
+    let lease = LiveLease {
+        primary,
+        version,
+        client_expires: sent + duration,
+        expires: Instant::now() + duration,
+        epoch,
+    };
     master.leases.record(handle, lease.clone());
     Ok(lease)
 }
@@ -272,8 +340,14 @@ fn pick_primary(master: &Master, good: &[Location]) -> NodeId {
     let reg = master.registry();
     good.iter()
         .min_by(|a, b| {
-            let la = reg.servers.get(&a.node).map_or(u32::MAX, |s| s.ops_in_flight);
-            let lb = reg.servers.get(&b.node).map_or(u32::MAX, |s| s.ops_in_flight);
+            let la = reg
+                .servers
+                .get(&a.node)
+                .map_or(u32::MAX, |s| s.ops_in_flight);
+            let lb = reg
+                .servers
+                .get(&b.node)
+                .map_or(u32::MAX, |s| s.ops_in_flight);
             la.cmp(&lb).then(a.node.cmp(&b.node))
         })
         .map(|l| l.node)
@@ -281,17 +355,27 @@ fn pick_primary(master: &Master, good: &[Location]) -> NodeId {
 }
 
 fn unreachable_outcome<T>(other: Done) -> Result<T, LeaseError> {
-    Err(LeaseError::Unavailable { retry_after: Duration::from_millis(100), why: format!("unexpected outcome {other:?}") })
+    Err(LeaseError::Unavailable {
+        retry_after: Duration::from_millis(100),
+        why: format!("unexpected outcome {other:?}"),
+    })
 }
 
 /// Allocates chunk `index` of file `inode` (or finds it, if a concurrent
 /// writer won), creates its replicas and grants the first lease.
-pub async fn allocate(master: &Master, req: ReqId, inode: u64, index: u64) -> Result<Located, LeaseError> {
+pub async fn allocate(
+    master: &Master,
+    req: ReqId,
+    inode: u64,
+    index: u64,
+) -> Result<Located, LeaseError> {
     let (goal, existing, file_chunks) = {
         let state = master.shared.read();
         let node = state.ns.get(inode).ok_or(Fail::NotFound)?;
         let file = node.file().ok_or(Fail::IsDirectory)?;
-        let existing = usize::try_from(index).ok().and_then(|i| file.chunks.get(i).copied());
+        let existing = usize::try_from(index)
+            .ok()
+            .and_then(|i| file.chunks.get(i).copied());
         (node.replication, existing, file.chunks.to_vec())
     };
     if let Some(handle) = existing {
@@ -342,14 +426,27 @@ pub async fn allocate(master: &Master, req: ReqId, inode: u64, index: u64) -> Re
         // Someone else allocated it first (a retry or a race): join theirs.
         return get_lease(master, handle).await;
     }
-    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS].lock().await;
+    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS]
+        .lock()
+        .await;
     let epoch = master.epoch();
     let creates = chosen.iter().map(|&node| {
-        let body = Body::CreateChunk(Box::new(CreateChunk { epoch, handle, version }));
+        let body = Body::CreateChunk(Box::new(CreateChunk {
+            epoch,
+            handle,
+            version,
+        }));
         let addr = addr_of(master, node);
         async move {
             match addr {
-                Some(a) => (node, master.cs.command(&a, &body).await.map_err(|e| e.to_string())),
+                Some(a) => (
+                    node,
+                    master
+                        .cs
+                        .command(&a, &body)
+                        .await
+                        .map_err(|e| e.to_string()),
+                ),
                 None => (node, Err("not registered".to_string())),
             }
         }
@@ -358,7 +455,9 @@ pub async fn allocate(master: &Master, req: ReqId, inode: u64, index: u64) -> Re
     for (node, result) in join_all(creates).await {
         match result {
             Ok(()) => created.push(node),
-            Err(e) => tracing::warn!(handle, node, error = %e, "create chunk failed; re-replication will make up"),
+            Err(e) => {
+                tracing::warn!(handle, node, error = %e, "create chunk failed; re-replication will make up")
+            }
         }
     }
     {
@@ -370,7 +469,13 @@ pub async fn allocate(master: &Master, req: ReqId, inode: u64, index: u64) -> Re
                 length_bytes: 0,
                 state: ringfs_wire::msg::ReplicaState::Ok,
             };
-            reg.heartbeat(node, std::slice::from_ref(&report), &[], &[], Instant::now());
+            reg.heartbeat(
+                node,
+                std::slice::from_ref(&report),
+                &[],
+                &[],
+                Instant::now(),
+            );
         }
     }
     let primary = chosen[0];
@@ -382,7 +487,12 @@ pub async fn allocate(master: &Master, req: ReqId, inode: u64, index: u64) -> Re
     }
     let lease = grant(master, handle, version, primary, &created, epoch).await?;
     let replicas = master.registry().good_replicas(handle, version).to_vec();
-    Ok(Located { handle, version, replicas, lease: Some(lease) })
+    Ok(Located {
+        handle,
+        version,
+        replicas,
+        lease: Some(lease),
+    })
 }
 
 /// How a lease error reads on the wire.

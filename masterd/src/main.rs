@@ -41,7 +41,8 @@ struct Args {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("RINGFS_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("RINGFS_LOG")
+                .unwrap_or_else(|_| "info,openraft=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -49,7 +50,11 @@ fn main() -> ExitCode {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -74,18 +79,28 @@ fn main() -> ExitCode {
 }
 
 async fn bind(addr: &str) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
 }
 
 async fn run(args: Args) -> Result<(), String> {
     let config = Arc::new(Config::load(&args.config).map_err(|e| e.to_string())?);
-    let me = config.master(args.id).ok_or_else(|| format!("master id {} is not in {}", args.id, args.config.display()))?;
-    let listen = args.listen.map_or_else(|| me.client_addr.clone(), |a| a.to_string());
-    let http = args.http.map_or_else(|| me.http_addr.clone(), |a| a.to_string());
+    let me = config
+        .master(args.id)
+        .ok_or_else(|| format!("master id {} is not in {}", args.id, args.config.display()))?;
+    let listen = args
+        .listen
+        .map_or_else(|| me.client_addr.clone(), |a| a.to_string());
+    let http = args
+        .http
+        .map_or_else(|| me.http_addr.clone(), |a| a.to_string());
     // Bind before the (possibly long) log replay, so a port conflict fails fast.
     let listener = bind(&listen).await?;
     let http_listener = bind(&http).await?;
-    let master = Master::start(config.clone(), args.id, &args.data).await.map_err(|e| e.to_string())?;
+    let master = Master::start(config.clone(), args.id, &args.data)
+        .await
+        .map_err(|e| e.to_string())?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let http_local = http_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(masterd::server::accept_loop(master.clone(), listener));
@@ -94,7 +109,11 @@ async fn run(args: Args) -> Result<(), String> {
     // Say "ready" once a leader is known (for a single voter, itself), so
     // the first request is not refused with NotLeader; bounded.
     let mut metrics = master.raft.metrics();
-    let _ = tokio::time::timeout(LEADER_WAIT, metrics.wait_for(|m| m.current_leader.is_some())).await;
+    let _ = tokio::time::timeout(
+        LEADER_WAIT,
+        metrics.wait_for(|m| m.current_leader.is_some()),
+    )
+    .await;
     let (files, dirs) = {
         let s = master.shared.read();
         (s.ns.files, s.ns.directories)
@@ -103,7 +122,10 @@ async fn run(args: Args) -> Result<(), String> {
         "masterd ready id={} listen={local} http={http_local} term={} applied={} files={files} dirs={dirs}",
         master.id,
         master.epoch(),
-        master.shared.applied_index.load(std::sync::atomic::Ordering::Acquire),
+        master
+            .shared
+            .applied_index
+            .load(std::sync::atomic::Ordering::Acquire),
     );
     wait_for_stop().await;
     tracing::info!("stopping");
@@ -113,7 +135,10 @@ async fn run(args: Args) -> Result<(), String> {
 
 async fn wait_for_stop() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still stops on SIGTERM's default action.
         std::future::pending::<()>().await;
         return;

@@ -43,7 +43,10 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn count(&self, kind: &str, ok: bool) {
-        let i = REQUEST_KINDS.iter().position(|k| *k == kind).unwrap_or(REQUEST_KINDS.len() - 1);
+        let i = REQUEST_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(REQUEST_KINDS.len() - 1);
         self.requests[i].fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.request_errors[i].fetch_add(1, Ordering::Relaxed);
@@ -65,13 +68,20 @@ pub fn health(master: &Master) -> Health {
     let reg = master.registry();
     let mut h = Health {
         live_chunkservers: reg.live_servers().count() as u64,
-        dead_chunkservers: reg.servers.values().filter(|s| s.liveness == Liveness::Dead).count() as u64,
+        dead_chunkservers: reg
+            .servers
+            .values()
+            .filter(|s| s.liveness == Liveness::Dead)
+            .count() as u64,
         under_replicated: 0,
         missing: 0,
         corrupt_replicas: 0,
     };
     for (handle, chunk) in &state.chunks.chunks {
-        let goal = state.ns.get(chunk.inode).map_or(0, |i| usize::from(i.replication));
+        let goal = state
+            .ns
+            .get(chunk.inode)
+            .map_or(0, |i| usize::from(i.replication));
         let good = reg.good_replicas(*handle, chunk.version).len();
         if good == 0 {
             h.missing += 1;
@@ -80,8 +90,10 @@ pub fn health(master: &Master) -> Health {
         }
     }
     for locs in reg.locations.values() {
-        h.corrupt_replicas +=
-            locs.iter().filter(|l| l.state == ringfs_wire::msg::ReplicaState::Corrupt).count() as u64;
+        h.corrupt_replicas += locs
+            .iter()
+            .filter(|l| l.state == ringfs_wire::msg::ReplicaState::Corrupt)
+            .count() as u64;
     }
     h
 }
@@ -91,7 +103,11 @@ pub fn render(master: &Master) -> String {
     let m = &master.metrics;
     let _ = writeln!(out, "# TYPE ringfs_master_requests_total counter");
     for (i, kind) in REQUEST_KINDS.iter().enumerate() {
-        let _ = writeln!(out, "ringfs_master_requests_total{{op=\"{kind}\"}} {}", m.requests[i].load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "ringfs_master_requests_total{{op=\"{kind}\"}} {}",
+            m.requests[i].load(Ordering::Relaxed)
+        );
     }
     let _ = writeln!(out, "# TYPE ringfs_master_request_errors_total counter");
     for (i, kind) in REQUEST_KINDS.iter().enumerate() {
@@ -105,17 +121,61 @@ pub fn render(master: &Master) -> String {
     let p = &master.proposer.stats;
     let sh = &master.shared;
     let counters: [(&str, &str, u64); 11] = [
-        ("ringfs_master_connections_total", "counter", m.connections.load(Ordering::Relaxed)),
-        ("ringfs_master_handshake_failures_total", "counter", m.handshake_failures.load(Ordering::Relaxed)),
-        ("ringfs_master_oplog_records_total", "counter", log.records_appended.load(Ordering::Relaxed)),
-        ("ringfs_master_oplog_fsyncs_total", "counter", log.data_fsyncs.load(Ordering::Relaxed)),
-        ("ringfs_master_oplog_bytes", "gauge", log.log_bytes_on_disk.load(Ordering::Relaxed)),
-        ("ringfs_master_proposals_total", "counter", p.proposals.load(Ordering::Relaxed)),
-        ("ringfs_master_proposed_ops_total", "counter", p.ops.load(Ordering::Relaxed)),
-        ("ringfs_master_checkpoints_total", "counter", sh.checkpoints_written.load(Ordering::Relaxed)),
-        ("ringfs_master_checkpoint_last_bytes", "gauge", sh.checkpoint_last_bytes.load(Ordering::Relaxed)),
-        ("ringfs_master_checkpoint_last_ms", "gauge", sh.checkpoint_last_ms.load(Ordering::Relaxed)),
-        ("ringfs_master_applied_index", "gauge", sh.applied_index.load(Ordering::Relaxed)),
+        (
+            "ringfs_master_connections_total",
+            "counter",
+            m.connections.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_handshake_failures_total",
+            "counter",
+            m.handshake_failures.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_oplog_records_total",
+            "counter",
+            log.records_appended.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_oplog_fsyncs_total",
+            "counter",
+            log.data_fsyncs.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_oplog_bytes",
+            "gauge",
+            log.log_bytes_on_disk.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_proposals_total",
+            "counter",
+            p.proposals.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_proposed_ops_total",
+            "counter",
+            p.ops.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_checkpoints_total",
+            "counter",
+            sh.checkpoints_written.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_checkpoint_last_bytes",
+            "gauge",
+            sh.checkpoint_last_bytes.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_checkpoint_last_ms",
+            "gauge",
+            sh.checkpoint_last_ms.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_applied_index",
+            "gauge",
+            sh.applied_index.load(Ordering::Relaxed),
+        ),
     ];
     for (name, kind, value) in counters {
         let _ = writeln!(out, "# TYPE {name} {kind}\n{name} {value}");

@@ -30,7 +30,10 @@ pub enum StartError {
     #[error("{0}")]
     Unsupported(String),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("op log: {0}")]
     OpLog(String),
     #[error("checkpoint: {0}")]
@@ -58,11 +61,15 @@ pub struct Master {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 pub fn now_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
 fn raft_config(t: &MasterTuning) -> Result<openraft::Config, StartError> {
@@ -79,14 +86,23 @@ fn raft_config(t: &MasterTuning) -> Result<openraft::Config, StartError> {
         max_in_snapshot_log_to_keep: t.checkpoint_every_records.saturating_add(10_000),
         ..Default::default()
     };
-    config.validate().map_err(|e| StartError::Raft(e.to_string()))
+    config
+        .validate()
+        .map_err(|e| StartError::Raft(e.to_string()))
 }
 
 impl Master {
     /// Opens the op log and the newest checkpoint under `data_dir`, starts
     /// Raft (initialising a fresh one-voter cluster) and the proposer.
-    pub async fn start(config: Arc<Config>, id: NodeId, data_dir: &Path) -> Result<Arc<Master>, StartError> {
-        let me = config.master(id).ok_or(StartError::NotInConfig(id))?.clone();
+    pub async fn start(
+        config: Arc<Config>,
+        id: NodeId,
+        data_dir: &Path,
+    ) -> Result<Arc<Master>, StartError> {
+        let me = config
+            .master(id)
+            .ok_or(StartError::NotInConfig(id))?
+            .clone();
         let voters: Vec<_> = config.voters().collect();
         if voters.len() != 1 || config.shadows().next().is_some() {
             return Err(StartError::Unsupported(format!(
@@ -97,20 +113,30 @@ impl Master {
             )));
         }
         let tuning = config.file.master.clone();
-        std::fs::create_dir_all(data_dir).map_err(|e| StartError::Io { path: data_dir.to_path_buf(), source: e })?;
-        let log = OpLog::open(&data_dir.join("oplog"), &tuning).map_err(|e| StartError::OpLog(e.to_string()))?;
+        std::fs::create_dir_all(data_dir).map_err(|e| StartError::Io {
+            path: data_dir.to_path_buf(),
+            source: e,
+        })?;
+        let log = OpLog::open(&data_dir.join("oplog"), &tuning)
+            .map_err(|e| StartError::OpLog(e.to_string()))?;
         let oplog_stats = log.stats();
-        let fresh = State::new(config.file.chunk_size_bytes, config.file.default_replication);
+        let fresh = State::new(
+            config.file.chunk_size_bytes,
+            config.file.default_replication,
+        );
         let (sm, shared) = StateMachine::open(data_dir.join("checkpoints"), fresh)
             .map_err(|e| StartError::Checkpoint(e.to_string()))?;
         let raft = Raft::new(id, Arc::new(raft_config(&tuning)?), SingleVoter, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let members: BTreeMap<NodeId, BasicNode> = BTreeMap::from([(id, BasicNode::new(me.peer_addr.clone()))]);
+        let members: BTreeMap<NodeId, BasicNode> =
+            BTreeMap::from([(id, BasicNode::new(me.peer_addr.clone()))]);
         match raft.initialize(members).await {
             Ok(()) => tracing::info!(id, "initialised a new one-voter cluster"),
             // Already initialised: a restart, the usual case.
-            Err(openraft::error::RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => {}
+            Err(openraft::error::RaftError::APIError(
+                openraft::error::InitializeError::NotAllowed(_),
+            )) => {}
             Err(e) => return Err(StartError::Raft(e.to_string())),
         }
         let proposer = Proposer::start(raft.clone());
@@ -155,7 +181,10 @@ impl Master {
     /// The leader's id and client address, when known.
     pub fn leader_hint(&self) -> (u64, String) {
         let leader = self.raft.metrics().borrow().current_leader;
-        let addr = leader.and_then(|l| self.config.master(l)).map(|m| m.client_addr.clone()).unwrap_or_default();
+        let addr = leader
+            .and_then(|l| self.config.master(l))
+            .map(|m| m.client_addr.clone())
+            .unwrap_or_default();
         (leader.unwrap_or(0), addr)
     }
 

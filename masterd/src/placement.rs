@@ -19,13 +19,22 @@ pub struct Candidate {
 
 /// Picks up to `count` nodes, none of them in `exclude` (current holders).
 /// `existing_racks` are the racks already holding a replica.
-pub fn choose(candidates: &[Candidate], count: usize, exclude: &[NodeId], existing_racks: &[&str]) -> Vec<NodeId> {
-    let mut pool: Vec<&Candidate> = candidates.iter().filter(|c| !exclude.contains(&c.node)).collect();
+pub fn choose(
+    candidates: &[Candidate],
+    count: usize,
+    exclude: &[NodeId],
+    existing_racks: &[&str],
+) -> Vec<NodeId> {
+    let mut pool: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| !exclude.contains(&c.node))
+        .collect();
     if pool.is_empty() || count == 0 {
         return Vec::new();
     }
     let live = candidates.len() as u64;
-    let total_file_replicas: u64 = candidates.iter().map(|c| c.file_replicas).sum::<u64>() + count as u64;
+    let total_file_replicas: u64 =
+        candidates.iter().map(|c| c.file_replicas).sum::<u64>() + count as u64;
     // A server's fair share of this file: every replica spread evenly, plus one.
     let share_cap = total_file_replicas.div_ceil(live) + 1;
     pool.sort_by(|a, b| {
@@ -54,7 +63,9 @@ pub fn choose(candidates: &[Candidate], count: usize, exclude: &[NodeId], existi
         };
         let pick = pool
             .iter()
-            .position(|c| !need_new_rack || racks_used.is_empty() || !racks_used.contains(&c.rack.as_str()))
+            .position(|c| {
+                !need_new_rack || racks_used.is_empty() || !racks_used.contains(&c.rack.as_str())
+            })
             .or(if pool.is_empty() { None } else { Some(0) });
         let Some(i) = pick else { break };
         let c = pool.remove(i);
@@ -70,12 +81,22 @@ mod tests {
     use super::*;
 
     fn cand(node: NodeId, rack: &str, utilisation: f64, file_replicas: u64) -> Candidate {
-        Candidate { node, rack: rack.into(), utilisation, file_replicas }
+        Candidate {
+            node,
+            rack: rack.into(),
+            utilisation,
+            file_replicas,
+        }
     }
 
     #[test]
     fn least_utilised_first_and_distinct() {
-        let c = [cand(1, "", 0.9, 0), cand(2, "", 0.1, 0), cand(3, "", 0.5, 0), cand(4, "", 0.3, 0)];
+        let c = [
+            cand(1, "", 0.9, 0),
+            cand(2, "", 0.1, 0),
+            cand(3, "", 0.5, 0),
+            cand(4, "", 0.3, 0),
+        ];
         assert_eq!(choose(&c, 3, &[], &[]), vec![2, 4, 3]);
         assert_eq!(choose(&c, 3, &[2], &[]), vec![4, 3, 1]);
         assert_eq!(choose(&c, 9, &[], &[]).len(), 4);
@@ -83,7 +104,12 @@ mod tests {
 
     #[test]
     fn spans_two_racks_when_there_are_two() {
-        let c = [cand(1, "a", 0.1, 0), cand(2, "a", 0.2, 0), cand(3, "a", 0.3, 0), cand(4, "b", 0.9, 0)];
+        let c = [
+            cand(1, "a", 0.1, 0),
+            cand(2, "a", 0.2, 0),
+            cand(3, "a", 0.3, 0),
+            cand(4, "b", 0.9, 0),
+        ];
         let chosen = choose(&c, 3, &[], &[]);
         assert_eq!(chosen[0], 1);
         assert!(chosen.contains(&4), "{chosen:?}");
@@ -93,7 +119,11 @@ mod tests {
 
     #[test]
     fn no_server_beyond_its_share_of_a_file() {
-        let c = [cand(1, "", 0.0, 10), cand(2, "", 0.5, 0), cand(3, "", 0.6, 0)];
+        let c = [
+            cand(1, "", 0.0, 10),
+            cand(2, "", 0.5, 0),
+            cand(3, "", 0.6, 0),
+        ];
         assert_eq!(choose(&c, 1, &[], &[]), vec![2]);
     }
 }

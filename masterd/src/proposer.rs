@@ -64,11 +64,16 @@ impl Proposer {
     /// Commits `op` through the log; returns its outcome once applied.
     pub async fn propose(&self, op: Op) -> Result<Committed, ProposeError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.try_send(Pending { op, reply }).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => ProposeError::Busy,
-            mpsc::error::TrySendError::Closed(_) => ProposeError::Stopped("proposer stopped".into()),
-        })?;
-        rx.await.map_err(|_| ProposeError::Stopped("proposal dropped".into()))?
+        self.tx
+            .try_send(Pending { op, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => ProposeError::Busy,
+                mpsc::error::TrySendError::Closed(_) => {
+                    ProposeError::Stopped("proposer stopped".into())
+                }
+            })?;
+        rx.await
+            .map_err(|_| ProposeError::Stopped("proposal dropped".into()))?
     }
 }
 
@@ -77,7 +82,9 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerSta
     while let Some(first) = rx.recv().await {
         // Wait for a slot before collecting: ops that arrive meanwhile join
         // this proposal instead of making their own.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { return };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < PROPOSAL_OPS_MAX {
             match rx.try_recv() {
@@ -87,10 +94,13 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerSta
         }
         stats.proposals.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        stats.largest_proposal_ops.fetch_max(batch.len() as u64, Ordering::Relaxed);
+        stats
+            .largest_proposal_ops
+            .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let raft = raft.clone();
         tokio::spawn(async move {
-            let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|p| (p.op, p.reply)).unzip();
+            let (ops, replies): (Vec<Op>, Vec<_>) =
+                batch.into_iter().map(|p| (p.op, p.reply)).unzip();
             let n = ops.len();
             let result = raft.client_write(Proposal { ops }).await;
             drop(permit);
@@ -99,13 +109,18 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerSta
                     let applied = resp.data;
                     assert_eq!(applied.outcomes.len(), n, "one outcome per proposed op");
                     for (reply, outcome) in replies.into_iter().zip(applied.outcomes) {
-                        let _ = reply.send(Ok(Committed { outcome, index: applied.index }));
+                        let _ = reply.send(Ok(Committed {
+                            outcome,
+                            index: applied.index,
+                        }));
                     }
                 }
                 Err(e) => {
                     let err = match e {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
-                            ProposeError::NotLeader { leader: f.leader_id }
+                            ProposeError::NotLeader {
+                                leader: f.leader_id,
+                            }
                         }
                         RaftError::APIError(other) => ProposeError::Stopped(other.to_string()),
                         RaftError::Fatal(f) => ProposeError::Stopped(f.to_string()),

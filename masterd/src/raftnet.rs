@@ -7,13 +7,13 @@
 //! transport (RaftRequest frames on the peer port) comes with high
 //! availability.
 
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
-    VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
 };
-use openraft::BasicNode;
 
 use crate::types::{NodeId, TypeConfig};
 
@@ -25,7 +25,10 @@ pub struct NoPeer {
 
 impl NoPeer {
     fn refuse<E: std::error::Error>(&self) -> RPCError<NodeId, BasicNode, E> {
-        let msg = format!("master {} is not reachable: this master runs as the single voter", self.target);
+        let msg = format!(
+            "master {} is not reachable: this master runs as the single voter",
+            self.target
+        );
         RPCError::Network(NetworkError::new(&std::io::Error::other(msg)))
     }
 }
@@ -51,8 +54,10 @@ impl RaftNetwork<TypeConfig> for NoPeer {
         &mut self,
         _rpc: InstallSnapshotRequest<TypeConfig>,
         _option: RPCOption,
-    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>>
-    {
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
         Err(self.refuse())
     }
 

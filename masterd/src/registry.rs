@@ -50,7 +50,11 @@ pub struct Chunkserver {
 impl Chunkserver {
     /// Used fraction, for least-utilised-first placement.
     pub fn utilisation(&self) -> f64 {
-        if self.capacity_bytes == 0 { 1.0 } else { self.used_bytes as f64 / self.capacity_bytes as f64 }
+        if self.capacity_bytes == 0 {
+            1.0
+        } else {
+            self.used_bytes as f64 / self.capacity_bytes as f64
+        }
     }
 }
 
@@ -85,23 +89,32 @@ impl Registry {
     /// Takes one `Register` frame. The chunk set is replaced when the last
     /// frame of the report (`complete`) arrives, so a report cut short by a
     /// reconnect never leaves half of it applied.
-    pub fn register(&mut self, r: &Registration<'_>, chunks: &[ChunkReport], complete: bool, now: Instant) {
+    pub fn register(
+        &mut self,
+        r: &Registration<'_>,
+        chunks: &[ChunkReport],
+        complete: bool,
+        now: Instant,
+    ) {
         assert!(r.node_id != 0, "registration without a node id");
-        let server = self.servers.entry(r.node_id).or_insert_with(|| Chunkserver {
-            node_id: r.node_id,
-            listen_addr: String::new(),
-            http_addr: String::new(),
-            rack: String::new(),
-            capacity_bytes: 0,
-            used_bytes: 0,
-            ops_in_flight: 0,
-            chunk_count: 0,
-            last_heartbeat: now,
-            liveness: Liveness::Live,
-            scrub_unverified_bytes: 0,
-            commands: VecDeque::new(),
-            full_report: None,
-        });
+        let server = self
+            .servers
+            .entry(r.node_id)
+            .or_insert_with(|| Chunkserver {
+                node_id: r.node_id,
+                listen_addr: String::new(),
+                http_addr: String::new(),
+                rack: String::new(),
+                capacity_bytes: 0,
+                used_bytes: 0,
+                ops_in_flight: 0,
+                chunk_count: 0,
+                last_heartbeat: now,
+                liveness: Liveness::Live,
+                scrub_unverified_bytes: 0,
+                commands: VecDeque::new(),
+                full_report: None,
+            });
         server.listen_addr = r.listen_addr.to_string();
         server.http_addr = r.http_addr.to_string();
         server.rack = r.rack.to_string();
@@ -134,7 +147,9 @@ impl Registry {
         corrupt: &[ChunkReport],
         now: Instant,
     ) -> bool {
-        let Some(server) = self.servers.get_mut(&node) else { return false };
+        let Some(server) = self.servers.get_mut(&node) else {
+            return false;
+        };
         server.last_heartbeat = now;
         if server.liveness == Liveness::Dead {
             // It came back without re-registering (a network partition
@@ -148,13 +163,21 @@ impl Registry {
             self.remove(node, *h);
         }
         if let Some(s) = self.servers.get_mut(&node) {
-            s.chunk_count = s.chunk_count.saturating_add(added.len() as u64).saturating_sub(removed.len() as u64);
+            s.chunk_count = s
+                .chunk_count
+                .saturating_add(added.len() as u64)
+                .saturating_sub(removed.len() as u64);
         }
         true
     }
 
     fn upsert(&mut self, node: NodeId, c: &ChunkReport) {
-        let loc = Location { node, version: c.version, length_bytes: c.length_bytes, state: c.state };
+        let loc = Location {
+            node,
+            version: c.version,
+            length_bytes: c.length_bytes,
+            state: c.state,
+        };
         let locs = self.locations.entry(c.handle).or_default();
         match locs.iter_mut().find(|l| l.node == node) {
             Some(l) => *l = loc,
@@ -184,7 +207,10 @@ impl Registry {
         let dead: Vec<NodeId> = self
             .servers
             .values()
-            .filter(|s| s.liveness != Liveness::Dead && now.saturating_duration_since(s.last_heartbeat) > timeout)
+            .filter(|s| {
+                s.liveness != Liveness::Dead
+                    && now.saturating_duration_since(s.last_heartbeat) > timeout
+            })
             .map(|s| s.node_id)
             .collect();
         for node in &dead {
@@ -199,7 +225,9 @@ impl Registry {
     }
 
     pub fn is_live(&self, node: NodeId) -> bool {
-        self.servers.get(&node).is_some_and(|s| s.liveness != Liveness::Dead)
+        self.servers
+            .get(&node)
+            .is_some_and(|s| s.liveness != Liveness::Dead)
     }
 
     /// Replicas that can serve `version`: live servers, state Ok, same version.
@@ -208,7 +236,9 @@ impl Registry {
             .get(&handle)
             .map(|locs| {
                 locs.iter()
-                    .filter(|l| l.version == version && l.state == ReplicaState::Ok && self.is_live(l.node))
+                    .filter(|l| {
+                        l.version == version && l.state == ReplicaState::Ok && self.is_live(l.node)
+                    })
                     .copied()
                     .collect()
             })
@@ -216,7 +246,9 @@ impl Registry {
     }
 
     pub fn live_servers(&self) -> impl Iterator<Item = &Chunkserver> {
-        self.servers.values().filter(|s| s.liveness == Liveness::Live)
+        self.servers
+            .values()
+            .filter(|s| s.liveness == Liveness::Live)
     }
 
     /// Queues a command for the next heartbeat reply; false when the queue is full.

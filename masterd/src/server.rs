@@ -32,7 +32,9 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn accept_loop(master: Arc<Master>, listener: TcpListener) {
     let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
             Err(e) => {
@@ -45,12 +47,18 @@ pub async fn accept_loop(master: Arc<Master>, listener: TcpListener) {
         let master = master.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            master.metrics.connections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            master
+                .metrics
+                .connections
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             if let Err(e) = serve(&master, stream).await {
                 match e {
                     ConnError::Closed => {}
                     ConnError::Handshake { .. } => {
-                        master.metrics.handshake_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        master
+                            .metrics
+                            .handshake_failures
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         tracing::info!(%peer, error = %e, "handshake refused");
                     }
                     e => tracing::debug!(%peer, error = %e, "connection ended"),
@@ -62,12 +70,18 @@ pub async fn accept_loop(master: Arc<Master>, listener: TcpListener) {
 
 async fn serve(master: &Arc<Master>, mut stream: TcpStream) -> Result<(), ConnError> {
     stream.set_nodelay(true)?;
-    let me = Identity { kind: PeerKind::Master, node_id: master.id };
+    let me = Identity {
+        kind: PeerKind::Master,
+        node_id: master.id,
+    };
     let key = &master.config.key;
     let cluster = &master.config.file.cluster_id;
-    let peer = tokio::time::timeout(HANDSHAKE_TIMEOUT, conn::accept_handshake(&mut stream, key, cluster, me))
-        .await
-        .map_err(|_| ConnError::Protocol("handshake timed out".into()))??;
+    let peer = tokio::time::timeout(
+        HANDSHAKE_TIMEOUT,
+        conn::accept_handshake(&mut stream, key, cluster, me),
+    )
+    .await
+    .map_err(|_| ConnError::Protocol("handshake timed out".into()))??;
     match peer.kind {
         PeerKind::Chunkserver => serve_chunkserver(master, stream, peer).await,
         PeerKind::Client => serve_client(master, stream).await,
@@ -75,13 +89,20 @@ async fn serve(master: &Arc<Master>, mut stream: TcpStream) -> Result<(), ConnEr
     }
 }
 
-async fn serve_chunkserver(master: &Master, mut stream: TcpStream, peer: Identity) -> Result<(), ConnError> {
+async fn serve_chunkserver(
+    master: &Master,
+    mut stream: TcpStream,
+    peer: Identity,
+) -> Result<(), ConnError> {
     let limits = FrameLimits::CONTROL;
     let mut encoder = Encoder::new();
     loop {
         let frame = conn::read_frame(&mut stream, &limits).await?;
         let id = frame.header.request_id;
-        let reply = match frame.body().and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string()))) {
+        let reply = match frame
+            .body()
+            .and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string())))
+        {
             Ok(Body::Register(r)) => {
                 master.metrics.count("register", true);
                 cslink::register(master, *r, peer.node_id).await
@@ -90,10 +111,18 @@ async fn serve_chunkserver(master: &Master, mut stream: TcpStream, peer: Identit
                 master.metrics.count("heartbeat", true);
                 cslink::heartbeat(master, *h)
             }
-            Ok(Body::Ping(p)) => Body::Pong(Box::new(ringfs_wire::msg::Pong { sent_at_us: p.sent_at_us })),
-            Ok(_) => error_body(ErrorCode::BadRequest, "a chunkserver sends Register and Heartbeat"),
+            Ok(Body::Ping(p)) => Body::Pong(Box::new(ringfs_wire::msg::Pong {
+                sent_at_us: p.sent_at_us,
+            })),
+            Ok(_) => error_body(
+                ErrorCode::BadRequest,
+                "a chunkserver sends Register and Heartbeat",
+            ),
             Err(e) => {
-                master.metrics.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                master
+                    .metrics
+                    .bad_frames
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 error_body(ErrorCode::BadFrame, e.to_string())
             }
         };
@@ -128,17 +157,29 @@ async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), Con
             Err(e) => break Err(e),
         };
         let id = frame.header.request_id;
-        let body = match frame.body().and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string()))) {
+        let body = match frame
+            .body()
+            .and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string())))
+        {
             Ok(b) => b,
             Err(e) => {
-                master.metrics.bad_frames.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if tx.send((id, error_body(ErrorCode::BadFrame, e.to_string()))).await.is_err() {
+                master
+                    .metrics
+                    .bad_frames
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if tx
+                    .send((id, error_body(ErrorCode::BadFrame, e.to_string())))
+                    .await
+                    .is_err()
+                {
                     break Ok(());
                 }
                 continue;
             }
         };
-        let Ok(permit) = in_flight.clone().acquire_owned().await else { break Ok(()) };
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break Ok(());
+        };
         let master = master.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
@@ -161,7 +202,15 @@ async fn serve_refusing(mut stream: TcpStream) -> Result<(), ConnError> {
         "master-to-master traffic goes to the peer address, and this master runs as the single voter",
     );
     let mut encoder = Encoder::new();
-    conn::write_frame(&mut stream, &mut encoder, frame.header.request_id, &body, &[], &limits).await?;
+    conn::write_frame(
+        &mut stream,
+        &mut encoder,
+        frame.header.request_id,
+        &body,
+        &[],
+        &limits,
+    )
+    .await?;
     stream.shutdown().await?;
     Ok(())
 }

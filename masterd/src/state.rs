@@ -126,10 +126,11 @@ impl State {
 
     fn remember(&mut self, req: ReqId, outcome: Outcome) {
         let now = self.counters.ops_applied;
-        if !self.clients.contains_key(&req.client_id) && self.clients.len() >= CLIENTS_MAX {
-            if let Some((_, oldest)) = self.clients_by_age.pop_first() {
-                self.clients.remove(&oldest);
-            }
+        if !self.clients.contains_key(&req.client_id)
+            && self.clients.len() >= CLIENTS_MAX
+            && let Some((_, oldest)) = self.clients_by_age.pop_first()
+        {
+            self.clients.remove(&oldest);
         }
         let w = self.clients.entry(req.client_id).or_default();
         self.clients_by_age.remove(&w.last_seen);

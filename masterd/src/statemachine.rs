@@ -65,7 +65,10 @@ impl Shared {
     }
 
     fn current(&self) -> Option<(PathBuf, CheckpointMeta)> {
-        self.current.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -76,13 +79,20 @@ pub struct StateMachine {
     membership: StoredMembership<NodeId, BasicNode>,
 }
 
-fn io_error(subject: ErrorSubject<NodeId>, verb: ErrorVerb, e: impl std::error::Error + 'static) -> StorageError {
+fn io_error(
+    subject: ErrorSubject<NodeId>,
+    verb: ErrorVerb,
+    e: impl std::error::Error + 'static,
+) -> StorageError {
     StorageError::from_io_error(subject, verb, std::io::Error::other(e.to_string()))
 }
 
 impl StateMachine {
     /// Starts from the newest good checkpoint in `dir` (or an empty state).
-    pub fn open(dir: PathBuf, fresh: State) -> Result<(StateMachine, Arc<Shared>), checkpoint::CheckpointError> {
+    pub fn open(
+        dir: PathBuf,
+        fresh: State,
+    ) -> Result<(StateMachine, Arc<Shared>), checkpoint::CheckpointError> {
         std::fs::create_dir_all(&dir).map_err(|source| checkpoint::CheckpointError::Io {
             op: "create",
             path: dir.clone(),
@@ -110,7 +120,10 @@ impl StateMachine {
     }
 
     fn meta(&self) -> CheckpointMeta {
-        CheckpointMeta { last_log_id: self.last_applied, last_membership: self.membership.clone() }
+        CheckpointMeta {
+            last_log_id: self.last_applied,
+            last_membership: self.membership.clone(),
+        }
     }
 }
 
@@ -124,7 +137,11 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let subject = || ErrorSubject::Snapshot(None);
         let pending = self.pending.take().ok_or_else(|| {
-            io_error(subject(), ErrorVerb::Write, std::io::Error::other("checkpoint builder used twice"))
+            io_error(
+                subject(),
+                ErrorVerb::Write,
+                std::io::Error::other("checkpoint builder used twice"),
+            )
         })?;
         let pending = pending.map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
         let info = tokio::task::spawn_blocking(move || pending.wait())
@@ -133,9 +150,16 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
         let shared = &self.shared;
         shared.checkpoints_written.fetch_add(1, Ordering::Relaxed);
-        shared.checkpoint_last_ms.store(info.duration.as_millis() as u64, Ordering::Relaxed);
-        shared.checkpoint_last_bytes.store(info.bytes, Ordering::Relaxed);
-        shared.checkpoint_last_index.store(self.meta.last_log_id.map_or(0, |l| l.index), Ordering::Relaxed);
+        shared
+            .checkpoint_last_ms
+            .store(info.duration.as_millis() as u64, Ordering::Relaxed);
+        shared
+            .checkpoint_last_bytes
+            .store(info.bytes, Ordering::Relaxed);
+        shared.checkpoint_last_index.store(
+            self.meta.last_log_id.map_or(0, |l| l.index),
+            Ordering::Relaxed,
+        );
         tracing::info!(
             path = %info.path.display(),
             bytes = info.bytes,
@@ -144,20 +168,34 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             "checkpoint written"
         );
         shared.set_current(info.path.clone(), self.meta.clone());
-        let file = tokio::fs::File::open(&info.path).await.map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
-        Ok(Snapshot { meta: snapshot_meta(&self.meta), snapshot: Box::new(file) })
+        let file = tokio::fs::File::open(&info.path)
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        Ok(Snapshot {
+            meta: snapshot_meta(&self.meta),
+            snapshot: Box::new(file),
+        })
     }
 }
 
 fn snapshot_meta(meta: &CheckpointMeta) -> SnapshotMeta<NodeId, BasicNode> {
-    let id = meta.last_log_id.map_or_else(|| "empty".to_string(), |l| format!("{}-{}", l.leader_id.term, l.index));
-    SnapshotMeta { last_log_id: meta.last_log_id, last_membership: meta.last_membership.clone(), snapshot_id: id }
+    let id = meta.last_log_id.map_or_else(
+        || "empty".to_string(),
+        |l| format!("{}-{}", l.leader_id.term, l.index),
+    );
+    SnapshotMeta {
+        last_log_id: meta.last_log_id,
+        last_membership: meta.last_membership.clone(),
+        snapshot_id: id,
+    }
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
     type SnapshotBuilder = Builder;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId>, StoredMembership<NodeId, BasicNode>), StorageError> {
         Ok((self.last_applied, self.membership.clone()))
     }
 
@@ -170,12 +208,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let mut state = self.shared.write();
         for entry in entries {
             if let Some(last) = self.last_applied {
-                assert!(entry.log_id.index > last.index, "entries applied out of order");
+                assert!(
+                    entry.log_id.index > last.index,
+                    "entries applied out of order"
+                );
             }
             let index = entry.log_id.index;
             let outcomes = match entry.payload {
                 EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(proposal) => proposal.ops.iter().map(|op| state.apply(op)).collect(),
+                EntryPayload::Normal(proposal) => {
+                    proposal.ops.iter().map(|op| state.apply(op)).collect()
+                }
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m);
                     Vec::new()
@@ -196,7 +239,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let state = self.shared.read();
             checkpoint::Checkpointer::start(&self.dir, &state, &meta)
         };
-        Builder { shared: self.shared.clone(), meta, pending: Some(pending) }
+        Builder {
+            shared: self.shared.clone(),
+            meta,
+            pending: Some(pending),
+        }
     }
 
     async fn begin_receiving_snapshot(&mut self) -> Result<Box<tokio::fs::File>, StorageError> {
@@ -218,14 +265,23 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         snapshot: Box<tokio::fs::File>,
     ) -> Result<(), StorageError> {
         let subject = || ErrorSubject::Snapshot(Some(meta.signature()));
-        snapshot.sync_all().await.map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
+        snapshot
+            .sync_all()
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
         drop(snapshot);
         let incoming = self.dir.join(INCOMING_NAME);
         let (state, loaded_meta) = tokio::task::spawn_blocking(move || checkpoint::load(&incoming))
             .await
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?
             .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
-        let loaded = checkpoint::Loaded { state, meta: loaded_meta, path: PathBuf::new(), refused: Vec::new(), duration: Default::default() };
+        let loaded = checkpoint::Loaded {
+            state,
+            meta: loaded_meta,
+            path: PathBuf::new(),
+            refused: Vec::new(),
+            duration: Default::default(),
+        };
         if loaded.meta.last_log_id != meta.last_log_id {
             return Err(io_error(
                 subject(),
@@ -238,7 +294,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         // Published under its final name only once it decoded: a bad
         // transfer never replaces a good checkpoint.
-        let final_path = self.dir.join(checkpoint::final_name(loaded.meta.last_log_id));
+        let final_path = self
+            .dir
+            .join(checkpoint::final_name(loaded.meta.last_log_id));
         std::fs::rename(self.dir.join(INCOMING_NAME), &final_path)
             .and_then(|()| std::fs::File::open(&self.dir)?.sync_all())
             .map_err(|e| io_error(subject(), ErrorVerb::Write, e))?;
@@ -246,7 +304,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         *self.shared.write() = loaded.state;
         self.last_applied = loaded.meta.last_log_id;
         self.membership = loaded.meta.last_membership;
-        self.shared.applied_index.store(self.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        self.shared
+            .applied_index
+            .store(self.last_applied.map_or(0, |l| l.index), Ordering::Release);
         Ok(())
     }
 
@@ -255,7 +315,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let Some((path, meta)) = self.shared.current() else {
             return Ok(None);
         };
-        let file = tokio::fs::File::open(&path).await.map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
-        Ok(Some(Snapshot { meta: snapshot_meta(&meta), snapshot: Box::new(file) }))
+        let file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| io_error(subject(), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: snapshot_meta(&meta),
+            snapshot: Box::new(file),
+        }))
     }
 }

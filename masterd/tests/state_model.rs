@@ -31,7 +31,11 @@ fn parent(p: &str) -> &str {
 
 impl Model {
     fn kind(&self, p: &str) -> Option<M> {
-        if p == "/" { Some(M::Dir) } else { self.paths.get(p).copied() }
+        if p == "/" {
+            Some(M::Dir)
+        } else {
+            self.paths.get(p).copied()
+        }
     }
 
     /// Resolves like the master: every proper ancestor must be a directory.
@@ -51,8 +55,16 @@ impl Model {
     }
 
     fn children(&self, p: &str) -> Vec<String> {
-        let prefix = if p == "/" { "/".to_string() } else { format!("{p}/") };
-        self.paths.keys().filter(|k| k.starts_with(&prefix)).cloned().collect()
+        let prefix = if p == "/" {
+            "/".to_string()
+        } else {
+            format!("{p}/")
+        };
+        self.paths
+            .keys()
+            .filter(|k| k.starts_with(&prefix))
+            .cloned()
+            .collect()
     }
 
     fn mkdir(&mut self, p: &str, parents: bool) -> Result<(), Fail> {
@@ -63,7 +75,13 @@ impl Model {
             cur.push('/');
             cur.push_str(part);
             match self.kind(&cur) {
-                Some(k) if last => return if parents && k == M::Dir { Ok(()) } else { Err(Fail::Exists) },
+                Some(k) if last => {
+                    return if parents && k == M::Dir {
+                        Ok(())
+                    } else {
+                        Err(Fail::Exists)
+                    };
+                }
                 Some(M::File) => return Err(Fail::NotDirectory),
                 Some(M::Dir) => {}
                 None if !last && !parents => return Err(Fail::NotFound),
@@ -119,13 +137,18 @@ impl Model {
             match (sk, dk) {
                 (M::Dir, M::File) => return Err(Fail::NotDirectory),
                 (M::File, M::Dir) => return Err(Fail::IsDirectory),
-                (M::Dir, M::Dir) if !self.children(dst).is_empty() => return Err(Fail::DirectoryNotEmpty),
+                (M::Dir, M::Dir) if !self.children(dst).is_empty() => {
+                    return Err(Fail::DirectoryNotEmpty);
+                }
                 _ => {}
             }
             self.paths.remove(dst);
         }
-        let moved: Vec<(String, M)> =
-            self.children(src).into_iter().map(|c| (c.clone(), self.paths[&c])).collect();
+        let moved: Vec<(String, M)> = self
+            .children(src)
+            .into_iter()
+            .map(|c| (c.clone(), self.paths[&c]))
+            .collect();
         for (c, _) in &moved {
             self.paths.remove(c);
         }
@@ -146,7 +169,11 @@ fn paths_of(state: &State) -> BTreeMap<String, M> {
         if let Some(Kind::Dir(d)) = state.ns.get(ino).map(|i| &i.kind) {
             for (name, &child) in &d.children {
                 let cp = format!("{p}/{name}");
-                let k = if state.ns.get(child).is_some_and(|i| i.is_dir()) { M::Dir } else { M::File };
+                let k = if state.ns.get(child).is_some_and(|i| i.is_dir()) {
+                    M::Dir
+                } else {
+                    M::File
+                };
                 out.insert(cp.clone(), k);
                 stack.push((cp, child));
             }
@@ -164,7 +191,8 @@ enum T {
 }
 
 fn path() -> impl Strategy<Value = String> {
-    prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..4).prop_map(|v| format!("/{}", v.join("/")))
+    prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..4)
+        .prop_map(|v| format!("/{}", v.join("/")))
 }
 
 fn op() -> impl Strategy<Value = T> {
@@ -177,12 +205,20 @@ fn op() -> impl Strategy<Value = T> {
 }
 
 fn to_op(t: &T, i: u64) -> Op {
-    let req = ReqId { client_id: 7, seq: i + 1 };
+    let req = ReqId {
+        client_id: 7,
+        seq: i + 1,
+    };
     let now_ns = i as i64 * 1000;
     match t {
-        T::Mkdir(p, parents) => {
-            Op::Mkdir { req, path: p.clone(), parents: *parents, mode: 0o755, owner: "u".into(), now_ns }
-        }
+        T::Mkdir(p, parents) => Op::Mkdir {
+            req,
+            path: p.clone(),
+            parents: *parents,
+            mode: 0o755,
+            owner: "u".into(),
+            now_ns,
+        },
         T::Create(p, exclusive) => Op::Create {
             req,
             path: p.clone(),
@@ -193,12 +229,21 @@ fn to_op(t: &T, i: u64) -> Op {
             now_ns,
             trash_retention_ms: 1000,
         },
-        T::Rename(a, b, replace) => {
-            Op::Rename { req, src: a.clone(), dst: b.clone(), replace: *replace, now_ns, trash_retention_ms: 1000 }
-        }
-        T::Delete(p, recursive) => {
-            Op::Delete { req, path: p.clone(), recursive: *recursive, now_ms: i, purge_at_ms: i + 1000 }
-        }
+        T::Rename(a, b, replace) => Op::Rename {
+            req,
+            src: a.clone(),
+            dst: b.clone(),
+            replace: *replace,
+            now_ns,
+            trash_retention_ms: 1000,
+        },
+        T::Delete(p, recursive) => Op::Delete {
+            req,
+            path: p.clone(),
+            recursive: *recursive,
+            now_ms: i,
+            purge_at_ms: i + 1000,
+        },
     }
 }
 
@@ -248,6 +293,7 @@ fn digest_sees_every_change() {
     a.apply(&to_op(&T::Mkdir("/x".into(), false), 0)).unwrap();
     let d1 = a.digest();
     assert_ne!(d0, d1);
-    a.apply(&to_op(&T::Rename("/x".into(), "/y".into(), false), 1)).unwrap();
+    a.apply(&to_op(&T::Rename("/x".into(), "/y".into(), false), 1))
+        .unwrap();
     assert_ne!(a.digest(), d1);
 }

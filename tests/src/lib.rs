@@ -27,13 +27,21 @@ pub fn binary(name: &str) -> PathBuf {
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target dir");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not built: run `cargo test --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo test --workspace`",
+        path.display()
+    );
     path
 }
 
 /// A free loopback port (bound and released: the usual small race).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn rand_u64() -> u64 {
@@ -78,7 +86,10 @@ pub struct Env {
 
 impl Env {
     pub fn new(o: &Options) -> Env {
-        let dir = tempfile::Builder::new().prefix("ringfs-test-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("ringfs-test-")
+            .tempdir()
+            .unwrap();
         let key = ClusterKey::generate().unwrap();
         let key_path = dir.path().join("cluster.key");
         std::fs::write(&key_path, key.to_hex_line()).unwrap();
@@ -124,7 +135,13 @@ buffer_bytes = 1048576
             ),
         )
         .unwrap();
-        Env { dir, config, key, master_addr, master_http }
+        Env {
+            dir,
+            config,
+            key,
+            master_addr,
+            master_http,
+        }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -149,7 +166,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(program: PathBuf, args: Vec<String>, ready_prefix: &'static str, logdir: &Path) -> Daemon {
+    fn spawn(
+        program: PathBuf,
+        args: Vec<String>,
+        ready_prefix: &'static str,
+        logdir: &Path,
+    ) -> Daemon {
         let mut d = Daemon {
             child: None,
             ready_line: String::new(),
@@ -164,7 +186,11 @@ impl Daemon {
 
     fn start(&mut self) {
         assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
         let mut child = Command::new(&self.program)
             .args(&self.args)
             .env("RINGFS_LOG", "info,openraft=warn")
@@ -184,7 +210,11 @@ impl Daemon {
             other => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("{} did not start: {other:?}\n--- log ---\n{}", self.ready_prefix, self.log_text());
+                panic!(
+                    "{} did not start: {other:?}\n--- log ---\n{}",
+                    self.ready_prefix,
+                    self.log_text()
+                );
             }
         }
         self.child = Some(child);
@@ -203,7 +233,9 @@ impl Daemon {
     }
 
     pub fn is_running(&mut self) -> bool {
-        self.child.as_mut().is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
     /// SIGKILL our own child, by PID.
@@ -217,7 +249,10 @@ impl Daemon {
     /// SIGTERM and a bounded wait; the exit code.
     pub fn terminate(&mut self) -> Option<i32> {
         let mut c = self.child.take()?;
-        let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(c.id().to_string())
+            .status();
         let deadline = Instant::now() + TIMEOUT;
         loop {
             if let Ok(Some(status)) = c.try_wait() {
@@ -314,14 +349,28 @@ pub type Reply = Result<Body, Box<ErrorReply>>;
 impl Client {
     pub fn connect(env: &Env) -> Client {
         let conn = wait_for(TIMEOUT, "master to accept", || {
-            Conn::connect(&env.master_addr, &env.key, CLUSTER, PeerKind::Client, TIMEOUT).ok()
+            Conn::connect(
+                &env.master_addr,
+                &env.key,
+                CLUSTER,
+                PeerKind::Client,
+                TIMEOUT,
+            )
+            .ok()
         });
-        Client { conn, client_id: rand_u64() | 1, seq: 0 }
+        Client {
+            conn,
+            client_id: rand_u64() | 1,
+            seq: 0,
+        }
     }
 
     pub fn next_req(&mut self) -> RequestId {
         self.seq += 1;
-        RequestId { client_id: self.client_id, seq: self.seq }
+        RequestId {
+            client_id: self.client_id,
+            seq: self.seq,
+        }
     }
 
     pub fn call(&mut self, body: Body) -> Reply {
@@ -360,25 +409,39 @@ impl Client {
     }
 
     pub fn stat(&mut self, path: &str) -> Result<Attr, Box<ErrorReply>> {
-        match self.call(Body::Stat(Box::new(Stat { path: Some(path.into()), min_applied_index: 0 })))? {
+        match self.call(Body::Stat(Box::new(Stat {
+            path: Some(path.into()),
+            min_applied_index: 0,
+        })))? {
             Body::AttrReply(a) => Ok(*a.attr.expect("attr")),
             other => panic!("unexpected {other:?}"),
         }
     }
 
     pub fn inode(&mut self, path: &str) -> u64 {
-        self.stat(path).unwrap_or_else(|e| panic!("stat {path}: {e:?}")).inode
+        self.stat(path)
+            .unwrap_or_else(|e| panic!("stat {path}: {e:?}"))
+            .inode
     }
 
     pub fn rename(&mut self, src: &str, dst: &str, replace: bool) -> Reply {
         let req = Some(self.next_req());
-        self.call(Body::Rename(Box::new(Rename { req, src: Some(src.into()), dst: Some(dst.into()), replace })))
+        self.call(Body::Rename(Box::new(Rename {
+            req,
+            src: Some(src.into()),
+            dst: Some(dst.into()),
+            replace,
+        })))
     }
 
     /// Deletes (to the trash); returns the trash id.
     pub fn delete(&mut self, path: &str, recursive: bool) -> Result<u64, Box<ErrorReply>> {
         let req = Some(self.next_req());
-        match self.call(Body::Delete(Box::new(Delete { req, path: Some(path.into()), recursive })))? {
+        match self.call(Body::Delete(Box::new(Delete {
+            req,
+            path: Some(path.into()),
+            recursive,
+        })))? {
             Body::DeleteReply(d) => Ok(d.trash_id),
             other => panic!("unexpected {other:?}"),
         }
@@ -386,7 +449,11 @@ impl Client {
 
     pub fn restore(&mut self, trash_id: u64, dst: &str) -> Reply {
         let req = Some(self.next_req());
-        self.call(Body::RestoreFromTrash(Box::new(RestoreFromTrash { req, trash_id, dst_path: Some(dst.into()) })))
+        self.call(Body::RestoreFromTrash(Box::new(RestoreFromTrash {
+            req,
+            trash_id,
+            dst_path: Some(dst.into()),
+        })))
     }
 
     pub fn purge(&mut self, trash_id: u64) -> Reply {
@@ -432,7 +499,11 @@ impl Client {
 
     pub fn allocate(&mut self, inode: u64, index: u64) -> Result<ChunkLocation, Box<ErrorReply>> {
         let req = Some(self.next_req());
-        match self.call(Body::AllocateChunk(Box::new(AllocateChunk { req, inode, index })))? {
+        match self.call(Body::AllocateChunk(Box::new(AllocateChunk {
+            req,
+            inode,
+            index,
+        })))? {
             Body::ChunkLocationReply(r) => Ok(*r.location.expect("location")),
             other => panic!("unexpected {other:?}"),
         }
@@ -447,7 +518,12 @@ impl Client {
     }
 
     pub fn chunks(&mut self, inode: u64) -> Result<Vec<ChunkLocation>, Box<ErrorReply>> {
-        let body = Body::GetChunks(Box::new(GetChunks { inode, first_index: 0, count: 10_000, min_applied_index: 0 }));
+        let body = Body::GetChunks(Box::new(GetChunks {
+            inode,
+            first_index: 0,
+            count: 10_000,
+            min_applied_index: 0,
+        }));
         match self.call(body)? {
             Body::GetChunksReply(r) => Ok(r.chunks.unwrap_or_default()),
             other => panic!("unexpected {other:?}"),
@@ -456,11 +532,18 @@ impl Client {
 
     pub fn complete(&mut self, inode: u64, length_bytes: u64) -> Reply {
         let req = Some(self.next_req());
-        self.call(Body::CompleteFile(Box::new(CompleteFile { req, inode, length_bytes })))
+        self.call(Body::CompleteFile(Box::new(CompleteFile {
+            req,
+            inode,
+            length_bytes,
+        })))
     }
 
     pub fn status(&mut self) -> AdminStatusReply {
-        match self.call(Body::AdminStatus(Box::new(AdminStatus {}))).expect("admin status") {
+        match self
+            .call(Body::AdminStatus(Box::new(AdminStatus {})))
+            .expect("admin status")
+        {
             Body::AdminStatusReply(r) => *r,
             other => panic!("unexpected {other:?}"),
         }

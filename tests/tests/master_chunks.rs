@@ -15,17 +15,35 @@ fn wait_registered(env: &Env, n: usize) {
 }
 
 fn has_chunk(env: &Env, cs: &Daemon, handle: u64) -> bool {
-    let mut conn = ringfs_client::conn::Conn::connect(&cs.field("listen"), &env.key, CLUSTER, PeerKind::Client, TIMEOUT)
-        .expect("connect chunkd");
-    let r = conn.call(&Body::GetChunkInfo(Box::new(GetChunkInfo { handle })), &[]).unwrap();
+    let mut conn = ringfs_client::conn::Conn::connect(
+        &cs.field("listen"),
+        &env.key,
+        CLUSTER,
+        PeerKind::Client,
+        TIMEOUT,
+    )
+    .expect("connect chunkd");
+    let r = conn
+        .call(&Body::GetChunkInfo(Box::new(GetChunkInfo { handle })), &[])
+        .unwrap();
     r.error().is_none()
 }
 
 /// The version of a chunk's replica on `cs`, if it holds one.
 fn chunk_version(env: &Env, cs: &Daemon, handle: u64) -> Option<u64> {
-    let mut conn = ringfs_client::conn::Conn::connect(&cs.field("listen"), &env.key, CLUSTER, PeerKind::Client, TIMEOUT)
-        .expect("connect chunkd");
-    match conn.call(&Body::GetChunkInfo(Box::new(GetChunkInfo { handle })), &[]).unwrap().body {
+    let mut conn = ringfs_client::conn::Conn::connect(
+        &cs.field("listen"),
+        &env.key,
+        CLUSTER,
+        PeerKind::Client,
+        TIMEOUT,
+    )
+    .expect("connect chunkd");
+    match conn
+        .call(&Body::GetChunkInfo(Box::new(GetChunkInfo { handle })), &[])
+        .unwrap()
+        .body
+    {
         Body::ChunkInfoReply(r) => r.report.map(|r| r.version),
         _ => None,
     }
@@ -41,16 +59,25 @@ fn holder<'a>(env: &Env, servers: &'a [Daemon], loc: &ChunkLocation, node: u64) 
         .and_then(|r| r.addr.clone())
         .expect("replica address");
     let _ = env;
-    servers.iter().find(|s| s.field("listen") == addr).expect("a server at that address")
+    servers
+        .iter()
+        .find(|s| s.field("listen") == addr)
+        .expect("a server at that address")
 }
 
 #[test]
 fn allocation_spreads_over_racks_and_leases_are_exclusive() {
-    let opts = Options { lease_duration_ms: 3_000, chunkserver_timeout_ms: 1_000, ..Options::default() };
+    let opts = Options {
+        lease_duration_ms: 3_000,
+        chunkserver_timeout_ms: 1_000,
+        ..Options::default()
+    };
     let env = Env::new(&opts);
     let _m = start_master(&env);
-    let servers: Vec<Daemon> =
-        [("cs1", "a"), ("cs2", "a"), ("cs3", "a"), ("cs4", "b")].iter().map(|(n, r)| start_chunkd(&env, n, r)).collect();
+    let servers: Vec<Daemon> = [("cs1", "a"), ("cs2", "a"), ("cs3", "a"), ("cs4", "b")]
+        .iter()
+        .map(|(n, r)| start_chunkd(&env, n, r))
+        .collect();
     wait_registered(&env, 4);
     let mut c = env.client();
     c.create("/f").unwrap();
@@ -65,66 +92,124 @@ fn allocation_spreads_over_racks_and_leases_are_exclusive() {
     assert!(loc.primary != 0 && loc.lease_remaining_ms > 0);
     for r in &replicas {
         let s = holder(&env, &servers, &loc, r.node_id);
-        assert!(has_chunk(&env, s, loc.handle), "replica created on {}", r.node_id);
+        assert!(
+            has_chunk(&env, s, loc.handle),
+            "replica created on {}",
+            r.node_id
+        );
     }
     // Allocating the same index again (a retry, a racing writer) finds it.
     let again = c.allocate(ino, 0).unwrap();
     assert_eq!(again.handle, loc.handle);
     assert_eq!(again.primary, loc.primary, "the live lease is kept");
-    assert_eq!(code(&c.allocate(ino, 5).map(|_| Body::Ping(Box::default()))), Some(ErrorCode::OutOfRange));
+    assert_eq!(
+        code(&c.allocate(ino, 5).map(|_| Body::Ping(Box::default()))),
+        Some(ErrorCode::OutOfRange)
+    );
 
     // Kill the primary: no new primary before its lease has run out.
     let old_primary = loc.primary;
     let mut servers = servers;
-    let idx = servers.iter().position(|s| s.field("listen") == holder(&env, &servers, &loc, old_primary).field("listen")).unwrap();
+    let idx = servers
+        .iter()
+        .position(|s| {
+            s.field("listen") == holder(&env, &servers, &loc, old_primary).field("listen")
+        })
+        .unwrap();
     servers[idx].kill9();
     let killed_at = Instant::now();
     // Until the master notices, it may still name the old primary (its lease
     // runs); after that it refuses until the lease is over.
-    let new = wait_for(Duration::from_secs(20), "a new primary", || match c.get_lease(loc.handle) {
-        Ok(l) if l.primary == old_primary => None,
-        Ok(l) => Some(l),
-        Err(e) => {
-            assert!(matches!(e.code, ErrorCode::Unavailable), "{e:?}");
-            None
+    let new = wait_for(Duration::from_secs(20), "a new primary", || {
+        match c.get_lease(loc.handle) {
+            Ok(l) if l.primary == old_primary => None,
+            Ok(l) => Some(l),
+            Err(e) => {
+                assert!(matches!(e.code, ErrorCode::Unavailable), "{e:?}");
+                None
+            }
         }
     });
-    assert!(killed_at.elapsed() >= Duration::from_millis(opts.lease_duration_ms) - Duration::from_millis(500));
+    assert!(
+        killed_at.elapsed()
+            >= Duration::from_millis(opts.lease_duration_ms) - Duration::from_millis(500)
+    );
     assert_ne!(new.primary, old_primary);
-    assert!(new.version > loc.version, "the version was bumped for the new lease");
+    assert!(
+        new.version > loc.version,
+        "the version was bumped for the new lease"
+    );
 }
 
 #[test]
 fn dead_chunkserver_is_re_replicated() {
-    let opts = Options { chunkserver_timeout_ms: 1_000, ..Options::default() };
+    let opts = Options {
+        chunkserver_timeout_ms: 1_000,
+        ..Options::default()
+    };
     let env = Env::new(&opts);
     let _m = start_master(&env);
-    let mut servers: Vec<Daemon> = (1..=4).map(|i| start_chunkd(&env, &format!("cs{i}"), "")).collect();
+    let mut servers: Vec<Daemon> = (1..=4)
+        .map(|i| start_chunkd(&env, &format!("cs{i}"), ""))
+        .collect();
     wait_registered(&env, 4);
     let mut c = env.client();
     c.create("/g").unwrap();
     let ino = c.inode("/g");
     let loc = c.allocate(ino, 0).unwrap();
-    let victim = loc.replicas.as_ref().unwrap().iter().find(|r| r.node_id != loc.primary).unwrap().clone();
+    let victim = loc
+        .replicas
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|r| r.node_id != loc.primary)
+        .unwrap()
+        .clone();
     let addr = victim.addr.clone().unwrap();
-    let idx = servers.iter().position(|s| s.field("listen") == addr).unwrap();
+    let idx = servers
+        .iter()
+        .position(|s| s.field("listen") == addr)
+        .unwrap();
     servers[idx].kill9();
-    let healed = wait_for(Duration::from_secs(25), "re-replication to three live replicas", || {
-        let chunks = c.chunks(ino).ok()?;
-        let reps = chunks.first()?.replicas.clone()?;
-        (reps.len() == 3 && reps.iter().all(|r| r.node_id != victim.node_id)).then_some(reps)
-    });
-    let spare = servers.iter().find(|s| !loc.replicas.as_ref().unwrap().iter().any(|r| r.addr.as_deref() == Some(&s.field("listen")))).unwrap();
-    assert!(healed.iter().any(|r| r.addr.as_deref() == Some(spare.field("listen").as_str())));
+    let healed = wait_for(
+        Duration::from_secs(25),
+        "re-replication to three live replicas",
+        || {
+            let chunks = c.chunks(ino).ok()?;
+            let reps = chunks.first()?.replicas.clone()?;
+            (reps.len() == 3 && reps.iter().all(|r| r.node_id != victim.node_id)).then_some(reps)
+        },
+    );
+    let spare = servers
+        .iter()
+        .find(|s| {
+            !loc.replicas
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|r| r.addr.as_deref() == Some(&s.field("listen")))
+        })
+        .unwrap();
+    assert!(
+        healed
+            .iter()
+            .any(|r| r.addr.as_deref() == Some(spare.field("listen").as_str()))
+    );
     assert!(has_chunk(&env, spare, loc.handle));
 }
 
 #[test]
 fn orphaned_and_stale_replicas_are_collected() {
-    let opts = Options { lease_duration_ms: 1_000, chunkserver_timeout_ms: 60_000, ..Options::default() };
+    let opts = Options {
+        lease_duration_ms: 1_000,
+        chunkserver_timeout_ms: 60_000,
+        ..Options::default()
+    };
     let env = Env::new(&opts);
     let _m = start_master(&env);
-    let mut servers: Vec<Daemon> = (1..=3).map(|i| start_chunkd(&env, &format!("cs{i}"), "")).collect();
+    let mut servers: Vec<Daemon> = (1..=3)
+        .map(|i| start_chunkd(&env, &format!("cs{i}"), ""))
+        .collect();
     wait_registered(&env, 3);
     let mut c = env.client();
 
@@ -135,18 +220,33 @@ fn orphaned_and_stale_replicas_are_collected() {
     let t = c.delete("/orphan", false).unwrap();
     c.purge(t).unwrap();
     wait_for(Duration::from_secs(20), "orphaned replicas deleted", || {
-        servers.iter().all(|s| !has_chunk(&env, s, orphan.handle)).then_some(())
+        servers
+            .iter()
+            .all(|s| !has_chunk(&env, s, orphan.handle))
+            .then_some(())
     });
 
     // Stale: a replica misses a version bump while it is down.
     c.create("/stale").unwrap();
     let ino = c.inode("/stale");
     let loc = c.allocate(ino, 0).unwrap();
-    let victim = loc.replicas.as_ref().unwrap().iter().find(|r| r.node_id != loc.primary).unwrap().clone();
-    let idx = servers.iter().position(|s| Some(s.field("listen")) == victim.addr).unwrap();
+    let victim = loc
+        .replicas
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|r| r.node_id != loc.primary)
+        .unwrap()
+        .clone();
+    let idx = servers
+        .iter()
+        .position(|s| Some(s.field("listen")) == victim.addr)
+        .unwrap();
     servers[idx].kill9();
     std::thread::sleep(Duration::from_millis(opts.lease_duration_ms + 300));
-    let bumped = wait_for(Duration::from_secs(10), "a new lease", || c.get_lease(loc.handle).ok());
+    let bumped = wait_for(Duration::from_secs(10), "a new lease", || {
+        c.get_lease(loc.handle).ok()
+    });
     assert!(bumped.version > loc.version);
     servers[idx].restart();
     // Deleted (and possibly cloned back afterwards at the current version).

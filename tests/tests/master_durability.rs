@@ -11,7 +11,10 @@ use ringfs_tests::*;
 fn kill9_during_creates_loses_no_acknowledged_create() {
     // Checkpoints every few hundred records, so the restart loads one and
     // replays the log tail behind it.
-    let opts = Options { checkpoint_every_records: 300, ..Options::default() };
+    let opts = Options {
+        checkpoint_every_records: 300,
+        ..Options::default()
+    };
     let env = Env::new(&opts);
     let mut m = start_master(&env);
     env.client().mkdir("/load", false).unwrap();
@@ -30,14 +33,15 @@ fn kill9_during_creates_loses_no_acknowledged_create() {
                         }
                         let path = format!("/load/r{round}-w{w}-{i}");
                         let req = Some(c.next_req());
-                        let body = ringfs_wire::msg::Body::Create(Box::new(ringfs_wire::msg::Create {
-                            req,
-                            path: Some(path.clone()),
-                            replication: 0,
-                            exclusive: true,
-                            mode: 0o644,
-                            owner: Some("t".into()),
-                        }));
+                        let body =
+                            ringfs_wire::msg::Body::Create(Box::new(ringfs_wire::msg::Create {
+                                req,
+                                path: Some(path.clone()),
+                                replication: 0,
+                                exclusive: true,
+                                mode: 0o644,
+                                owner: Some("t".into()),
+                            }));
                         match c.conn.call(&body, &[]) {
                             Ok(r) if r.error().is_none() => acked.lock().unwrap().push(path),
                             _ => break,
@@ -47,7 +51,9 @@ fn kill9_during_creates_loses_no_acknowledged_create() {
             })
             .collect();
         // Let a few thousand creates through, then pull the plug.
-        wait_for(TIMEOUT, "creates to flow", || (acked.lock().unwrap().len() > 1500 * (round + 1)).then_some(()));
+        wait_for(TIMEOUT, "creates to flow", || {
+            (acked.lock().unwrap().len() > 1500 * (round + 1)).then_some(())
+        });
         m.kill9();
         stop.store(true, Ordering::Relaxed);
         for w in writers {
@@ -57,11 +63,23 @@ fn kill9_during_creates_loses_no_acknowledged_create() {
         let acked = acked.lock().unwrap().clone();
         assert!(!acked.is_empty());
         let mut c = env.client();
-        let listed: std::collections::HashSet<String> =
-            c.list("/load").unwrap().into_iter().map(|n| format!("/load/{n}")).collect();
+        let listed: std::collections::HashSet<String> = c
+            .list("/load")
+            .unwrap()
+            .into_iter()
+            .map(|n| format!("/load/{n}"))
+            .collect();
         let missing: Vec<_> = acked.iter().filter(|p| !listed.contains(*p)).collect();
-        assert!(missing.is_empty(), "round {round}: {} acknowledged creates lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-        eprintln!("round {round}: {} acknowledged creates all present after kill -9", acked.len());
+        assert!(
+            missing.is_empty(),
+            "round {round}: {} acknowledged creates lost, e.g. {:?}",
+            missing.len(),
+            &missing[..missing.len().min(5)]
+        );
+        eprintln!(
+            "round {round}: {} acknowledged creates all present after kill -9",
+            acked.len()
+        );
     }
     // A checkpoint was written along the way (the restart loaded one).
     let checkpoints = std::fs::read_dir(env.path("master1").join("checkpoints"))

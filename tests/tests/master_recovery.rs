@@ -17,7 +17,11 @@ fn files_in(dir: &Path, suffix: &str) -> Vec<PathBuf> {
 
 fn flip_byte(path: &Path, at: u64) {
     use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut b = [0u8; 1];
     f.read_exact_at(&mut b, at).unwrap();
     b[0] ^= 0x5A;
@@ -40,7 +44,11 @@ fn populate(env: &Env, n: usize) -> Vec<String> {
 fn all_present(env: &Env, paths: &[String]) {
     let mut c = env.client();
     let listed = c.list("/r").unwrap();
-    assert_eq!(listed.len(), paths.len(), "every acknowledged create is present");
+    assert_eq!(
+        listed.len(),
+        paths.len(),
+        "every acknowledged create is present"
+    );
 }
 
 #[test]
@@ -72,23 +80,40 @@ fn corruption_inside_the_log_is_refused_clearly() {
     let len = std::fs::metadata(first).unwrap().len();
     flip_byte(first, len / 3);
     let out = std::process::Command::new(binary("masterd"))
-        .args(["--config", &env.config.display().to_string(), "--id", "1", "--data"])
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--id",
+            "1",
+            "--data",
+        ])
         .arg(env.path("master1"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "a master with a damaged log must not start");
+    assert!(
+        !out.status.success(),
+        "a master with a damaged log must not start"
+    );
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(".seg"), "the error names the damaged file: {err}");
+    assert!(
+        err.contains(".seg"),
+        "the error names the damaged file: {err}"
+    );
 }
 
 #[test]
 fn damaged_checkpoint_falls_back_to_the_previous_one() {
-    let opts = Options { checkpoint_every_records: 200, ..Options::default() };
+    let opts = Options {
+        checkpoint_every_records: 200,
+        ..Options::default()
+    };
     let env = Env::new(&opts);
     let mut m = start_master(&env);
     let paths = populate(&env, 1000);
     let ckpt_dir = env.path("master1").join("checkpoints");
-    wait_for(TIMEOUT, "two checkpoints", || (files_in(&ckpt_dir, ".ckpt").len() >= 2).then_some(()));
+    wait_for(TIMEOUT, "two checkpoints", || {
+        (files_in(&ckpt_dir, ".ckpt").len() >= 2).then_some(())
+    });
     m.kill9();
     let ckpts = files_in(&ckpt_dir, ".ckpt");
     let newest = ckpts.last().unwrap();
@@ -104,10 +129,19 @@ fn damaged_checkpoint_falls_back_to_the_previous_one() {
         flip_byte(&c, len / 2);
     }
     let out = std::process::Command::new(binary("masterd"))
-        .args(["--config", &env.config.display().to_string(), "--id", "1", "--data"])
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--id",
+            "1",
+            "--data",
+        ])
         .arg(env.path("master1"))
         .output()
         .unwrap();
-    assert!(!out.status.success(), "no good checkpoint: the master refuses to start");
+    assert!(
+        !out.status.success(),
+        "no good checkpoint: the master refuses to start"
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint"));
 }
