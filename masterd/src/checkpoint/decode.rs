@@ -109,24 +109,17 @@ pub fn decode_with(bytes: &[u8], parallel: bool) -> Result<(State, CheckpointMet
     } else {
         (inodes_job(), dirents_job(), chunks_job(), small_job())
     };
-    // Report the first failure in file order, whichever thread finished first.
-    let mut failures: Vec<DecodeError> = [
-        small.as_ref().err(),
-        inodes.as_ref().err(),
-        dirents.as_ref().err(),
-        chunks.as_ref().err(),
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
-    failures.sort_by_key(|e| (e.section(), e.offset));
-    if let Some(first) = failures.into_iter().next() {
-        return Err(first);
-    }
-    let (Ok(small), Ok(mut inodes), Ok(dirents), Ok(chunks)) = (small, inodes, dirents, chunks)
-    else {
-        unreachable!("every error was returned above");
+    let (small, mut inodes, dirents, chunks) = match (small, inodes, dirents, chunks) {
+        (Ok(s), Ok(i), Ok(d), Ok(c)) => (s, i, d, c),
+        (s, i, d, c) => {
+            // Report the first failure in file order, whichever thread
+            // finished first, so the same file always gives the same error.
+            let first = [s.err(), i.err(), d.err(), c.err()]
+                .into_iter()
+                .flatten()
+                .min_by_key(|e| (e.section(), e.offset));
+            return Err(first.expect("this arm has at least one error"));
+        }
     };
 
     // Cross-section rules.

@@ -39,6 +39,17 @@ const POLL_MAX: Duration = Duration::from_millis(20);
 /// PIPE_BUF so it is written in one piece and never blocks the child.
 const REPORT_BYTES_MAX: usize = 4096;
 
+/// Signals the child handles the default way (terminate) rather than with
+/// the parent's inherited handlers.
+const CHILD_DEFAULT_SIGNALS: [libc::c_int; 6] = [
+    libc::SIGTERM,
+    libc::SIGINT,
+    libc::SIGHUP,
+    libc::SIGQUIT,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+];
+
 /// Exit codes of the child (sysexits.h values, for operators' familiarity).
 const EXIT_OK: i32 = 0;
 const EXIT_INVALID: i32 = 65; // EX_DATAERR: the state breaks a format rule
@@ -114,6 +125,8 @@ impl Checkpointer {
         // the child may do afterwards is restricted as described in the
         // module docs: it runs `child_main` and `_exit`s.
         let pid = unsafe { libc::fork() };
+        // Read errno before anything (the closes below) can change it.
+        let fork_err = (pid < 0).then(io::Error::last_os_error);
         if pid == 0 {
             drop(report_rd);
             let code = child_main(&file, report_wr.as_raw_fd(), state, meta, stall);
@@ -124,18 +137,8 @@ impl Checkpointer {
         let fork_duration = fork_at.elapsed();
         drop(report_wr);
         drop(file);
-        if pid < 0 {
-            let e = io::Error::last_os_error();
+        if let Some(e) = fork_err {
             let _ = fs::remove_file(&tmp);
-            return Err(CheckpointError::Fork(e));
-        }
-        if let Err(e) = set_nonblocking(report_rd.as_raw_fd()) {
-            // Without it a report read could block on a pipe that another
-            // fork inherited; the checkpoint is still good, so only the
-            // report is lost. Kill rather than leak: the state is unchanged.
-            let mut p =
-                PendingCheckpoint::new(pid, dir, tmp, meta, started, fork_duration, opts, None);
-            p.abort();
             return Err(CheckpointError::Fork(e));
         }
         Ok(PendingCheckpoint::new(
@@ -353,6 +356,13 @@ fn child_main(
     // locks); in this process nobody would see it, and it could hang. The
     // payload goes into the report instead.
     std::panic::set_hook(Box::new(|_| {}));
+    // The parent's handlers (tokio's) would forward a signal sent to the
+    // child to the parent's runtime through a shared pipe. A stop signal
+    // should just end the child; the parent sees it in the wait status.
+    for sig in CHILD_DEFAULT_SIGNALS {
+        // SAFETY: signal(2) with SIG_DFL is async-signal-safe.
+        unsafe { libc::signal(sig, libc::SIG_DFL) };
+    }
     let t0 = Instant::now();
     let run = catch_unwind(AssertUnwindSafe(|| {
         let out = ChildWriter {
@@ -440,21 +450,15 @@ fn write_report(fd: RawFd, msg: &[u8]) {
 
 fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
+    // Non-blocking both ways: the parent reads after the child exited (see
+    // read_report), and the child's one report (≤ PIPE_BUF) always fits
+    // into the empty pipe, so its write never meets EAGAIN.
     // SAFETY: pipe2 writes two fds into the array on success.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: both fds are fresh and owned by nobody else.
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-fn set_nonblocking(fd: RawFd) -> io::Result<()> {
-    // SAFETY: fcntl on an fd we own.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
-    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Reads what the child wrote. Non-blocking: the child has exited, so its

@@ -1,0 +1,806 @@
+//! Checkpoint files: round trips (forked and in process), refusal of damaged
+//! files with fallback to the previous checkpoint, truncation and random
+//! damage never panicking, a crash in the middle of a write, pruning, and a
+//! 1 M-file state written with fork (timings printed, not asserted).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use masterd::checkpoint::format::{
+    FOOTER_ENTRY_BYTES, HEADER_BYTES, HEADER_CRC_OFFSET, Header, TRAILER_BYTES, decode_footer,
+};
+use masterd::checkpoint::{
+    self, CheckpointError, CheckpointMeta, CheckpointOptions, Checkpointer, Part, SECTIONS,
+    Section, decode, decode_with, encode, load, load_newest, write_in_process,
+};
+use masterd::chunks::ChunkMeta;
+use masterd::namespace::{File, Inode, Kind, ROOT_INODE};
+use masterd::state::{ClientWindow, State};
+use masterd::types::{Done, Fail, LogId, Op, Outcome, ReqId};
+use openraft::{BasicNode, CommittedLeaderId, Membership, StoredMembership};
+use ringfs_wire::checksum::crc32c;
+
+const CHUNK: u64 = 64 << 20;
+
+fn log_id(index: u64, term: u64) -> LogId {
+    LogId::new(CommittedLeaderId::new(term, 1), index)
+}
+
+fn meta(index: u64) -> CheckpointMeta {
+    let voters: BTreeSet<u64> = [1, 2, 3].into();
+    let nodes: BTreeMap<u64, BasicNode> = [
+        (1, BasicNode::new("10.0.0.1:7000")),
+        (2, BasicNode::new("10.0.0.2:7000")),
+        (3, BasicNode::new("10.0.0.3:7000")),
+    ]
+    .into();
+    CheckpointMeta {
+        last_log_id: Some(log_id(index, 3)),
+        last_membership: StoredMembership::new(
+            Some(log_id(1, 1)),
+            Membership::new(vec![voters], nodes),
+        ),
+    }
+}
+
+fn req(client_id: u64, seq: u64) -> ReqId {
+    ReqId { client_id, seq }
+}
+
+fn ok(state: &mut State, op: Op) -> Done {
+    match state.apply(&op) {
+        Ok(d) => d,
+        Err(e) => panic!("{op:?} failed: {e}"),
+    }
+}
+
+fn mkdir(state: &mut State, path: &str, seq: u64) -> u64 {
+    let Done::Inode(ino) = ok(
+        state,
+        Op::Mkdir {
+            req: req(7, seq),
+            path: path.into(),
+            parents: true,
+            mode: 0o755,
+            owner: "alice".into(),
+            now_ns: seq as i64 * 1000,
+        },
+    ) else {
+        panic!("mkdir returns an inode")
+    };
+    ino
+}
+
+fn create(state: &mut State, path: &str, owner: &str, chunks: u64, seq: u64) -> u64 {
+    let Done::Inode(ino) = ok(
+        state,
+        Op::Create {
+            req: req(8, seq),
+            path: path.into(),
+            replication: 0,
+            exclusive: false,
+            mode: 0o644,
+            owner: owner.into(),
+            now_ns: -(seq as i64),
+            trash_retention_ms: 60_000,
+        },
+    ) else {
+        panic!("create returns an inode")
+    };
+    for index in 0..chunks {
+        ok(
+            state,
+            Op::AllocateChunk {
+                req: req(9, seq * 1000 + index),
+                inode: ino,
+                index,
+                replicas: vec![1, 2, 3],
+                now_ns: 5,
+            },
+        );
+    }
+    ino
+}
+
+/// Every table populated, every kind of record present.
+fn rich_state() -> State {
+    let mut s = State::new(CHUNK, 3);
+    mkdir(&mut s, "/a/b/c", 1);
+    mkdir(&mut s, "/données/日本語/😀", 2);
+    let long = "x".repeat(255);
+    mkdir(&mut s, &format!("/a/{long}"), 3);
+    create(&mut s, "/a/empty", "bob", 0, 10);
+    let one = create(&mut s, "/a/one", "carol", 1, 11);
+    let many = create(&mut s, "/a/b/many", "🦀 ferris", 40, 12);
+    create(
+        &mut s,
+        &format!("/a/{long}/{}", "é".repeat(127)),
+        "alice",
+        3,
+        13,
+    );
+    create(&mut s, "/données/日本語/😀/fichier", "", 2, 14);
+    ok(
+        &mut s,
+        Op::CompleteFile {
+            req: req(10, 1),
+            inode: one,
+            length_bytes: 12345,
+            now_ns: 99,
+        },
+    );
+    ok(
+        &mut s,
+        Op::CompleteFile {
+            req: req(10, 2),
+            inode: many,
+            length_bytes: 39 * CHUNK + 1,
+            now_ns: 100,
+        },
+    );
+    // Leases: a version bump each.
+    let handle = s.ns.get(one).and_then(Inode::file).expect("file").chunks[0];
+    ok(
+        &mut s,
+        Op::GrantLease {
+            handle,
+            primary: 2,
+            expected_version: 1,
+            now_ms: 1_000,
+            duration_ms: 60_000,
+        },
+    );
+    let handle = s.ns.get(many).and_then(Inode::file).expect("file").chunks[7];
+    ok(
+        &mut s,
+        Op::GrantLease {
+            handle,
+            primary: 3,
+            expected_version: 1,
+            now_ms: 2_000,
+            duration_ms: 60_000,
+        },
+    );
+    // Trash: a deleted subtree and a file replaced by a rename.
+    create(&mut s, "/a/b/c/doomed", "bob", 2, 15);
+    ok(
+        &mut s,
+        Op::Delete {
+            req: req(11, 1),
+            path: "/a/b/c".into(),
+            recursive: true,
+            now_ms: 5_000,
+            purge_at_ms: 65_000,
+        },
+    );
+    create(&mut s, "/a/victim", "bob", 1, 16);
+    create(&mut s, "/a/winner", "bob", 1, 17);
+    ok(
+        &mut s,
+        Op::Rename {
+            req: req(11, 2),
+            src: "/a/winner".into(),
+            dst: "/a/victim".into(),
+            replace: true,
+            now_ns: 6_000_000_000,
+            trash_retention_ms: 1,
+        },
+    );
+    // A purge, so counters and tables have gaps.
+    mkdir(&mut s, "/tmp", 4);
+    create(&mut s, "/tmp/gone", "bob", 1, 18);
+    let Done::Trashed(id) = ok(
+        &mut s,
+        Op::Delete {
+            req: req(11, 3),
+            path: "/tmp/gone".into(),
+            recursive: false,
+            now_ms: 7_000,
+            purge_at_ms: 7_000,
+        },
+    ) else {
+        panic!()
+    };
+    ok(
+        &mut s,
+        Op::Purge {
+            req: req(11, 4),
+            trash_id: id,
+            now_ms: 8_000,
+        },
+    );
+    for dir_id in [0xdead, 0xbeef, u64::MAX] {
+        ok(&mut s, Op::AssignNodeId { dir_id });
+    }
+    // Failed ops are remembered too.
+    assert_eq!(
+        s.apply(&Op::Mkdir {
+            req: req(12, 1),
+            path: "/a".into(),
+            parents: false,
+            mode: 0,
+            owner: "x".into(),
+            now_ns: 0,
+        }),
+        Err(Fail::Exists)
+    );
+    // Windows holding every outcome variant (19 of them, 8 per window).
+    let mut every: Vec<Outcome> = vec![
+        Ok(Done::Inode(u64::MAX)),
+        Ok(Done::Trashed(2)),
+        Ok(Done::Changed(3)),
+        Ok(Done::Purged(4)),
+        Ok(Done::Chunk {
+            handle: 5,
+            version: u64::MAX,
+        }),
+        Ok(Done::Version(6)),
+        Ok(Done::NodeId(7)),
+        Ok(Done::Ok),
+    ];
+    every.extend(
+        [
+            Fail::NotFound,
+            Fail::Exists,
+            Fail::NotDirectory,
+            Fail::IsDirectory,
+            Fail::DirectoryNotEmpty,
+            Fail::InvalidPath,
+            Fail::RenameIntoSelf,
+            Fail::BadRequest,
+            Fail::OutOfRange,
+            Fail::StaleVersion,
+            Fail::TooLarge,
+        ]
+        .map(Err),
+    );
+    for (i, window) in every.chunks(8).enumerate() {
+        let recent: VecDeque<(u64, Outcome)> = window
+            .iter()
+            .enumerate()
+            .map(|(j, o)| (100 * i as u64 + j as u64, o.clone()))
+            .collect();
+        s.clients.insert(
+            1_000 + i as u64,
+            ClientWindow {
+                last_seen: 1_000_000 + i as u64,
+                recent,
+            },
+        );
+    }
+    s.reindex();
+    // Every section has at least one record.
+    assert!(!s.chunks.leases.is_empty() && !s.ns.trash.is_empty() && !s.nodes.is_empty());
+    s
+}
+
+fn assert_same(a: &State, b: &State) {
+    assert_eq!(a.digest(), b.digest(), "digests differ");
+    assert_eq!(a.ns.owners, b.ns.owners);
+    assert_eq!(a.ns.files, b.ns.files);
+    assert_eq!(a.ns.directories, b.ns.directories);
+    assert_eq!(a.chunk_size_bytes, b.chunk_size_bytes);
+    assert_eq!(a.default_replication, b.default_replication);
+    assert_eq!(a.counters, b.counters);
+    assert_eq!(a.clients, b.clients);
+    assert_eq!(a.ns.trash, b.ns.trash);
+}
+
+/// The loaded state behaves like the original: the same ops give the same
+/// outcomes and digests (derived indexes were rebuilt).
+fn assert_same_future(mut a: State, mut b: State) {
+    let ops = [
+        Op::Create {
+            req: req(1_001, 999),
+            path: "/a/new".into(),
+            replication: 0,
+            exclusive: true,
+            mode: 0o600,
+            owner: "🦀 ferris".into(),
+            now_ns: 1,
+            trash_retention_ms: 0,
+        },
+        Op::Mkdir {
+            req: req(7, 1),
+            path: "/ignored".into(),
+            parents: true,
+            mode: 0,
+            owner: "new-owner".into(),
+            now_ns: 0,
+        },
+        Op::Purge {
+            req: req(55, 1),
+            trash_id: 0,
+            now_ms: u64::MAX,
+        },
+    ];
+    for op in &ops {
+        assert_eq!(a.apply(op), b.apply(op), "{op:?}");
+    }
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(a.ns.owners, b.ns.owners);
+}
+
+fn tmpdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+#[test]
+fn round_trip_in_process() {
+    let dir = tmpdir();
+    let state = rich_state();
+    let m = meta(42);
+    let path = dir.path().join("x.ckpt");
+    let info = write_in_process(&path, &state, &m).expect("write");
+    assert_eq!(info.sections as usize, SECTIONS.len());
+    assert_eq!(info.bytes, fs::metadata(&path).expect("stat").len());
+    let (loaded, lm) = load(&path).expect("load");
+    assert_same(&state, &loaded);
+    assert_eq!(lm, m);
+    // Canonical: the loaded state encodes to the same bytes.
+    assert_eq!(
+        encode(&loaded, &lm).expect("encode"),
+        fs::read(&path).expect("read")
+    );
+    assert_same_future(state, loaded);
+}
+
+#[test]
+fn round_trip_empty_state_and_no_log_id() {
+    let state = State::new(1, 1);
+    let m = CheckpointMeta::default();
+    let bytes = encode(&state, &m).expect("encode");
+    let (loaded, lm) = decode(&bytes).expect("decode");
+    assert_same(&state, &loaded);
+    assert_eq!(lm, m);
+    assert_same_future(state, loaded);
+}
+
+#[test]
+fn parallel_and_sequential_decode_agree() {
+    let state = rich_state();
+    let bytes = encode(&state, &meta(1)).expect("encode");
+    let (a, _) = decode_with(&bytes, true).expect("parallel");
+    let (b, _) = decode_with(&bytes, false).expect("sequential");
+    assert_same(&a, &b);
+    assert_same(&state, &a);
+}
+
+#[test]
+fn round_trip_forked_is_the_state_at_fork_time() {
+    let dir = tmpdir();
+    let mut state = rich_state();
+    let before = state.digest();
+    let m = meta(77);
+    let pending = Checkpointer::start(dir.path(), &state, &m).expect("start");
+    assert!(pending.pid() > 0);
+    // The parent goes on mutating; the child wrote its own image.
+    mkdir(&mut state, "/after", 5);
+    for i in 0..200 {
+        create(&mut state, &format!("/after/{i}"), "late", 1, 10_000 + i);
+    }
+    assert_ne!(state.digest(), before);
+    let info = pending.wait().expect("wait");
+    assert_eq!(
+        info.path,
+        dir.path()
+            .join("checkpoint-00000000000000000077-00000000000000000003.ckpt")
+    );
+    assert!(info.encode_duration > Duration::ZERO);
+    let (loaded, lm) = load(&info.path).expect("load");
+    assert_eq!(loaded.digest(), before);
+    assert_eq!(lm, m);
+    // One temp file per checkpoint, and it is gone.
+    let names: Vec<_> = fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+
+    // write_now: the same encoder in process, published the same way.
+    let info2 = Checkpointer::write_now(dir.path(), &state, &meta(78)).expect("write_now");
+    let loaded = load_newest(dir.path()).expect("load").expect("some");
+    assert_eq!(loaded.path, info2.path);
+    assert_same(&state, &loaded.state);
+    assert_eq!(info2.log_purge_limit, Some(log_id(77, 3)));
+}
+
+#[test]
+fn forked_child_reports_a_state_it_cannot_encode() {
+    let dir = tmpdir();
+    let mut state = rich_state();
+    state.ns.get_mut(ROOT_INODE).expect("root").owner = 9_999;
+    match Checkpointer::start(dir.path(), &state, &meta(1))
+        .expect("start")
+        .wait()
+    {
+        Err(CheckpointError::ChildFailed { status, report, .. }) => {
+            assert!(status.contains("code 65"), "{status}");
+            assert!(report.contains("owner index 9999"), "{report}");
+        }
+        other => panic!("{other:?}"),
+    }
+    match Checkpointer::write_now(dir.path(), &state, &meta(1)) {
+        Err(CheckpointError::Unencodable(e)) => assert!(e.contains("inodes"), "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(fs::read_dir(dir.path()).expect("ls").count(), 0);
+}
+
+/// The byte range of each section, from the footer.
+fn layout(bytes: &[u8]) -> Vec<(Section, u64, u64)> {
+    let h = Header::decode(bytes).expect("header");
+    decode_footer(bytes, h.section_count)
+        .expect("footer")
+        .iter()
+        .map(|e| (e.section, e.offset, e.length))
+        .collect()
+}
+
+#[test]
+fn a_flipped_byte_in_each_section_is_refused_and_the_previous_checkpoint_used() {
+    let dir = tmpdir();
+    let old_state = {
+        let mut s = rich_state();
+        create(&mut s, "/older", "bob", 1, 50_000);
+        s
+    };
+    let older = Checkpointer::write_now(dir.path(), &old_state, &meta(10)).expect("older");
+    let state = rich_state();
+    let newer = Checkpointer::write_now(dir.path(), &state, &meta(20)).expect("newer");
+    let good = fs::read(&newer.path).expect("read");
+    let sections = layout(&good);
+    assert_eq!(sections.len(), SECTIONS.len());
+
+    let mut cases: Vec<(Part, usize)> = vec![(Part::Header, 20), (Part::Header, 0)];
+    for &(s, offset, len) in &sections {
+        assert!(len > 0, "section {s:?} is empty in the rich state");
+        cases.push((Part::Section(s), (offset + len / 2) as usize));
+        cases.push((Part::Section(s), offset as usize));
+    }
+    cases.push((
+        Part::Footer,
+        good.len() - TRAILER_BYTES - FOOTER_ENTRY_BYTES + 9,
+    ));
+    cases.push((Part::Footer, good.len() - 1));
+    for (part, at) in cases {
+        let mut bad = good.clone();
+        bad[at] ^= 0x40;
+        fs::write(&newer.path, &bad).expect("write");
+        match load(&newer.path) {
+            Err(CheckpointError::Corrupt { source, .. }) => {
+                assert_eq!(source.part, part, "flip at {at}: {source}");
+                if let Part::Section(s) = part {
+                    assert!(
+                        source.to_string().contains(s.name()),
+                        "the error names the section: {source}"
+                    );
+                }
+            }
+            other => panic!("flip at {at} in {part:?}: {other:?}"),
+        }
+        let loaded = load_newest(dir.path()).expect("fallback").expect("some");
+        assert_eq!(loaded.path, older.path);
+        assert_eq!(loaded.refused, vec![newer.path.clone()]);
+        assert_eq!(loaded.state.digest(), old_state.digest());
+        // The refused file was set aside, not deleted.
+        let mut corrupt = newer.path.clone().into_os_string();
+        corrupt.push(checkpoint::CORRUPT_SUFFIX);
+        assert_eq!(fs::read(&corrupt).expect("kept"), bad);
+        fs::remove_file(&corrupt).expect("rm");
+    }
+    fs::write(&newer.path, &good).expect("restore");
+    let loaded = load_newest(dir.path()).expect("load").expect("some");
+    assert_eq!(loaded.path, newer.path);
+    assert!(loaded.refused.is_empty());
+}
+
+#[test]
+fn all_checkpoints_bad_is_an_error_not_an_empty_start() {
+    let dir = tmpdir();
+    assert!(load_newest(dir.path()).expect("empty dir").is_none());
+    let a = Checkpointer::write_now(dir.path(), &rich_state(), &meta(1)).expect("a");
+    let b = Checkpointer::write_now(dir.path(), &rich_state(), &meta(2)).expect("b");
+    for p in [&a.path, &b.path] {
+        let mut bytes = fs::read(p).expect("read");
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        fs::write(p, bytes).expect("write");
+    }
+    match load_newest(dir.path()) {
+        Err(CheckpointError::NoUsableCheckpoint { refused, .. }) => assert_eq!(refused.len(), 2),
+        other => panic!("{other:?}"),
+    }
+    // Nothing was renamed away: the next start refuses again.
+    assert!(a.path.exists() && b.path.exists());
+    assert!(load_newest(dir.path()).is_err());
+}
+
+#[test]
+fn a_renamed_checkpoint_is_refused() {
+    let dir = tmpdir();
+    let info = Checkpointer::write_now(dir.path(), &rich_state(), &meta(5)).expect("write");
+    let other = dir.path().join(checkpoint::final_name(Some(log_id(6, 3))));
+    fs::rename(&info.path, &other).expect("rename");
+    match load(&other) {
+        Err(CheckpointError::Corrupt { source, .. }) => assert_eq!(source.part, Part::Header),
+        r => panic!("{r:?}"),
+    }
+}
+
+#[test]
+fn truncation_at_every_offset_is_refused_without_panic() {
+    let bytes = encode(&rich_state(), &meta(3)).expect("encode");
+    for n in 0..bytes.len() {
+        assert!(decode(&bytes[..n]).is_err(), "prefix of {n} bytes accepted");
+    }
+    // A longer file (garbage appended) is refused too.
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(decode(&longer).is_err());
+    assert!(decode(&bytes).is_ok());
+}
+
+/// Rewrites every CRC so damage reaches the record checks behind them.
+fn reseal(bytes: &mut [u8]) -> Option<()> {
+    let crc = crc32c(&bytes[..HEADER_CRC_OFFSET]);
+    bytes[HEADER_CRC_OFFSET..HEADER_BYTES].copy_from_slice(&crc.to_le_bytes());
+    let n = SECTIONS.len();
+    let footer_at = bytes
+        .len()
+        .checked_sub(n * FOOTER_ENTRY_BYTES + TRAILER_BYTES)?;
+    for i in 0..n {
+        let e = footer_at + i * FOOTER_ENTRY_BYTES;
+        let off = u64::from_le_bytes(bytes[e + 8..e + 16].try_into().ok()?) as usize;
+        let len = u64::from_le_bytes(bytes[e + 16..e + 24].try_into().ok()?) as usize;
+        let end = off.checked_add(len)?;
+        if end > footer_at {
+            return None;
+        }
+        let crc = crc32c(&bytes[off..end]);
+        bytes[e + 4..e + 8].copy_from_slice(&crc.to_le_bytes());
+    }
+    let t = bytes.len() - TRAILER_BYTES;
+    let crc = crc32c(&bytes[footer_at..t + 4]);
+    bytes[t + 4..t + 8].copy_from_slice(&crc.to_le_bytes());
+    Some(())
+}
+
+#[test]
+fn random_damage_behind_valid_crcs_never_panics() {
+    let good = encode(&rich_state(), &meta(3)).expect("encode");
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let mut bytes = good.clone();
+        for _ in 0..1 + next() % 4 {
+            let at = (next() % bytes.len() as u64) as usize;
+            bytes[at] = next() as u8;
+        }
+        reseal(&mut bytes);
+        match decode(&bytes) {
+            Ok((state, m)) => {
+                accepted += 1;
+                // Whatever is accepted is canonical and re-encodes exactly.
+                assert_eq!(encode(&state, &m).expect("re-encode"), bytes);
+            }
+            Err(_) => refused += 1,
+        }
+    }
+    eprintln!("random damage: {accepted} accepted (benign fields), {refused} refused");
+    assert!(refused > 0);
+}
+
+fn wait_for_len(path: &Path, len: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fs::metadata(path).map_or(0, |m| m.len()) < len {
+        assert!(
+            Instant::now() < deadline,
+            "the child never wrote {len} bytes"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn kill_9_mid_write_leaves_a_tmp_that_start_up_removes() {
+    let dir = tmpdir();
+    let state = rich_state();
+    let good = Checkpointer::write_now(dir.path(), &state, &meta(10)).expect("good");
+    let opts = CheckpointOptions {
+        test_child_stall_after_bytes: Some(1000),
+        ..CheckpointOptions::default()
+    };
+    let mut later = state.clone();
+    create(&mut later, "/later", "bob", 1, 60_000);
+    let pending = Checkpointer::start_with(dir.path(), &later, &meta(11), &opts).expect("start");
+    let (pid, tmp) = (pending.pid(), pending.tmp_path().to_path_buf());
+    wait_for_len(&tmp, 1000);
+    // The whole master dies: the child by kill -9, the parent without
+    // cleaning up (forget skips the Drop that would remove the temp file).
+    std::mem::forget(pending);
+    // SAFETY: our own child.
+    unsafe {
+        assert_eq!(libc::kill(pid, libc::SIGKILL), 0);
+        let mut status = 0;
+        assert_eq!(libc::waitpid(pid, &mut status, 0), pid);
+        assert!(libc::WIFSIGNALED(status));
+    }
+    assert_eq!(fs::metadata(&tmp).expect("tmp left").len(), 1000);
+    // Restart.
+    let loaded = load_newest(dir.path()).expect("load").expect("some");
+    assert_eq!(loaded.path, good.path);
+    assert_eq!(loaded.state.digest(), state.digest());
+    assert!(!tmp.exists(), "leftover temp file removed");
+}
+
+#[test]
+fn a_child_killed_or_too_slow_fails_the_checkpoint_only() {
+    let dir = tmpdir();
+    let state = rich_state();
+    let good = Checkpointer::write_now(dir.path(), &state, &meta(10)).expect("good");
+    let stall = CheckpointOptions {
+        test_child_stall_after_bytes: Some(100),
+        ..CheckpointOptions::default()
+    };
+
+    // Killed from outside.
+    let pending = Checkpointer::start_with(dir.path(), &state, &meta(11), &stall).expect("start");
+    wait_for_len(pending.tmp_path(), 100);
+    let tmp = pending.tmp_path().to_path_buf();
+    // SAFETY: our own child.
+    assert_eq!(unsafe { libc::kill(pending.pid(), libc::SIGKILL) }, 0);
+    match pending.wait() {
+        Err(CheckpointError::ChildFailed { status, .. }) => {
+            assert!(status.contains("signal 9"), "{status}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(!tmp.exists());
+
+    // Past the deadline: killed by wait, bounded.
+    let opts = CheckpointOptions {
+        deadline: Duration::from_millis(300),
+        ..stall.clone()
+    };
+    let pending = Checkpointer::start_with(dir.path(), &state, &meta(12), &opts).expect("start");
+    let tmp = pending.tmp_path().to_path_buf();
+    let t = Instant::now();
+    match pending.wait() {
+        Err(CheckpointError::ChildTimedOut { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(30));
+    assert!(!tmp.exists());
+
+    // Dropped without waiting: killed, temp file removed.
+    let pending = Checkpointer::start_with(dir.path(), &state, &meta(13), &stall).expect("start");
+    let tmp = pending.tmp_path().to_path_buf();
+    drop(pending);
+    assert!(!tmp.exists());
+
+    let names: Vec<PathBuf> = fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(names, vec![good.path]);
+}
+
+#[test]
+fn only_the_newest_two_are_kept() {
+    let dir = tmpdir();
+    let state = rich_state();
+    let mut infos = Vec::new();
+    for i in 1..=5 {
+        infos.push(Checkpointer::write_now(dir.path(), &state, &meta(i * 10)).expect("write"));
+    }
+    let mut names: Vec<PathBuf> = fs::read_dir(dir.path())
+        .expect("ls")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![infos[3].path.clone(), infos[4].path.clone()]);
+    assert_eq!(infos[4].log_purge_limit, Some(log_id(40, 3)));
+    assert_eq!(infos[0].log_purge_limit, Some(log_id(10, 3)));
+}
+
+/// 1 000 directories of 1 000 single-chunk files, built straight into the
+/// tables (applying a million Creates would dominate the test).
+fn million_files() -> State {
+    const DIRS: u64 = 1_000;
+    const FILES_PER_DIR: u64 = 1_000;
+    let mut s = State::new(CHUNK, 3);
+    let owner = s.ns.intern_owner("bench");
+    let mut next = ROOT_INODE + 1;
+    let mut handle = 1;
+    for d in 0..DIRS {
+        let dir = next;
+        next += 1;
+        s.ns.insert(
+            dir,
+            Inode {
+                parent: 0,
+                mtime_ns: d as i64,
+                ctime_ns: d as i64,
+                mode: 0o755,
+                owner,
+                replication: 3,
+                kind: Kind::Dir(Box::default()),
+            },
+        );
+        s.ns.link(ROOT_INODE, &format!("dir-{d:04}"), dir, 0);
+        for f in 0..FILES_PER_DIR {
+            let ino = next;
+            next += 1;
+            s.ns.insert(
+                ino,
+                Inode {
+                    parent: 0,
+                    mtime_ns: ino as i64,
+                    ctime_ns: ino as i64,
+                    mode: 0o644,
+                    owner,
+                    replication: 3,
+                    kind: Kind::File(File {
+                        length_bytes: 1 << 20,
+                        complete: true,
+                        chunks: [handle].into_iter().collect(),
+                    }),
+                },
+            );
+            s.ns.link(dir, &format!("part-{f:05}.parquet"), ino, 0);
+            s.chunks.insert(
+                handle,
+                ChunkMeta {
+                    version: 1,
+                    inode: ino,
+                    index: 0,
+                },
+            );
+            handle += 1;
+        }
+    }
+    s.counters.next_inode = next;
+    s.counters.next_handle = handle;
+    s
+}
+
+#[test]
+fn a_million_files_with_fork() {
+    let dir = tmpdir();
+    let t = Instant::now();
+    let state = million_files();
+    eprintln!("1M files: built in {:?}", t.elapsed());
+    let digest = state.digest();
+    let rss_mib = fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split(' ').nth(1)?.parse::<u64>().ok())
+        .map_or(0, |pages| (pages * 4096) >> 20);
+    let t = Instant::now();
+    let pending = Checkpointer::start(dir.path(), &state, &meta(1_000_000)).expect("start");
+    let start_call = t.elapsed();
+    let info = pending.wait().expect("wait");
+    let t = Instant::now();
+    let (loaded, _) = load(&info.path).expect("load");
+    let load_time = t.elapsed();
+    eprintln!(
+        "1M files: resident {rss_mib} MiB; start() {start_call:?} (fork {:?}), child encode {:?} + fdatasync {:?}, \
+         total {:?}, {} bytes ({:.1} B/file); load {load_time:?}",
+        info.fork_duration,
+        info.encode_duration,
+        info.sync_duration,
+        info.duration,
+        info.bytes,
+        info.bytes as f64 / 1e6,
+    );
+    assert_eq!(loaded.ns.files, 1_000_000);
+    assert_eq!(loaded.digest(), digest);
+}
