@@ -98,6 +98,7 @@ fn create(state: &mut State, path: &str, owner: &str, chunks: u64, seq: u64) -> 
                 index,
                 replicas: vec![1, 2, 3],
                 now_ns: 5,
+                lease_duration_ms: 60_000,
             },
         );
     }
