@@ -40,10 +40,15 @@ fn error(code: ErrorCode, message: impl Into<String>) -> Body {
 }
 
 fn not_leader(master: &Master) -> Body {
+    not_leader_with(master, &format!("master {} is not the leader", master.id))
+}
+
+/// `NotLeader` with the leader's id and client address, when known.
+pub fn not_leader_with(master: &Master, message: &str) -> Body {
     let (hint, addr) = master.leader_hint();
     Body::ErrorReply(Box::new(ErrorReply {
         code: ErrorCode::NotLeader,
-        message: Some(format!("master {} is not the leader", master.id)),
+        message: Some(message.to_string()),
         leader_hint: hint,
         leader_addr: Some(addr),
         ..ErrorReply::default()

@@ -12,26 +12,15 @@ use ringfs_wire::msg::{
     Body, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply, Register, RegisterReply,
 };
 
-use crate::duties;
 use crate::node::Master;
 use crate::registry::Registration;
 use crate::types::{Done, Op};
+use crate::{client_api, duties};
 
 fn refuse(code: ErrorCode, message: impl Into<String>) -> Body {
     Body::ErrorReply(Box::new(ErrorReply {
         code,
         message: Some(message.into()),
-        ..ErrorReply::default()
-    }))
-}
-
-fn not_leader(master: &Master) -> Body {
-    let (hint, addr) = master.leader_hint();
-    Body::ErrorReply(Box::new(ErrorReply {
-        code: ErrorCode::NotLeader,
-        message: Some("reports taken; commands come from the leader".into()),
-        leader_hint: hint,
-        leader_addr: Some(addr),
         ..ErrorReply::default()
     }))
 }
@@ -42,7 +31,10 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
         // A fresh chunkserver: its id is committed, keyed by its first data
         // dir's identity, so a retried registration gets the same id.
         if !master.is_leader() {
-            return not_leader(master);
+            return client_api::not_leader_with(
+                master,
+                "reports taken; commands come from the leader",
+            );
         }
         let Some(dir_id) = r.dirs.as_ref().and_then(|d| d.first()).map(|d| d.dir_id) else {
             return refuse(ErrorCode::BadRequest, "registration without a data dir");
@@ -55,7 +47,12 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
                 }
                 Err(f) => return refuse(f.code(), f.to_string()),
             },
-            Err(_) => return not_leader(master),
+            Err(_) => {
+                return client_api::not_leader_with(
+                    master,
+                    "reports taken; commands come from the leader",
+                );
+            }
         }
     } else if peer_node_id != 0 && peer_node_id != node_id {
         return refuse(
@@ -125,7 +122,7 @@ pub fn heartbeat(master: &Master, h: Heartbeat) -> Body {
         duties::command_result(master, node, &result);
     }
     if !master.is_leader() {
-        return not_leader(master);
+        return client_api::not_leader_with(master, "reports taken; commands come from the leader");
     }
     let commands = master.registry().take_commands(node);
     Body::HeartbeatReply(Box::new(HeartbeatReply {

@@ -15,18 +15,7 @@ fn wait_registered(env: &Env, n: usize) {
 }
 
 fn has_chunk(env: &Env, cs: &Daemon, handle: u64) -> bool {
-    let mut conn = ringfs_client::conn::Conn::connect(
-        &cs.field("listen"),
-        &env.key,
-        CLUSTER,
-        PeerKind::Client,
-        TIMEOUT,
-    )
-    .expect("connect chunkd");
-    let r = conn
-        .call(&Body::GetChunkInfo(Box::new(GetChunkInfo { handle })), &[])
-        .unwrap();
-    r.error().is_none()
+    chunk_version(env, cs, handle).is_some()
 }
 
 /// The version of a chunk's replica on `cs`, if it holds one.

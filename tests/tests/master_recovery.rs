@@ -29,6 +29,35 @@ fn flip_byte(path: &Path, at: u64) {
     f.sync_all().unwrap();
 }
 
+/// Starts masterd on the damaged data dir, expecting it to refuse; returns
+/// what it said. Bounded: a refusing master exits at once.
+fn start_refused(env: &Env) -> String {
+    let mut child = std::process::Command::new(binary("masterd"))
+        .args([
+            "--config",
+            &env.config.display().to_string(),
+            "--id",
+            "1",
+            "--data",
+        ])
+        .arg(env.path("master1"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_for(TIMEOUT, "masterd to exit", || child.try_wait().unwrap());
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    if exited.success() {
+        let _ = child.kill();
+    }
+    assert!(
+        !exited.success(),
+        "a master with damaged state must not start; it said:\n{err}"
+    );
+    err
+}
+
 fn populate(env: &Env, n: usize) -> Vec<String> {
     let mut c = env.client();
     c.mkdir("/r", false).unwrap();
@@ -79,22 +108,7 @@ fn corruption_inside_the_log_is_refused_clearly() {
     let first = segs.first().expect("a log segment");
     let len = std::fs::metadata(first).unwrap().len();
     flip_byte(first, len / 3);
-    let out = std::process::Command::new(binary("masterd"))
-        .args([
-            "--config",
-            &env.config.display().to_string(),
-            "--id",
-            "1",
-            "--data",
-        ])
-        .arg(env.path("master1"))
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "a master with a damaged log must not start"
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_refused(&env);
     assert!(
         err.contains(".seg"),
         "the error names the damaged file: {err}"
@@ -128,20 +142,5 @@ fn damaged_checkpoint_falls_back_to_the_previous_one() {
         let len = std::fs::metadata(&c).unwrap().len();
         flip_byte(&c, len / 2);
     }
-    let out = std::process::Command::new(binary("masterd"))
-        .args([
-            "--config",
-            &env.config.display().to_string(),
-            "--id",
-            "1",
-            "--data",
-        ])
-        .arg(env.path("master1"))
-        .output()
-        .unwrap();
-    assert!(
-        !out.status.success(),
-        "no good checkpoint: the master refuses to start"
-    );
-    assert!(String::from_utf8_lossy(&out.stderr).contains("checkpoint"));
+    assert!(start_refused(&env).contains("checkpoint"));
 }
