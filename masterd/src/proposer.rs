@@ -14,8 +14,12 @@ use crate::types::{NodeId, Op, Outcome, PROPOSAL_OPS_MAX, Proposal, Raft};
 
 /// Mutations waiting for a proposal; beyond this callers get `Busy`.
 pub const QUEUED_OPS_MAX: usize = 65_536;
-/// Proposals handed to Raft and not yet committed.
-pub const PROPOSALS_IN_FLIGHT_MAX: usize = 16;
+/// Proposals handed to Raft and not yet committed. One: openraft 0.9 made
+/// one log append (and so one fsync) per proposal in `ringfs-bench meta`
+/// (1.0 records per fsync with 16 proposals in flight), so the batching
+/// has to happen here: while one proposal commits, everything that arrives
+/// queues for the next.
+pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
