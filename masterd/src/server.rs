@@ -26,6 +26,9 @@ use crate::{client_api, cslink};
 pub const CONNECTIONS_MAX: usize = 4096;
 /// Requests of one client connection being worked on at once.
 pub const REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 64;
+// Every in-flight request of a connection must fit in its client's
+// idempotency window, or a late one would be refused as too old.
+const _: () = assert!(REQUESTS_IN_FLIGHT_PER_CONNECTION <= crate::state::REQUEST_WINDOW_PER_CLIENT);
 /// Time a new connection gets to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -11,10 +11,12 @@ use crate::chunks::{ChunkMeta, ChunkTable, LeaseRecord};
 use crate::namespace::{File, Inode, Kind, NO_PARENT, Namespace, ROOT_INODE, TrashEntry};
 use crate::types::{Done, Fail, NodeId, Op, Outcome, ReqId};
 
-/// Outcomes remembered per client for retried requests.
-pub const REQUEST_WINDOW_PER_CLIENT: usize = 8;
+/// Outcomes remembered per client for retried requests. At least the
+/// requests one connection may have in flight (`server`), since pipelined
+/// requests reach the log in any order.
+pub const REQUEST_WINDOW_PER_CLIENT: usize = 64;
 /// Clients remembered; the least recently seen is forgotten beyond this.
-pub const CLIENTS_MAX: usize = 16_384;
+pub const CLIENTS_MAX: usize = 4_096;
 /// Node ids remembered by registration key.
 pub const NODES_MAX: usize = 65_536;
 
@@ -117,10 +119,11 @@ impl State {
         if let Some((_, o)) = w.recent.iter().find(|(s, _)| *s == req.seq) {
             return Some(o.clone());
         }
-        // Older than the window: its outcome is forgotten, and applying it
-        // again could repeat its effect.
-        let oldest = w.recent.front().map(|(s, _)| *s)?;
-        (req.seq < oldest && w.recent.len() == REQUEST_WINDOW_PER_CLIENT)
+        // Older than everything remembered: its outcome is forgotten, and
+        // applying it again could repeat its effect. The lowest seq, not the
+        // first applied: pipelined requests of one client arrive out of order.
+        let lowest = w.recent.iter().map(|(s, _)| *s).min()?;
+        (req.seq < lowest && w.recent.len() == REQUEST_WINDOW_PER_CLIENT)
             .then_some(Err(Fail::BadRequest))
     }
 
@@ -136,8 +139,16 @@ impl State {
         self.clients_by_age.remove(&w.last_seen);
         w.last_seen = now;
         self.clients_by_age.insert(now, req.client_id);
-        if w.recent.len() == REQUEST_WINDOW_PER_CLIENT {
-            w.recent.pop_front();
+        if w.recent.len() == REQUEST_WINDOW_PER_CLIENT
+            && let Some(i) = w
+                .recent
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (s, _))| *s)
+                .map(|(i, _)| i)
+        {
+            // Forget the lowest seq: a retry of a newer one must still find it.
+            w.recent.remove(i);
         }
         w.recent.push_back((req.seq, outcome));
     }

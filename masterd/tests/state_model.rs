@@ -297,3 +297,25 @@ fn digest_sees_every_change() {
         .unwrap();
     assert_ne!(a.digest(), d1);
 }
+
+#[test]
+fn pipelined_requests_arriving_out_of_order_are_all_applied() {
+    let mut s = State::new(1 << 20, 3);
+    // A window's worth of creates of one client, applied newest first (as
+    // pipelined requests may reach the proposer): none is refused as too old.
+    let n = masterd::state::REQUEST_WINDOW_PER_CLIENT as u64;
+    for seq in (1..=n).rev() {
+        let op = Op::Create {
+            req: ReqId { client_id: 9, seq },
+            path: format!("/f{seq}"),
+            replication: 0,
+            exclusive: true,
+            mode: 0o644,
+            owner: "u".into(),
+            now_ns: 0,
+            trash_retention_ms: 0,
+        };
+        assert!(s.apply(&op).is_ok(), "seq {seq} refused");
+    }
+    assert_eq!(s.ns.files, n);
+}
