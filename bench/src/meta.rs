@@ -419,6 +419,7 @@ role = "voter"
         // kill -9 and restart on the same data dir.
         m.kill9();
         let started = Instant::now();
+        let started_wall = unix_secs(SystemTime::now());
         let m2 = Masterd::start(
             self,
             data,
@@ -506,15 +507,22 @@ role = "voter"
                 f64::NAN
             },
         );
-        // masterd logs how long loading the checkpoint took; without one,
-        // the restart is all log replay.
-        let load_s = loaded_checkpoint_ms(&m.log).map_or(0.0, |ms| ms / 1000.0);
+        // masterd opens the op log, then loads the checkpoint (its log line
+        // says when it finished and how long the load took), then replays
+        // the log after the checkpoint. Without a checkpoint there is no
+        // line, and opening and replaying the log are not told apart.
+        let (open_s, load_s, replay_s) = match loaded_checkpoint(&m.log) {
+            Some((at, ms)) => {
+                let load_s = ms / 1000.0;
+                let done_s = at - started_wall;
+                (done_s - load_s, load_s, caught_up_s - done_s)
+            }
+            None => (f64::NAN, 0.0, f64::NAN),
+        };
+        push(RESTART, OPEN_S, open_s);
         push(RESTART, CKPT_LOAD_S, load_s);
-        push(
-            RESTART,
-            REPLAY_US,
-            (caught_up_s - load_s) / replay_entries * 1e6,
-        );
+        push(RESTART, REPLAY_S, replay_s);
+        push(RESTART, REPLAY_US, replay_s / replay_entries * 1e6);
         push(RESTART, S_PER_M_FILES, caught_up_s / files * 1e6);
         push(MEMORY, RSS_EMPTY, mib(rss_empty));
         push(MEMORY, RSS_CREATES, mib(rss_creates));
@@ -1109,16 +1117,45 @@ fn proc_cpu_secs(path: &str) -> Option<f64> {
     Some(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
 }
 
-/// `elapsed_ms` of masterd's "loaded checkpoint" log line, if any.
-fn loaded_checkpoint_ms(log: &Path) -> Option<f64> {
+/// When masterd logged "loaded checkpoint" (Unix seconds, from the line's
+/// RFC 3339 UTC timestamp) and the load's `elapsed_ms`, if it did.
+fn loaded_checkpoint(log: &Path) -> Option<(f64, f64)> {
     let text = strip_ansi(&fs::read_to_string(log).ok()?);
     let line = text
         .lines()
         .rev()
         .find(|l| l.contains("loaded checkpoint"))?;
+    let at = parse_utc(line.split_whitespace().next()?)?;
     let rest = &line[line.find("elapsed_ms=")? + "elapsed_ms=".len()..];
     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-    digits.parse().ok()
+    Some((at, digits.parse().ok()?))
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[.frac]Z` as Unix seconds.
+fn parse_utc(ts: &str) -> Option<f64> {
+    let ts = ts.strip_suffix('Z')?;
+    let (date, time) = ts.split_once('T')?;
+    let mut d = date.splitn(3, '-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.splitn(3, ':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days from 1970-01-01 to y-m-day (proleptic Gregorian; H. Hinnant).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + h * 3600 + min * 60) as f64 + sec)
+}
+
+fn unix_secs(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The text without ANSI escape sequences (`ESC [ ... letter`).
@@ -1243,8 +1280,10 @@ const LOG_MIB: &str = "oplog MiB";
 const S_PER_M_FILES: &str = "caught-up s per 1M files";
 const CKPT_WRITE_S: &str = "last ckpt write s";
 const CKPT_MIB: &str = "last ckpt MiB";
+const OPEN_S: &str = "exec + log open s";
 const CKPT_LOAD_S: &str = "ckpt load s";
-const REPLAY_US: &str = "replay us per log entry";
+const REPLAY_S: &str = "replay s";
+const REPLAY_US: &str = "replay us per entry";
 const RSS_EMPTY: &str = "RSS empty MiB";
 const RSS_CREATES: &str = "RSS after creates MiB";
 const BYTES_CREATES: &str = "B/file after creates";
@@ -1498,13 +1537,19 @@ mod tests {
         let log = dir.path().join("masterd.log");
         fs::write(
             &log,
-            "\x1b[2m2026\x1b[0m \x1b[32m INFO\x1b[0m masterd::checkpoint: loaded checkpoint \
+            "\x1b[2m2026-11-21T09:50:17.5Z\x1b[0m \x1b[32m INFO\x1b[0m masterd::checkpoint: loaded checkpoint \
              \x1b[3mlast_log_id\x1b[0m\x1b[2m=\x1b[0mSome(1-1-5) \x1b[3melapsed_ms\x1b[0m\x1b[2m=\x1b[0m1234\n",
         )
         .unwrap();
-        assert_eq!(loaded_checkpoint_ms(&log), Some(1234.0));
+        let (at, ms) = loaded_checkpoint(&log).unwrap();
+        assert_eq!(ms, 1234.0);
+        // 2026-11-21T09:50:17.5Z
+        assert_eq!(at, parse_utc("2026-11-21T09:50:17.5Z").unwrap());
+        assert_eq!(parse_utc("1970-01-01T00:00:01.25Z"), Some(1.25));
+        assert_eq!(parse_utc("2000-03-01T00:00:00Z"), Some(951_868_800.0));
+        assert_eq!(parse_utc("2026-11-21T09:50:17.5Z"), Some(1_795_254_617.5));
         fs::write(&log, "nothing here\n").unwrap();
-        assert_eq!(loaded_checkpoint_ms(&log), None);
+        assert_eq!(loaded_checkpoint(&log), None);
     }
 
     #[test]
