@@ -459,6 +459,12 @@ role = "voter"
             .status()
             .and_then(|s| s["files"].as_f64())
             .unwrap_or(f64::NAN);
+        if files_after != files {
+            println!(
+                "round {round}: WARNING: the restarted master counts {files_after} files, \
+                 {files} were created"
+            );
+        }
         let rss_restart = target
             .rss_bytes()
             .ok_or("cannot read masterd's VmRSS after the restart")?;
