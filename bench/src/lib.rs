@@ -8,6 +8,9 @@
 
 /// `ringfs-bench chunkd`: one chunkd against fio (issue 3).
 pub mod chunkd;
+/// `ringfs-bench meta`: one masterd's namespace throughput, restart time
+/// and memory per file (NNThroughputBenchmark-style).
+pub mod meta;
 
 use ringfs_wire::msg::{Body, ReadChunk, ReadChunkReply};
 

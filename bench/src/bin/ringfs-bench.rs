@@ -1,5 +1,7 @@
 //! `ringfs-bench`: the benchmark binary. Today: `ringfs-bench chunkd` (one
-//! chunkd on one data dir against fio, issue 3); see docs/BENCHMARKS.md.
+//! chunkd on one data dir against fio, issue 3) and `ringfs-bench meta` (one
+//! masterd: namespace ops/s, restart time, memory per file); see
+//! docs/BENCHMARKS.md.
 
 use std::process::ExitCode;
 
@@ -18,12 +20,18 @@ enum Cmd {
     /// QD 1, 8, 32 and 64 KiB random reads at QD 32, against fio in the
     /// same run.
     Chunkd(ringfs_bench::chunkd::Args),
+    /// One masterd (started here, or a running one with --addr): mkdirs,
+    /// creates, stats and renames from concurrent clients, with latency
+    /// percentiles and group-commit figures from /metrics; then a kill -9
+    /// and restart (time to ready) and resident memory per file.
+    Meta(ringfs_bench::meta::Args),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {
         Cmd::Chunkd(args) => ringfs_bench::chunkd::run(args),
+        Cmd::Meta(args) => ringfs_bench::meta::run(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
