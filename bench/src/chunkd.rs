@@ -771,33 +771,16 @@ struct Summary {
 }
 
 impl Summary {
-    fn sorted(&self) -> Vec<f64> {
-        let mut v: Vec<f64> = self
-            .values
-            .iter()
-            .copied()
-            .filter(|x| x.is_finite())
-            .collect();
-        v.sort_by(f64::total_cmp);
-        v
-    }
-
     fn median(&self) -> Option<f64> {
-        let v = self.sorted();
-        let n = v.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(v[n / 2]),
-            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
+        crate::spread(&self.values).map(|s| s.median)
     }
 
     fn min(&self) -> Option<f64> {
-        self.sorted().first().copied()
+        crate::spread(&self.values).map(|s| s.min)
     }
 
     fn max(&self) -> Option<f64> {
-        self.sorted().last().copied()
+        crate::spread(&self.values).map(|s| s.max)
     }
 }
 
