@@ -127,8 +127,13 @@ impl Leases {
         let mut since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
         if since.is_none_or(|(t, _)| t != term) {
             *since = Some((term, now));
-            // Leases granted in earlier terms are not ours to extend.
-            self.live.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            // Leases granted in earlier terms are not ours to extend; the
+            // ones granted in this term (perhaps before this first call)
+            // stay, or a running lease would be handed to another primary.
+            self.live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|_, l| l.epoch == term);
         }
     }
 
@@ -503,5 +508,42 @@ pub fn error_code(e: &LeaseError) -> ErrorCode {
         LeaseError::Propose(ProposeError::Busy) => ErrorCode::Busy,
         LeaseError::Propose(ProposeError::Stopped(_)) => ErrorCode::Unavailable,
         LeaseError::Unavailable { .. } => ErrorCode::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease(primary: NodeId, epoch: u64, now: Instant) -> LiveLease {
+        LiveLease {
+            primary,
+            version: 1,
+            client_expires: now + Duration::from_secs(3),
+            expires: now + Duration::from_secs(3),
+            epoch,
+        }
+    }
+
+    #[test]
+    fn first_sight_of_leadership_keeps_this_terms_leases() {
+        let leases = Leases::new(Duration::from_secs(3));
+        let now = Instant::now();
+        leases.record(1, lease(7, 2, now));
+        leases.record(2, lease(8, 1, now));
+        // Granted in term 2 before anyone called note_leader: still running.
+        leases.note_leader(2, now);
+        assert_eq!(leases.running(1, now).map(|l| l.primary), Some(7));
+        assert!(leases.running(2, now).is_none(), "term 1 lease dropped");
+        // Same term again: nothing changes.
+        leases.note_leader(2, now + Duration::from_secs(1));
+        assert_eq!(
+            leases.leading_for(now + Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+        assert!(leases.live(1, now).is_some());
+        // A later term drops it.
+        leases.note_leader(3, now);
+        assert!(leases.running(1, now).is_none());
     }
 }

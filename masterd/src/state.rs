@@ -287,7 +287,9 @@ impl State {
             Op::AllocateChunk {
                 inode,
                 index,
+                replicas,
                 now_ns,
+                lease_duration_ms,
                 ..
             } => {
                 let file = self
@@ -316,6 +318,19 @@ impl State {
                         index: index32,
                     },
                 );
+                // The first lease commits with the allocation, so a leader
+                // elected after it waits the lease out like any other.
+                if let Some(&primary) = replicas.first() {
+                    self.chunks.record_lease(
+                        handle,
+                        LeaseRecord {
+                            primary,
+                            version: 1,
+                            granted_at_ms: u64::try_from(*now_ns / 1_000_000).unwrap_or(0),
+                            duration_ms: *lease_duration_ms,
+                        },
+                    );
+                }
                 Ok(Done::Chunk { handle, version: 1 })
             }
             Op::GrantLease {
