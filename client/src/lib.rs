@@ -1,6 +1,28 @@
-//! ringfs client library (DESIGN §6). The master link, location cache,
-//! pipelined writer and verified reader land with the client issue; today the
-//! crate holds what the CLI already does with the foundation alone.
+//! ringfs client library (DESIGN §6): one logical file system over the
+//! master group and the chunkservers, for tokio programs.
+//!
+//! - [`Client`]: metadata operations against whichever master leads
+//!   ([`masters`]: `NotLeader` hints, bounded backoff, a total deadline);
+//! - [`write::Writer`]: sequential writes, pushed along the replica chain,
+//!   several pieces in flight, `close` once durable everywhere;
+//! - [`read::Reader`]: reads verified block by block against CRC32C, falling
+//!   over to other replicas and reporting bad ones;
+//! - [`append::Appender`]: record append from many concurrent clients.
+//!
+//! `conn` is the small blocking connection the tests and tools use; `local`
+//! runs a whole cluster on this machine.
 
 pub mod admin;
+pub mod append;
+pub mod client;
 pub mod conn;
+pub mod error;
+pub mod frames;
+pub mod link;
+pub mod locations;
+pub mod masters;
+pub mod read;
+pub mod write;
+
+pub use client::{Client, ClientOptions, CreateOptions};
+pub use error::{Error, Result};

@@ -61,14 +61,42 @@ pub struct LiveLease {
     /// From when the primary acknowledged: when a new primary may be named.
     pub expires: Instant,
     pub epoch: u64,
+    /// The primary and the secondaries it was told to forward to.
+    pub holders: Vec<NodeId>,
 }
 
 pub struct Leases {
     pub duration: Duration,
     live: Mutex<HashMap<u64, LiveLease>>,
     grant_locks: Vec<tokio::sync::Mutex<()>>,
-    /// When this master last became leader, and in which term.
-    leader_since: Mutex<Option<(u64, Instant)>>,
+    /// When this master last became leader (monotonic and wall-clock
+    /// milliseconds), and in which term.
+    leader_since: Mutex<Option<(u64, Instant, u64)>>,
+    /// Chunks (inode, index) whose allocation is being committed and whose
+    /// first lease is being granted: nobody else grants for them meanwhile.
+    allocating: Mutex<HashMap<(u64, u64), u32>>,
+}
+
+/// Marks an allocation in progress until dropped.
+struct Allocating<'a> {
+    leases: &'a Leases,
+    key: (u64, u64),
+}
+
+impl Drop for Allocating<'_> {
+    fn drop(&mut self) {
+        let mut map = self
+            .leases
+            .allocating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.key);
+            }
+        }
+    }
 }
 
 /// A chunk's location answer.
@@ -88,6 +116,7 @@ impl Leases {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             leader_since: Mutex::new(None),
+            allocating: Mutex::new(HashMap::new()),
         }
     }
 
@@ -125,8 +154,8 @@ impl Leases {
     /// Called whenever this master sees itself leading `term`.
     pub fn note_leader(&self, term: u64, now: Instant) {
         let mut since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
-        if since.is_none_or(|(t, _)| t != term) {
-            *since = Some((term, now));
+        if since.is_none_or(|(t, _, _)| t != term) {
+            *since = Some((term, now, now_ms()));
             // Leases granted in earlier terms are not ours to extend; the
             // ones granted in this term (perhaps before this first call)
             // stay, or a running lease would be handed to another primary.
@@ -139,7 +168,22 @@ impl Leases {
 
     fn leading_for(&self, now: Instant) -> Duration {
         let since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
-        since.map_or(Duration::ZERO, |(_, at)| now.saturating_duration_since(at))
+        since.map_or(Duration::ZERO, |(_, at, _)| {
+            now.saturating_duration_since(at)
+        })
+    }
+
+    /// Wall-clock ms at which this master began leading (0: not leading).
+    fn leading_since_ms(&self) -> u64 {
+        let since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
+        since.map_or(u64::MAX, |(_, _, ms)| ms)
+    }
+
+    fn allocating(&self, inode: u64, index: u64) -> bool {
+        self.allocating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(inode, index))
     }
 
     /// True while a grant or allocation may be changing the chunk's version.
@@ -178,36 +222,59 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
         .lock()
         .await;
     master.leases.note_leader(master.epoch(), Instant::now());
-    let (version, record) = {
+    let (version, record, inode, index) = {
         let state = master.shared.read();
         let chunk = state.chunks.get(handle).ok_or(Fail::NotFound)?;
-        (chunk.version, state.chunks.leases.get(&handle).copied())
+        let record = state.chunks.leases.get(&handle).copied();
+        (chunk.version, record, chunk.inode, u64::from(chunk.index))
     };
+    if master.leases.allocating(inode, index) {
+        // Its allocation is granting the first lease right now.
+        return Err(LeaseError::Unavailable {
+            retry_after: Duration::from_millis(20),
+            why: format!("chunk {handle} is being allocated"),
+        });
+    }
     let now = Instant::now();
     let good = master.registry().good_replicas(handle, version);
+    // A running lease whose primary is still good but whose chain lost a
+    // replica (a client reported it) is granted again to the same primary
+    // with a bumped version: only the holder is named, so no second primary
+    // can appear, and the lost replica becomes stale.
+    let mut same_primary = None;
     if let Some(lease) = master.leases.running(handle, now) {
-        if lease.version == version
-            && lease.client_expires > now
-            && good.iter().any(|l| l.node == lease.primary)
-        {
-            return Ok(Located {
-                handle,
-                version,
-                replicas: good.to_vec(),
-                lease: Some(lease),
+        let primary_good = good.iter().any(|l| l.node == lease.primary);
+        if lease.version == version && lease.client_expires > now && primary_good {
+            let chain_good = lease
+                .holders
+                .iter()
+                .all(|h| good.iter().any(|l| l.node == *h));
+            if chain_good {
+                return Ok(Located {
+                    handle,
+                    version,
+                    replicas: good.to_vec(),
+                    lease: Some(lease),
+                });
+            }
+            same_primary = Some(lease.primary);
+        } else {
+            // The holder may still act as primary until its lease runs out:
+            // nobody else may be named before then.
+            return Err(LeaseError::Unavailable {
+                retry_after: lease.expires.saturating_duration_since(now),
+                why: format!("the lease of primary {} has not expired yet", lease.primary),
             });
         }
-        // The holder may still act as primary until its lease runs out:
-        // nobody else may be named before then.
-        return Err(LeaseError::Unavailable {
-            retry_after: lease.expires.saturating_duration_since(now),
-            why: format!("the lease of primary {} has not expired yet", lease.primary),
-        });
     }
     // A lease committed by an earlier leader (or by us before a restart)
     // may still run on its holder: wait it out.
     let duration = master.leases.duration;
-    if let Some(r) = record {
+    // Records this leader wrote itself are covered by the live map (a grant
+    // whose answer was lost is kept there as running), so only older ones
+    // are waited out.
+    let since_ms = master.leases.leading_since_ms();
+    if let Some(r) = record.filter(|r| same_primary.is_none() && r.granted_at_ms < since_ms) {
         let leading = master.leases.leading_for(now);
         let wall_left = r.expires_at_ms().saturating_sub(now_ms());
         if leading < duration && wall_left > 0 {
@@ -224,7 +291,7 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
             why: format!("no live replica of chunk {handle} at version {version}"),
         });
     }
-    let primary = pick_primary(master, &good);
+    let primary = same_primary.unwrap_or_else(|| pick_primary(master, &good));
     let committed = master
         .proposer
         .propose(Op::GrantLease {
@@ -322,20 +389,33 @@ async fn grant(
         why: format!("primary {primary} is not registered"),
     })?;
     let sent = Instant::now();
-    master
-        .cs
-        .command(&addr, &body)
-        .await
-        .map_err(|e| LeaseError::Unavailable {
-            retry_after: Duration::from_millis(200),
+    if let Err(e) = master.cs.command(&addr, &body).await {
+        // The grant may have arrived and only the answer been lost: count
+        // the lease as running on `primary` (but not give it to clients),
+        // so nobody else is named before it would have run out.
+        master.leases.record(
+            handle,
+            LiveLease {
+                primary,
+                version,
+                client_expires: sent,
+                expires: Instant::now() + duration,
+                epoch,
+                holders: holders.to_vec(),
+            },
+        );
+        return Err(LeaseError::Unavailable {
+            retry_after: duration,
             why: format!("lease grant to {primary}: {e}"),
-        })?;
+        });
+    }
     let lease = LiveLease {
         primary,
         version,
         client_expires: sent + duration,
         expires: Instant::now() + duration,
         epoch,
+        holders: holders.to_vec(),
     };
     master.leases.record(handle, lease.clone());
     Ok(lease)
@@ -386,6 +466,19 @@ pub async fn allocate(
     if let Some(handle) = existing {
         return get_lease(master, handle).await;
     }
+    master.leases.note_leader(master.epoch(), Instant::now());
+    let marked = Allocating {
+        leases: &master.leases,
+        key: (inode, index),
+    };
+    master
+        .leases
+        .allocating
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(marked.key)
+        .and_modify(|n| *n += 1)
+        .or_insert(1);
     let chosen = {
         let reg = master.registry();
         let mut per_node: HashMap<NodeId, u64> = HashMap::new();
@@ -425,12 +518,14 @@ pub async fn allocate(
         .await?;
     let (handle, version) = match committed.outcome? {
         Done::Chunk { handle, version } => (handle, version),
+        Done::JoinedChunk { handle, .. } => {
+            // Someone else allocated it first: join theirs.
+            drop(marked);
+            return get_lease(master, handle).await;
+        }
         other => return unreachable_outcome(other),
     };
-    if version != 1 {
-        // Someone else allocated it first (a retry or a race): join theirs.
-        return get_lease(master, handle).await;
-    }
+    assert_eq!(version, 1, "a new chunk starts at version 1");
     let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS]
         .lock()
         .await;
@@ -486,6 +581,7 @@ pub async fn allocate(
     let primary = chosen[0];
     if !created.contains(&primary) {
         drop(_turn);
+        drop(marked);
         // The committed first lease names a primary that has no replica:
         // the next grant bumps the version and picks a live one.
         return get_lease(master, handle).await;
@@ -522,6 +618,7 @@ mod tests {
             client_expires: now + Duration::from_secs(3),
             expires: now + Duration::from_secs(3),
             epoch,
+            holders: vec![primary],
         }
     }
 

@@ -6,7 +6,8 @@
 pub mod checkpoint;
 pub mod chunks;
 pub mod client_api;
-pub mod conn;
+/// Frames and the handshake over tokio streams, shared with the client library.
+pub use ringfs_client::frames as conn;
 pub mod cscmd;
 pub mod cslink;
 pub mod duties;

@@ -304,7 +304,7 @@ impl State {
                 {
                     // Two writers raced for the same index: both get the one chunk.
                     let version = self.chunks.get(handle).map_or(0, |c| c.version);
-                    return Ok(Done::Chunk { handle, version });
+                    return Ok(Done::JoinedChunk { handle, version });
                 }
                 let index32 = u32::try_from(*index).map_err(|_| Fail::OutOfRange)?;
                 let handle = self.counters.next_handle;

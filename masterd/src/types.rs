@@ -245,6 +245,9 @@ pub enum Done {
     Purged(u64),
     /// AllocateChunk: the new chunk.
     Chunk { handle: u64, version: u64 },
+    /// AllocateChunk: the index already had a chunk (a racing writer made
+    /// it); the caller joins it rather than creating replicas of its own.
+    JoinedChunk { handle: u64, version: u64 },
     /// GrantLease: the chunk's new version.
     Version(u64),
     /// AssignNodeId.

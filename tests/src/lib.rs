@@ -554,3 +554,42 @@ impl Client {
 pub fn code(r: &Reply) -> Option<ErrorCode> {
     r.as_ref().err().map(|e| e.code)
 }
+
+/// The async client library on this cluster, with `opts`.
+pub fn fs_client(env: &Env, opts: ringfs_client::ClientOptions) -> ringfs_client::Client {
+    let config = ringfs_wire::config::Config::load(&env.config).expect("config");
+    ringfs_client::Client::new(&config, opts).expect("client")
+}
+
+/// A runtime for driving the async client from a test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Deterministic bytes that differ at every offset and between seeds.
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// SHA-256 of `data`, hex.
+pub fn sha256(data: &[u8]) -> String {
+    use sha2::Digest;
+    hex_lower(&sha2::Sha256::digest(data))
+}
+
+fn hex_lower(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

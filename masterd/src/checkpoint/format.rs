@@ -405,6 +405,7 @@ pub fn encode_outcome(o: &Outcome) -> [u8; OUTCOME_ENTRY_BYTES - 8] {
         Ok(Done::Changed(x)) => (3, 0, *x, 0),
         Ok(Done::Purged(x)) => (4, 0, *x, 0),
         Ok(Done::Chunk { handle, version }) => (5, 0, *handle, *version),
+        Ok(Done::JoinedChunk { handle, version }) => (10, 0, *handle, *version),
         Ok(Done::Version(x)) => (6, 0, *x, 0),
         Ok(Done::NodeId(x)) => (7, 0, *x, 0),
         Ok(Done::Ok) => (8, 0, 0, 0),
@@ -426,7 +427,7 @@ pub fn decode_outcome(b: &[u8; OUTCOME_ENTRY_BYTES - 8]) -> Result<Outcome, Stri
     }
     let uses = match tag {
         1..=4 | 6 | 7 => (false, true, false),
-        5 => (false, true, true),
+        5 | 10 => (false, true, true),
         8 => (false, false, false),
         9 => (true, false, false),
         t => return Err(format!("unknown outcome tag {t}")),
@@ -446,6 +447,10 @@ pub fn decode_outcome(b: &[u8; OUTCOME_ENTRY_BYTES - 8]) -> Result<Outcome, Stri
         6 => Ok(Done::Version(a)),
         7 => Ok(Done::NodeId(a)),
         8 => Ok(Done::Ok),
+        10 => Ok(Done::JoinedChunk {
+            handle: a,
+            version: bb,
+        }),
         _ => Err(fail_from_code(code).ok_or_else(|| format!("unknown failure code {code}"))?),
     })
 }
