@@ -34,6 +34,15 @@ struct Cli {
     /// Machine-readable output (one JSON document on stdout).
     #[arg(long, global = true)]
     json: bool,
+    /// How long a request may keep retrying (masters failing over,
+    /// chunkservers registering) before the command exits with 69.
+    #[arg(
+        long,
+        global = true,
+        env = "RINGFS_DEADLINE_MS",
+        default_value_t = 60_000
+    )]
+    deadline_ms: u64,
     #[command(subcommand)]
     command: Command,
 }
@@ -149,7 +158,7 @@ fn main() -> ExitCode {
             Err(f) => Err(f),
         },
         Command::Local(cmd) => local_cmd::run(cmd, json),
-        command => run_with_client(cli.config.as_ref(), json, command),
+        command => run_with_client(cli.config.as_ref(), json, cli.deadline_ms, command),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -185,14 +194,21 @@ pub fn load_config(path: Option<&PathBuf>) -> Result<Config, Failure> {
     Config::load(path).map_err(|e| Failure::Usage(e.to_string()))
 }
 
-fn run_with_client(config: Option<&PathBuf>, json: bool, command: Command) -> Outcome {
+fn run_with_client(
+    config: Option<&PathBuf>,
+    json: bool,
+    deadline_ms: u64,
+    command: Command,
+) -> Outcome {
     let config = load_config(config)?;
+    let mut options = ClientOptions::default();
+    options.retry.deadline = std::time::Duration::from_millis(deadline_ms);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Other(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async move {
-        let client = Client::new(&config, ClientOptions::default())?;
+        let client = Client::new(&config, options)?;
         match command {
             Command::Put(a) => files::put(&client, a, json).await,
             Command::Get(a) => files::get(&client, a, json).await,

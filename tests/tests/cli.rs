@@ -1,0 +1,164 @@
+//! The `ringfs` command line against a real cluster: every file command,
+//! human and JSON output, and the exit codes scripts rely on.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use ringfs_tests::*;
+use serde_json::Value;
+
+struct Cli<'a> {
+    env: &'a Env,
+}
+
+impl Cli<'_> {
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(binary("ringfs"))
+            .arg("--config")
+            .arg(&self.env.config)
+            .args(args)
+            .output()
+            .expect("run ringfs")
+    }
+
+    /// Runs with `--json`, expects success, parses stdout.
+    fn json(&self, args: &[&str]) -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = self.run(&all);
+        assert!(
+            out.status.success(),
+            "ringfs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+            panic!(
+                "ringfs {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "ringfs {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+fn write(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).unwrap();
+}
+
+#[test]
+fn file_commands_output_and_exit_codes() {
+    let env = Env::new(&Options::default());
+    let _m = start_master(&env);
+    let _cs: Vec<Daemon> = ["cs1", "cs2", "cs3"]
+        .iter()
+        .map(|n| start_chunkd(&env, n, "r"))
+        .collect();
+    let cli = Cli { env: &env };
+    let local = env.path("local");
+    let data = pattern(3, 2_500_000);
+    write(&local.join("in"), &data);
+
+    // Not-yet-registered chunkservers make the first put wait, not fail.
+    cli.json(&["mkdir", "-p", "/a/b"]);
+    let put = cli.json(&["put", local.join("in").to_str().unwrap(), "/a/b/f"]);
+    assert_eq!(put["length_bytes"], data.len() as u64);
+    let out = local.join("out");
+    cli.ok(&["get", "/a/b/f", out.to_str().unwrap()]);
+    assert!(
+        std::fs::read(&out).unwrap() == data,
+        "get returns what put wrote"
+    );
+    let cat = Command::new(binary("ringfs"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["cat", "/a/b/f", "--offset", "1000000", "--length", "70000"])
+        .output()
+        .unwrap();
+    assert!(cat.status.success());
+    assert!(cat.stdout == data[1_000_000..1_070_000]);
+
+    let stat = cli.json(&["stat", "/a/b/f"]);
+    assert_eq!(stat["kind"], "file");
+    assert_eq!(stat["length_bytes"], data.len() as u64);
+    assert_eq!(stat["complete"], true);
+    assert!(cli.ok(&["stat", "/a/b/f"]).contains("length"));
+
+    let ls = cli.json(&["ls", "-R", "/"]);
+    let paths: Vec<&str> = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/a", "/a/b", "/a/b/f"]);
+    let long = cli.ok(&["ls", "-l", "/a/b"]);
+    assert!(long.starts_with("-rw-r--r--"), "{long}");
+
+    cli.json(&["mv", "/a/b/f", "/a/g"]);
+    let set = cli.json(&["setrep", "2", "/a/g"]);
+    assert_eq!(set["files_changed"], 1);
+    assert_eq!(cli.json(&["stat", "/a/g"])["replication"], 2);
+    let fsck = cli.json(&["fsck", "/"]);
+    assert_eq!(fsck["files_checked"].as_u64(), Some(1));
+
+    let status = cli.json(&["admin", "status"]);
+    assert_eq!(status["masters"][0]["role"], "leader");
+    assert_eq!(status["chunkservers"].as_array().unwrap().len(), 3);
+    assert!(cli.ok(&["admin", "status"]).contains("chunkservers"));
+
+    cli.json(&["rm", "-r", "/a"]);
+    // Exit codes: 3 not found, 1 refused, 2 usage.
+    assert_eq!(cli.run(&["stat", "/a"]).status.code(), Some(3));
+    assert_eq!(
+        cli.run(&["get", "/nope", "/dev/null"]).status.code(),
+        Some(3)
+    );
+    cli.ok(&["mkdir", "/d"]);
+    assert_eq!(cli.run(&["mkdir", "/d"]).status.code(), Some(1));
+    assert_eq!(cli.run(&["setrep", "0", "/d"]).status.code(), Some(2));
+    assert_eq!(cli.run(&["frobnicate"]).status.code(), Some(2));
+    let no_config = Command::new(binary("ringfs"))
+        .args(["ls", "/"])
+        .env_remove("RINGFS_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(no_config.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&no_config.stderr).contains("RINGFS_CONFIG"));
+    // A failed get leaves nothing under the asked-for name.
+    assert!(!local.join("missing").exists());
+    assert_eq!(
+        cli.run(&["get", "/d", local.join("missing").to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    assert!(!local.join("missing").exists());
+}
+
+#[test]
+fn unreachable_cluster_exits_unavailable() {
+    let env = Env::new(&Options::default());
+    // No master runs: the client gives up after its deadline with 69.
+    let out = Command::new(binary("ringfs"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["stat", "/"])
+        .env("RINGFS_DEADLINE_MS", "1500")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(69),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
