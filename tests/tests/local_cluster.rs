@@ -75,8 +75,19 @@ fn up_status_refuse_down_resume_down() {
     assert_eq!(nodes.len(), 4);
     for (j, n) in nodes.iter().zip(&cluster.nodes) {
         assert_eq!(j["pid"].as_u64(), Some(u64::from(n.pid)));
-        assert_eq!(j["kind"].as_str().unwrap(), format!("{:?}", n.kind).to_lowercase());
-        for field in ["id", "role", "addr", "http_addr", "http_port", "data_dir", "log_file"] {
+        assert_eq!(
+            j["kind"].as_str().unwrap(),
+            format!("{:?}", n.kind).to_lowercase()
+        );
+        for field in [
+            "id",
+            "role",
+            "addr",
+            "http_addr",
+            "http_port",
+            "data_dir",
+            "log_file",
+        ] {
             assert!(!j[field].is_null(), "cluster.json node lacks {field}: {j}");
         }
     }
@@ -170,4 +181,53 @@ fn multi_master_waits_for_high_availability() {
     }
     // Refused before anything was written.
     assert!(!dir.exists());
+}
+
+#[test]
+fn a_daemon_that_dies_at_start_up_is_named_with_its_log() {
+    let tmp = tempfile::Builder::new()
+        .prefix("ringfs-local-")
+        .tempdir()
+        .unwrap();
+    // The real masterd and a chunkd that fails the way a bad disk would.
+    let bins = tmp.path().join("bin");
+    std::fs::create_dir(&bins).unwrap();
+    std::os::unix::fs::symlink(binary("masterd"), bins.join("masterd")).unwrap();
+    let fake = bins.join("chunkd");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'chunkd: no O_DIRECT here' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let dir = tmp.path().join("cluster");
+    let _guard = Guard(dir.clone());
+    let opts = UpOptions {
+        bin_dir: Some(bins),
+        ..options(&dir)
+    };
+    let started = std::time::Instant::now();
+    match local::up(&opts) {
+        Err(e @ LocalError::Unavailable { .. }) => {
+            let text = e.to_string();
+            assert!(text.starts_with("cs-"), "{text}");
+            assert!(text.contains("exited during start-up"), "{text}");
+            assert!(text.contains("no O_DIRECT here"), "{text}");
+            assert!(text.contains("logs/cs-"), "{text}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Reported at once, not after the health timeout.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    // What up started is stopped again; the cluster stays resumable.
+    let st = local::status(&dir).unwrap();
+    assert!(st.nodes.iter().all(|n| !n.alive), "{}", st.describe());
+    assert!(
+        st.nodes.iter().all(|n| !pid_exists(n.pid)),
+        "{}",
+        st.describe()
+    );
+    assert!(dir.join("cluster.key").exists());
 }

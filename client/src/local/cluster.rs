@@ -89,7 +89,9 @@ impl Cluster {
     }
 
     pub fn chunkservers(&self) -> impl Iterator<Item = &Node> {
-        self.nodes.iter().filter(|n| n.kind == NodeKind::Chunkserver)
+        self.nodes
+            .iter()
+            .filter(|n| n.kind == NodeKind::Chunkserver)
     }
 
     /// Reads `DIR/cluster.json`. Paths are re-derived from `dir` (the layout

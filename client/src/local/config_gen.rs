@@ -135,10 +135,7 @@ mod tests {
         let config = write_and_load(&file);
         let ids: Vec<u64> = config.file.masters.iter().map(|m| m.id).collect();
         assert_eq!(ids, [1, 2, 3, 4, 5]);
-        assert_eq!(
-            config.voters().map(|m| m.id).collect::<Vec<_>>(),
-            [1, 2, 3]
-        );
+        assert_eq!(config.voters().map(|m| m.id).collect::<Vec<_>>(), [1, 2, 3]);
         assert_eq!(config.shadows().map(|m| m.id).collect::<Vec<_>>(), [4, 5]);
         let mut seen = HashSet::new();
         for m in &config.file.masters {

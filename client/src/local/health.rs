@@ -5,9 +5,7 @@
 use std::time::{Duration, Instant};
 
 use ringfs_wire::config::Config;
-use ringfs_wire::msg::{
-    AdminStatus, Body, ChunkserverState, MasterRole as WireRole, PeerKind,
-};
+use ringfs_wire::msg::{AdminStatus, Body, ChunkserverState, MasterRole as WireRole, PeerKind};
 use serde::Serialize;
 
 use super::LocalError;

@@ -413,7 +413,9 @@ fn create_fresh(dir: &Path, opts: &UpOptions) -> Result<Cluster, LocalError> {
     }
     for i in 1..=opts.chunkservers {
         let (Some(data), Some(http)) = (ports.next(), ports.next()) else {
-            return Err(LocalError::Failed("ran out of ports for chunkservers".into()));
+            return Err(LocalError::Failed(
+                "ran out of ports for chunkservers".into(),
+            ));
         };
         nodes.push(Node {
             kind: NodeKind::Chunkserver,
@@ -462,7 +464,11 @@ fn start(cluster: &mut Cluster, config: &Config, bins: &Binaries) -> Result<Clus
             Ok(pid) => cluster.nodes[i].pid = pid,
             Err(e) => {
                 result = Err(LocalError::io(
-                    format!("cannot start {} ({})", n.name, bins.for_kind(n.kind).display()),
+                    format!(
+                        "cannot start {} ({})",
+                        n.name,
+                        bins.for_kind(n.kind).display()
+                    ),
                     e,
                 ));
                 break;
@@ -527,7 +533,15 @@ fn wait_started(cluster: &Cluster, config: &Config) -> Result<Health, LocalError
     let watch = || {
         for n in &cluster.nodes {
             if let Some(status) = process::exit_status(n.pid) {
-                return Err(unavailable(n, format!("exited during start-up ({status})")));
+                return Err(unavailable(
+                    n,
+                    format!(
+                        "exited during start-up ({status}); the other daemons were stopped. \
+                         Fix the cause and run `ringfs local up --dir {}` again (it resumes), \
+                         or remove that directory to start afresh",
+                        cluster.dir.display()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -768,10 +782,7 @@ pub fn status(dir: &Path) -> Result<LocalStatus, LocalError> {
             state: None,
         })
         .collect();
-    let (health, probe_error) = if nodes
-        .iter()
-        .any(|n| n.alive && n.kind == NodeKind::Master)
-    {
+    let (health, probe_error) = if nodes.iter().any(|n| n.alive && n.kind == NodeKind::Master) {
         match Config::load(&cluster.config) {
             Ok(config) => match probe(&config, health::PROBE_TIMEOUT) {
                 Ok(h) => (Some(h), None),
@@ -839,8 +850,15 @@ mod tests {
 
     #[test]
     fn bad_counts_are_usage_errors() {
-        for o in [opts(1, 0, 0), opts(1, 0, CHUNKSERVERS_MAX + 1), opts(0, 0, 1)] {
-            assert!(matches!(check_options(&o), Err(LocalError::Usage(_))), "{o:?}");
+        for o in [
+            opts(1, 0, 0),
+            opts(1, 0, CHUNKSERVERS_MAX + 1),
+            opts(0, 0, 1),
+        ] {
+            assert!(
+                matches!(check_options(&o), Err(LocalError::Usage(_))),
+                "{o:?}"
+            );
         }
     }
 
@@ -861,7 +879,10 @@ mod tests {
             Cluster::load(dir.path()),
             Err(LocalError::NotFound { .. })
         ));
-        assert!(matches!(status(dir.path()), Err(LocalError::NotFound { .. })));
+        assert!(matches!(
+            status(dir.path()),
+            Err(LocalError::NotFound { .. })
+        ));
         assert!(matches!(down(dir.path()), Err(LocalError::NotFound { .. })));
         std::fs::write(dir.path().join(CLUSTER_JSON), "{ not json").unwrap();
         match status(dir.path()) {

@@ -4,7 +4,7 @@
 //! data dir (PIDs get reused), and stopped with SIGTERM, then SIGKILL.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -52,13 +52,27 @@ pub fn exit_status(pid: u32) -> Option<String> {
 /// Starts `program args` in its own process group, stdin from /dev/null,
 /// stdout and stderr appended to `log_file`; returns its PID.
 pub fn spawn(program: &Path, args: &[String], log_file: &Path) -> io::Result<u32> {
-    let log = OpenOptions::new().create(true).append(true).open(log_file)?;
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)?;
+    // Logs are appended across restarts: mark where this run begins.
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    writeln!(
+        log,
+        "=== ringfs local: starting {} (unix time {now_secs}) ===",
+        program.display()
+    )?;
     let log2 = log.try_clone()?;
     let child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(log2)
+        // The output goes to a file: no terminal colour codes in it.
+        .env("NO_COLOR", "1")
         // Own process group: a Ctrl-C in the terminal that ran `up` (or in
         // a later command of the same shell job) does not reach the daemons.
         .process_group(0)
