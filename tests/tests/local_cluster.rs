@@ -143,11 +143,23 @@ fn up_status_refuse_down_resume_down() {
             .all(|n| n.outcome == StopOutcome::NotRunning)
     );
 
-    // up again resumes: same key, same config, same chunkserver node ids.
+    // up again resumes: same key, same config, same nodes and chunkserver
+    // node ids, whatever counts it is asked for (the data has its layout).
     let config_text = std::fs::read(&cluster.config).unwrap();
-    let resumed = local::up(&opts).unwrap_or_else(|e| panic!("resume: {e}"));
+    let other_counts = UpOptions {
+        chunkservers: 2,
+        ..opts.clone()
+    };
+    let resumed = local::up(&other_counts).unwrap_or_else(|e| panic!("resume: {e}"));
     assert!(resumed.resumed);
     assert!(resumed.describe().contains("resumed"));
+    assert!(
+        resumed.notes.iter().any(|n| n.contains("3 chunkservers")),
+        "{:?}",
+        resumed.notes
+    );
+    let saved = std::fs::read_to_string(dir.join("cluster.json")).unwrap();
+    assert!(!saved.contains("\"notes\""), "notes are not state: {saved}");
     assert_eq!(std::fs::read(&key_path).unwrap(), key);
     assert_eq!(std::fs::read(&cluster.config).unwrap(), config_text);
     assert_eq!(resumed.cluster_id, cluster.cluster_id);

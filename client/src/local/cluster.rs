@@ -75,6 +75,10 @@ pub struct Cluster {
     /// creating one.
     #[serde(default)]
     pub resumed: bool,
+    /// Remarks for the user about this `up` (e.g. options a resume ignored);
+    /// returned by `up`, never saved in cluster.json.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 pub fn http_port(addr: &str) -> u16 {
@@ -199,6 +203,9 @@ impl Cluster {
                 let _ = write!(line, "  node {id}");
             }
             let _ = writeln!(out, "{line}");
+        }
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
         }
         let d = self.dir.display();
         let _ = writeln!(out, "logs in {d}/{LOG_DIR}/, state in {d}/{CLUSTER_JSON}");

@@ -261,6 +261,7 @@ mod tests {
                 node_id: None,
             }],
             resumed: false,
+            notes: Vec::new(),
         };
         c.dir = dir.path().to_path_buf();
         c.save().unwrap();

@@ -20,13 +20,6 @@ const TMPFS_MAGIC: u64 = 0x0102_1994;
 
 fn check_options(o: &UpOptions) -> Result<(), LocalError> {
     let usage = |m: String| Err(LocalError::Usage(m));
-    if !MULTI_MASTER_SUPPORTED && (o.masters != 1 || o.shadows != 0) {
-        return usage(format!(
-            "--masters {} --shadows {}: a local cluster with more than one master needs high \
-             availability, which is not built yet; use --masters 1 --shadows 0",
-            o.masters, o.shadows
-        ));
-    }
     if o.masters == 0 || o.masters > VOTERS_MAX || o.masters.is_multiple_of(2) {
         return usage(format!(
             "--masters {}: must be odd, 1 to {VOTERS_MAX} (a Raft majority)",
@@ -40,6 +33,13 @@ fn check_options(o: &UpOptions) -> Result<(), LocalError> {
         return usage(format!(
             "--chunkservers {}: must be 1 to {CHUNKSERVERS_MAX}",
             o.chunkservers
+        ));
+    }
+    if !MULTI_MASTER_SUPPORTED && (o.masters != 1 || o.shadows != 0) {
+        return usage(format!(
+            "--masters {} --shadows {}: a local cluster with more than one master needs high \
+             availability, which is not built yet; use --masters 1 --shadows 0",
+            o.masters, o.shadows
         ));
     }
     Ok(())
@@ -167,6 +167,7 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, LocalError> {
             });
         }
         c.resumed = true;
+        c.notes.clear();
         c
     } else {
         for name in [CONFIG_FILE, config_gen::KEY_FILE] {
@@ -183,7 +184,21 @@ pub fn up(opts: &UpOptions) -> Result<Cluster, LocalError> {
         create_fresh(&dir, opts)?
     };
     let config = Config::load(&cluster.config)?;
-    start(&mut cluster, &config, &bins)
+    let mut started = start(&mut cluster, &config, &bins)?;
+    let layout = (
+        started.masters().filter(|n| n.role == "voter").count(),
+        started.masters().filter(|n| n.role == "shadow").count(),
+        started.chunkservers().count(),
+    );
+    if started.resumed && layout != (opts.masters, opts.shadows, opts.chunkservers) {
+        // A resume keeps the data's layout; say so rather than surprise.
+        started.notes.push(format!(
+            "resumed the existing cluster as it was ({} masters, {} shadows, {} chunkservers); \
+             the requested counts apply only to a new --dir",
+            layout.0, layout.1, layout.2
+        ));
+    }
+    Ok(started)
 }
 
 /// Writes the key, the config and an initial cluster.json (no pids yet).
@@ -267,6 +282,7 @@ fn create_fresh(dir: &Path, opts: &UpOptions) -> Result<Cluster, LocalError> {
         key_file: PathBuf::new(),
         nodes,
         resumed: false,
+        notes: Vec::new(),
     };
     cluster.rebase(dir);
     // Saved before any daemon starts: from here on `up` resumes this cluster.
