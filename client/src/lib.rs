@@ -26,3 +26,4 @@ pub mod write;
 
 pub use client::{Client, ClientOptions, CreateOptions};
 pub use error::{Error, Result};
+pub mod local;
