@@ -19,6 +19,7 @@ pub mod conn;
 pub mod error;
 pub mod frames;
 pub mod link;
+pub mod local;
 pub mod locations;
 pub mod masters;
 pub mod read;
@@ -26,4 +27,3 @@ pub mod write;
 
 pub use client::{Client, ClientOptions, CreateOptions};
 pub use error::{Error, Result};
-pub mod local;

@@ -124,6 +124,8 @@ enum ConfigCommand {
 /// What a command ended with: printed by `main`, turned into an exit code.
 pub enum Failure {
     Usage(String),
+    /// A message and the exit code it stands for.
+    Coded(u8, String),
     Client(Error),
     Other(String),
 }
@@ -170,6 +172,7 @@ fn report(f: &Failure) -> ExitCode {
     let (message, code) = match f {
         Failure::Usage(m) => (m.clone(), EXIT_USAGE),
         Failure::Other(m) => (m.clone(), EXIT_ERROR),
+        Failure::Coded(code, m) => (m.clone(), *code),
         Failure::Client(e) => {
             let code = match e {
                 Error::NotFound { .. } => EXIT_NOT_FOUND,
