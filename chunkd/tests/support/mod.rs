@@ -220,7 +220,23 @@ impl Chunkd {
 
     /// Connects as `kind`; on failure shows this chunkd's log.
     pub fn conn(&self, env: &Env, kind: PeerKind) -> Conn {
-        match Conn::connect(&self.addr, &env.key, CLUSTER, kind, TIMEOUT) {
+        // Right after a restart on the same port, the killed process's
+        // listener can outlive it briefly (io_uring tears its ring down
+        // asynchronously) and reset a connection the kernel routed to it.
+        // Clients retry such resets; so does this, a bounded number of times.
+        let mut result = Conn::connect(&self.addr, &env.key, CLUSTER, kind, TIMEOUT);
+        for _ in 0..50 {
+            match &result {
+                Err(ringfs_client::conn::ConnError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::ConnectionReset =>
+                {
+                    std::thread::sleep(Duration::from_millis(100));
+                    result = Conn::connect(&self.addr, &env.key, CLUSTER, kind, TIMEOUT);
+                }
+                _ => break,
+            }
+        }
+        match result {
             Ok(c) => c,
             Err(e) => panic!(
                 "connecting to {}: {e}\n--- chunkd stderr ---\n{}",
