@@ -86,16 +86,35 @@ fn config_check_names_the_bad_field() {
 
 #[test]
 fn missing_config_and_bad_usage() {
-    let out = ringfs().args(["config", "check"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
+    let out = ringfs()
+        .env_remove("RINGFS_CONFIG")
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "no config is a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--config"));
     let out = ringfs().arg("no-such-command").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "usage errors exit 2");
 }
 
 #[test]
-fn local_says_it_is_not_available_yet() {
-    let out = ringfs().args(["local", "up"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(69));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet available"));
+fn local_status_without_a_cluster_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ringfs()
+        .args(["local", "status", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = ringfs()
+        .args(["local", "up", "--chunkservers", "0", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
 }

@@ -152,12 +152,16 @@ fn main() -> ExitCode {
         Command::Keygen { path } => admin::keygen(&path)
             .map(|()| println!("wrote a new cluster key to {}", path.display()))
             .map_err(Failure::Other),
-        Command::Config(ConfigCommand::Check) => match load_config(cli.config.as_ref()) {
-            Ok(config) => {
-                print!("{}", admin::describe(&config));
-                Ok(())
-            }
-            Err(f) => Err(f),
+        Command::Config(ConfigCommand::Check) => match cli.config.as_ref() {
+            // A config with problems is what `check` is for: exit 1, not usage.
+            Some(path) => match Config::load(path) {
+                Ok(config) => {
+                    print!("{}", admin::describe(&config));
+                    Ok(())
+                }
+                Err(e) => Err(Failure::Other(e.to_string())),
+            },
+            None => load_config(None).map(|_| ()),
         },
         Command::Local(cmd) => local_cmd::run(cmd, json),
         command => run_with_client(cli.config.as_ref(), json, cli.deadline_ms, command),
