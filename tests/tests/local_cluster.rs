@@ -236,6 +236,12 @@ fn a_daemon_that_dies_at_start_up_is_named_with_its_log() {
     // What up started is stopped again; the cluster stays resumable.
     let st = local::status(&dir).unwrap();
     assert!(st.nodes.iter().all(|n| !n.alive), "{}", st.describe());
+    // The fake chunkds are shell scripts exiting on their own: give the
+    // last of them a moment (bounded) to be gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while st.nodes.iter().any(|n| pid_exists(n.pid)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     assert!(
         st.nodes.iter().all(|n| !pid_exists(n.pid)),
         "{}",
