@@ -16,8 +16,6 @@ use crate::write::retryable;
 
 /// Attempts per record: chunk changes plus retries after failures.
 pub const APPEND_ATTEMPTS_MAX: u32 = 16;
-/// A lease this close to its end is renewed before use.
-const LEASE_MARGIN: Duration = Duration::from_millis(1_000);
 
 /// Appends records to one file. One appender per task; many appenders (in
 /// this process or others) may append to the same file at once.
@@ -94,11 +92,10 @@ impl Appender {
     /// The last chunk with a live lease, allocating the first chunk of an
     /// empty file.
     async fn location(&mut self) -> Result<ChunkLocation> {
-        if let Some((loc, at)) = &self.current {
-            let lease = Duration::from_millis(u64::from(loc.lease_remaining_ms));
-            if loc.primary != 0 && at.elapsed() + LEASE_MARGIN < lease {
-                return Ok(loc.clone());
-            }
+        if let Some((loc, at)) = &self.current
+            && crate::locations::lease_fresh(loc, *at)
+        {
+            return Ok(loc.clone());
         }
         let (index, handle) = match &self.current {
             Some((loc, _)) => (loc.index, Some(loc.handle)),
@@ -135,20 +132,13 @@ impl Appender {
     }
 
     async fn try_once(&self, loc: &ChunkLocation, record: &[u8], crcs: &[u32]) -> Result<u64> {
-        let primary = loc
-            .replicas
-            .as_deref()
-            .unwrap_or_default()
-            .iter()
-            .find(|r| r.node_id == loc.primary)
-            .and_then(|r| r.addr.clone())
-            .ok_or_else(|| {
-                Error::unavailable(
-                    &self.path,
-                    "the primary is not among the replicas",
-                    Duration::ZERO,
-                )
-            })?;
+        let (_, primary) = crate::locations::primary_of(loc).ok_or_else(|| {
+            Error::unavailable(
+                &self.path,
+                "the primary is not among the replicas",
+                Duration::ZERO,
+            )
+        })?;
         // Records are small next to a chunk: inline to the primary, which
         // forwards them with the order to the secondaries.
         let body = Body::AppendChunk(Box::new(AppendChunk {

@@ -9,6 +9,25 @@ use std::time::{Duration, Instant};
 
 use ringfs_wire::msg::ChunkLocation;
 
+/// A lease this close to its end is renewed before use.
+pub const LEASE_MARGIN: Duration = Duration::from_millis(1_000);
+
+/// True while `loc`'s lease, learned at `learned_at`, has a margin left.
+pub fn lease_fresh(loc: &ChunkLocation, learned_at: Instant) -> bool {
+    let lease = Duration::from_millis(u64::from(loc.lease_remaining_ms));
+    loc.primary != 0 && learned_at.elapsed() + LEASE_MARGIN < lease
+}
+
+/// The primary's node id and address, if it is among the replicas.
+pub fn primary_of(loc: &ChunkLocation) -> Option<(u64, String)> {
+    loc.replicas
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .find(|r| r.node_id == loc.primary)
+        .map(|r| (r.node_id, r.addr.clone().unwrap_or_default()))
+}
+
 /// Files whose locations are kept; beyond this the oldest entry goes.
 pub const CACHED_FILES_MAX: usize = 4_096;
 /// Locations older than this are asked for again.

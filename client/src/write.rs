@@ -17,9 +17,6 @@ use tokio::task::JoinSet;
 use crate::client::{Client, unexpected};
 use crate::error::{Error, Result};
 
-/// A lease this close to its end is renewed before use.
-const LEASE_MARGIN: Duration = Duration::from_millis(1_000);
-
 /// A chunk's location as the writer last learned it.
 #[derive(Clone)]
 struct Slot {
@@ -29,8 +26,7 @@ struct Slot {
 
 impl Slot {
     fn lease_fresh(&self) -> bool {
-        let lease = Duration::from_millis(u64::from(self.location.lease_remaining_ms));
-        self.location.primary != 0 && self.learned_at.elapsed() + LEASE_MARGIN < lease
+        crate::locations::lease_fresh(&self.location, self.learned_at)
     }
 }
 
@@ -295,7 +291,7 @@ impl Piece {
         crcs: &[u32],
     ) -> Result<(), (Error, Option<u64>)> {
         let replicas = location.replicas.as_deref().unwrap_or_default();
-        let Some(primary) = replicas.iter().find(|r| r.node_id == location.primary) else {
+        let Some((primary_node, primary)) = crate::locations::primary_of(location) else {
             let e = Error::unavailable(
                 &self.what,
                 "the primary is not among the replicas",
@@ -303,8 +299,6 @@ impl Piece {
             );
             return Err((e, None));
         };
-        let primary_node = primary.node_id;
-        let primary = primary.addr.clone().unwrap_or_default();
         let refused = |e: &ErrorReply| {
             let blame = (e.code == ErrorCode::ReplicaFailed && e.failed_replica != 0)
                 .then_some(e.failed_replica);
