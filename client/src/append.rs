@@ -100,10 +100,7 @@ impl Appender {
         let (index, handle) = match &self.current {
             Some((loc, _)) => (loc.index, Some(loc.handle)),
             None => {
-                let chunks = self
-                    .client
-                    .file_chunks(&self.path, self.inode, true)
-                    .await?;
+                let chunks = self.client.file_chunks(&self.path, self.inode).await?;
                 match chunks.chunks.last() {
                     Some(c) => (c.index, Some(c.handle)),
                     None => (0, None),

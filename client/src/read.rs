@@ -44,7 +44,7 @@ impl Client {
         });
         let chunks = match cached {
             Some(c) => c,
-            None => self.file_chunks(path, attr.inode, true).await?,
+            None => self.file_chunks(path, attr.inode).await?,
         };
         let mut reader = Reader {
             client: self.clone(),
@@ -59,16 +59,8 @@ impl Client {
         Ok(reader)
     }
 
-    /// The file's chunk list, from the cache unless `fresh`.
-    pub(crate) async fn file_chunks(
-        &self,
-        what: &str,
-        inode: u64,
-        fresh: bool,
-    ) -> Result<FileChunks> {
-        if !fresh && let Some(f) = self.inner.cache.get(inode) {
-            return Ok(f);
-        }
+    /// The file's chunk list from the master; the cache is refreshed with it.
+    pub(crate) async fn file_chunks(&self, what: &str, inode: u64) -> Result<FileChunks> {
         let mut chunks = Vec::new();
         let mut length_bytes = 0;
         // Pages of at most 10,000 chunks (640 TB of 64 MiB chunks each);
@@ -212,10 +204,7 @@ impl Reader {
         for round in 0..2 {
             if round > 0 {
                 // Maybe stale: ask the master again.
-                let fresh = self
-                    .client
-                    .file_chunks(&self.what, self.attr.inode, true)
-                    .await?;
+                let fresh = self.client.file_chunks(&self.what, self.attr.inode).await?;
                 location = fresh.chunks.get(index as usize).cloned();
             }
             let Some(loc) = &location else {
