@@ -6,7 +6,8 @@
 //!
 //! Deletion is conservative: a replica is only deleted when it is orphaned
 //! (its handle was allocated and is no longer in the chunk table), stale
-//! while good replicas exist, or in excess of the goal. Handles not yet
+//! while good replicas exist, corrupt once the goal is met again by good
+//! ones, or in excess of the goal. Handles not yet
 //! allocated, and chunks whose version changed within the last two
 //! heartbeats (or is changing now), are left alone.
 
@@ -176,6 +177,7 @@ fn scan(master: &Master, now: Instant) {
             DeleteReason::Orphan,
             DeleteReason::Stale,
             DeleteReason::Trimmed,
+            DeleteReason::Corrupt,
         ] {
             let handles: Vec<u64> = items
                 .iter()
@@ -240,6 +242,32 @@ fn scan(master: &Master, now: Instant) {
     }
 }
 
+/// Which of a chunk's good replicas (node, utilisation) to delete to come
+/// down to `goal`: the most utilised first. A replica whose delete is on
+/// its way (`leaving`) is still reported until its server says it is gone;
+/// counting it as a keeper would make the next scan trim one more.
+fn to_trim(
+    holders: &[(NodeId, f64)],
+    goal: usize,
+    leaving: impl Fn(NodeId) -> bool,
+) -> Vec<NodeId> {
+    let mut keepers: Vec<(NodeId, f64)> = holders
+        .iter()
+        .copied()
+        .filter(|(n, _)| !leaving(*n))
+        .collect();
+    let staying = keepers.len();
+    let excess = staying.saturating_sub(goal);
+    keepers.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let out: Vec<NodeId> = keepers.into_iter().take(excess).map(|(n, _)| n).collect();
+    assert_eq!(
+        staying - out.len(),
+        goal.min(staying),
+        "trimmed below the goal"
+    );
+    out
+}
+
 fn plan(master: &Master, now: Instant) -> Plan {
     let tuning = master.tuning();
     let state = master.shared.read();
@@ -257,6 +285,7 @@ fn plan(master: &Master, now: Instant) -> Plan {
         d.deletes
             .retain(|_, at| now.duration_since(*at) < DELETE_RETRY);
     });
+    let pending: HashSet<(NodeId, u64)> = with(master, |d| d.deletes.keys().copied().collect());
     let settle_ms =
         tuning.heartbeat_interval_ms.saturating_mul(2) + VERSION_SETTLE_SLACK.as_millis() as u64;
     let settling = |handle: u64| {
@@ -314,19 +343,33 @@ fn plan(master: &Master, now: Instant) -> Plan {
             {
                 short.push((counted.len(), since, handle));
             }
-        } else if counted.len() > goal
-            && goal > 0
-            && master.leases.live(handle, now).is_none()
-            && !settling(handle)
-        {
-            // Trim the most utilised replicas.
-            let mut extra: Vec<_> = counted.iter().map(|l| l.node).collect();
-            extra.sort_by(|a, b| {
-                let ua = reg.servers.get(a).map_or(0.0, |s| s.utilisation());
-                let ub = reg.servers.get(b).map_or(0.0, |s| s.utilisation());
-                ub.total_cmp(&ua)
-            });
-            for node in extra.into_iter().take(counted.len() - goal) {
+        } else if goal > 0 && !settling(handle) {
+            // At or above the goal. Corrupt replicas go only now, so a
+            // chunk is never left with fewer copies than it had, bad ones
+            // included, while it is being repaired. A lease does not hold
+            // them: a corrupt replica refuses every write anyway.
+            for l in locs
+                .iter()
+                .filter(|l| l.state == ReplicaState::Corrupt && reg.is_live(l.node))
+            {
+                plan.deletes
+                    .entry(l.node)
+                    .or_default()
+                    .push((handle, DeleteReason::Corrupt));
+            }
+            // Trim above the goal, but not under a running lease: its chain
+            // names these replicas.
+            if master.leases.live(handle, now).is_some() {
+                continue;
+            }
+            let holders: Vec<(NodeId, f64)> = counted
+                .iter()
+                .map(|l| {
+                    let used = reg.servers.get(&l.node).map_or(0.0, |s| s.utilisation());
+                    (l.node, used)
+                })
+                .collect();
+            for node in to_trim(&holders, goal, |n| pending.contains(&(n, handle))) {
                 plan.deletes
                     .entry(node)
                     .or_default()
@@ -404,4 +447,28 @@ fn plan(master: &Master, now: Instant) -> Plan {
         plan.clones.push((handle, chunk.version, source, target));
     }
     plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::to_trim;
+
+    #[test]
+    fn trims_the_most_utilised_down_to_the_goal() {
+        let holders = [(1, 0.2), (2, 0.9), (3, 0.5)];
+        assert_eq!(to_trim(&holders, 1, |_| false), vec![2, 3]);
+        assert_eq!(to_trim(&holders, 3, |_| false), Vec::<u64>::new());
+        assert_eq!(to_trim(&holders, 4, |_| false), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn replicas_already_being_deleted_are_not_keepers() {
+        // Two deletes are on their way; utilisation changed since, so a
+        // fresh ranking would pick node 1 next. Nothing more may go.
+        let holders = [(1, 0.9), (2, 0.1), (3, 0.1)];
+        assert_eq!(to_trim(&holders, 1, |n| n != 1), Vec::<u64>::new());
+        // One of two extra deletes is on its way: one more, not two.
+        let holders = [(1, 0.9), (2, 0.5), (3, 0.1)];
+        assert_eq!(to_trim(&holders, 1, |n| n == 1), vec![2]);
+    }
 }

@@ -166,7 +166,7 @@ impl Leases {
         }
     }
 
-    fn leading_for(&self, now: Instant) -> Duration {
+    pub fn leading_for(&self, now: Instant) -> Duration {
         let since = self.leader_since.lock().unwrap_or_else(|e| e.into_inner());
         since.map_or(Duration::ZERO, |(_, at, _)| {
             now.saturating_duration_since(at)
@@ -503,6 +503,33 @@ pub async fn allocate(
             retry_after: Duration::from_secs(1),
             why: "no live chunkserver to place a chunk on".into(),
         });
+    }
+    // A new leader hears from every chunkserver that is alive within one
+    // chunkserver timeout. Until then a short placement most likely means
+    // "not registered yet", and a chunk created short would be acknowledged
+    // with fewer copies than asked for; afterwards it means the cluster
+    // really is short, and the write goes on degraded (re-replication
+    // makes up once servers return).
+    let registration_grace = Duration::from_millis(master.tuning().chunkserver_timeout_ms);
+    if chosen.len() < usize::from(goal)
+        && master.leases.leading_for(Instant::now()) < registration_grace
+    {
+        return Err(LeaseError::Unavailable {
+            retry_after: Duration::from_millis(200),
+            why: format!(
+                "{} of {goal} chunkservers live; waiting for registrations",
+                chosen.len()
+            ),
+        });
+    }
+    if chosen.len() < usize::from(goal) {
+        tracing::warn!(
+            inode,
+            index,
+            placed = chosen.len(),
+            goal,
+            "placing a chunk below its goal: not enough live chunkservers"
+        );
     }
     let duration = master.leases.duration;
     let committed = master

@@ -272,9 +272,6 @@ fn chunkserver_killed_during_a_put() {
 }
 
 #[test]
-#[ignore = "flaky in CI (1 of 3 clean runs): after the report and re-replication a read found no \
-            intact replica; suspected: the master's corrupt mark is overwritten by a chunkserver \
-            report and excess trimming then deletes good replicas. Open in issue 5's note."]
 fn corrupted_replica_is_read_around_reported_and_replaced() {
     let opts = Options {
         chunk_size_bytes: 1 << 20,
@@ -294,6 +291,8 @@ fn corrupted_replica_is_read_around_reported_and_replaced() {
     let ino = c.inode("/f");
     let loc = c.chunks(ino).unwrap().remove(0);
     let replicas = loc.replicas.clone().unwrap();
+    // The put waited for every chunkserver to register: full replication.
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
     // Corrupt the replica a reader tries first.
     let bad = replicas[0].clone();
     let bad_dir = cs
@@ -321,6 +320,12 @@ fn corrupted_replica_is_read_around_reported_and_replaced() {
     });
     let back = get(&fs, &rt, "/f");
     assert!(back == data);
+    // With three good copies again, the corrupt one is deleted from disk.
+    wait_for(
+        Duration::from_secs(30),
+        "the corrupt replica deleted",
+        || (!file.exists()).then_some(()),
+    );
 }
 
 fn flip_byte(path: &std::path::Path, offset: u64) {

@@ -27993,12 +27993,20 @@ mod root {
 
             ///  The owning file was purged from the trash.
             Purged = 3,
+
+            ///  Marked corrupt, and enough good replicas exist again.
+            Corrupt = 4,
         }
 
         impl DeleteReason {
             /// Array containing all valid variants of DeleteReason
-            pub const ENUM_VALUES: [Self; 4] =
-                [Self::Orphan, Self::Stale, Self::Trimmed, Self::Purged];
+            pub const ENUM_VALUES: [Self; 5] = [
+                Self::Orphan,
+                Self::Stale,
+                Self::Trimmed,
+                Self::Purged,
+                Self::Corrupt,
+            ];
         }
 
         impl ::core::convert::TryFrom<u8> for DeleteReason {
@@ -28013,6 +28021,7 @@ mod root {
                     1 => ::core::result::Result::Ok(DeleteReason::Stale),
                     2 => ::core::result::Result::Ok(DeleteReason::Trimmed),
                     3 => ::core::result::Result::Ok(DeleteReason::Purged),
+                    4 => ::core::result::Result::Ok(DeleteReason::Corrupt),
 
                     _ => ::core::result::Result::Err(::planus::errors::UnknownEnumTagKind {
                         tag: value as i128,
@@ -28145,7 +28154,7 @@ mod root {
         /// The table `DeleteChunk` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `DeleteChunk` in the file `wire/schema/chunkserver.fbs:104`
+        /// * Table `DeleteChunk` in the file `wire/schema/chunkserver.fbs:106`
         #[derive(
             Clone,
             Debug,
@@ -28510,7 +28519,7 @@ mod root {
         ///  Sent to every replica before a new primary lease (the version is already committed).
         ///
         /// Generated from these locations:
-        /// * Table `BumpVersion` in the file `wire/schema/chunkserver.fbs:111`
+        /// * Table `BumpVersion` in the file `wire/schema/chunkserver.fbs:113`
         #[derive(
             Clone,
             Debug,
@@ -28923,7 +28932,7 @@ mod root {
         ///  Pull a copy of a chunk from a peer, verify every block, then install it.
         ///
         /// Generated from these locations:
-        /// * Table `CloneChunk` in the file `wire/schema/chunkserver.fbs:119`
+        /// * Table `CloneChunk` in the file `wire/schema/chunkserver.fbs:121`
         #[derive(
             Clone,
             Debug,
@@ -29328,7 +29337,7 @@ mod root {
         ///  the master believes (docs/design/ on leases).
         ///
         /// Generated from these locations:
-        /// * Table `GrantLease` in the file `wire/schema/chunkserver.fbs:129`
+        /// * Table `GrantLease` in the file `wire/schema/chunkserver.fbs:131`
         #[derive(
             Clone,
             Debug,
@@ -29799,7 +29808,7 @@ mod root {
         /// The table `RevokeLease` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `RevokeLease` in the file `wire/schema/chunkserver.fbs:137`
+        /// * Table `RevokeLease` in the file `wire/schema/chunkserver.fbs:139`
         #[derive(
             Clone,
             Debug,
@@ -30103,7 +30112,7 @@ mod root {
         /// The union `ChunkCommand` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Union `ChunkCommand` in the file `wire/schema/chunkserver.fbs:142`
+        /// * Union `ChunkCommand` in the file `wire/schema/chunkserver.fbs:144`
         #[derive(
             Clone,
             Debug,
@@ -30563,7 +30572,7 @@ mod root {
         /// The table `CommandEnvelope` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `CommandEnvelope` in the file `wire/schema/chunkserver.fbs:151`
+        /// * Table `CommandEnvelope` in the file `wire/schema/chunkserver.fbs:153`
         #[derive(
             Clone,
             Debug,
@@ -30911,7 +30920,7 @@ mod root {
         /// The table `HeartbeatReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `HeartbeatReply` in the file `wire/schema/chunkserver.fbs:156`
+        /// * Table `HeartbeatReply` in the file `wire/schema/chunkserver.fbs:158`
         #[derive(
             Clone,
             Debug,
