@@ -24,6 +24,7 @@ use crate::dio::{self, AlignedBuf, DioAlign, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
 use crate::rangelock::RangeLock;
+use crate::store;
 
 const BLOCK: u64 = BLOCK_BYTES as u64;
 /// Most records one log batch takes; the rest wait for the next batch.
@@ -133,6 +134,9 @@ pub struct Chunk {
     applying_event: Event,
     serial_event: Event,
     deleted: Cell<bool>,
+    /// Bytes of the data file allocated (its size): every write lands
+    /// inside, so it is an overwrite. Grows, never shrinks.
+    allocated_bytes: Cell<u64>,
 }
 
 /// How a mutation gets its serial.
@@ -142,6 +146,12 @@ pub enum Order {
     Assign,
     /// A secondary applies the primary's.
     Follow(u64),
+}
+
+/// A chunk's open data file and how much of it is allocated.
+pub(crate) struct DataFile {
+    pub file: compio::fs::File,
+    pub allocated_bytes: u64,
 }
 
 /// A mutation with its place in the order; finish it with
@@ -207,11 +217,15 @@ impl Chunk {
         dir: Rc<DataDir>,
         base: &MetaBase,
         replayed: meta::Replayed,
-        data: compio::fs::File,
+        data: DataFile,
         meta_file: compio::fs::File,
         scan_end_offset: u64,
         next_batch_seq: u64,
     ) -> Chunk {
+        let DataFile {
+            file: data,
+            allocated_bytes,
+        } = data;
         let layout = base.layout();
         assert_eq!(
             replayed.crcs.len() as u64,
@@ -256,7 +270,21 @@ impl Chunk {
             applying_event: Event::new(),
             serial_event: Event::new(),
             deleted: Cell::new(false),
+            allocated_bytes: Cell::new(allocated_bytes),
         }
+    }
+
+    /// Makes `[0, end)` of the data file allocated (see `store::next_allocation`).
+    fn ensure_allocated(&self, end: u64) -> ChunkResult<()> {
+        let have = self.allocated_bytes.get();
+        let want = store::next_allocation(have, end, self.layout.chunk_size_bytes);
+        if want > have {
+            store::grow_allocation(&self.data, have, want, || {
+                format!("chunk {:#x} to {want} bytes", self.handle)
+            })?;
+            self.allocated_bytes.set(want);
+        }
+        Ok(())
     }
 
     pub fn summary(&self) -> ChunkSummary {
@@ -701,6 +729,8 @@ impl Chunk {
         if length >= size {
             return Ok(());
         }
+        // Zeros past the length: allocated space reads as zeros.
+        self.ensure_allocated(size)?;
         let first_block = length / BLOCK;
         let crcs = self.zero_extension_crcs(length, size);
         let seq = self
@@ -746,6 +776,10 @@ impl Chunk {
         end: u64,
         data: WriteData,
     ) -> Result<(u64, u64, Vec<AlignedBuf>), (ChunkError, Vec<AlignedBuf>)> {
+        // Before anything is logged: a full disk refuses the write cleanly.
+        if let Err(e) = self.ensure_allocated(end) {
+            return Err((e, data.bufs));
+        }
         let old_length = self.length();
         let new_length = old_length.max(end);
         let align = self.dir.align.offset_align_bytes as u64;

@@ -11,13 +11,13 @@ use compio::io::AsyncWriteAtExt;
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 use ringfs_wire::msg::{Body, CloneChunk, CloneRead};
 
-use crate::chunk::{Chunk, write_meta_file};
+use crate::chunk::{Chunk, DataFile, write_meta_file};
 use crate::dio::align_up;
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase};
 use crate::metrics::ChecksumSource;
 use crate::shard::Core;
-use crate::store::{create_data_file, random_nonzero, remove_chunk_files};
+use crate::store::{self, create_data_file, random_nonzero, remove_chunk_files};
 
 /// Bytes pulled per CloneRead (whole blocks, well under a data frame).
 const PIECE_BYTES: u64 = 8 << 20;
@@ -39,9 +39,9 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
     let dir = core.store.choose_dir()?;
     let data_file_id = random_nonzero()?;
     let size = core.store.chunk_size_bytes;
-    let data = create_data_file(&dir, cmd.handle, data_file_id, size).await?;
+    let data = create_data_file(&dir, cmd.handle, data_file_id).await?;
     let result = pull(core, cmd, &source, source_node, &data, size).await;
-    let (length, crcs) = match result {
+    let (length, crcs, allocated) = match result {
         Ok(v) => v,
         Err(e) => {
             drop(data);
@@ -77,6 +77,10 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
     }
     let meta_file = write_meta_file(&dir, &base).await?;
     let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
+    let data = DataFile {
+        file: data,
+        allocated_bytes: allocated,
+    };
     let chunk = Chunk::from_parts(dir.clone(), &base, replayed, data, meta_file, 0, 1);
     if let Some(replaced) = core.store.install(chunk)
         && Rc::ptr_eq(&replaced.dir, &dir)
@@ -87,7 +91,8 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
     Ok(())
 }
 
-/// Pulls the whole chunk into `data`; returns its length and block CRCs.
+/// Pulls the whole chunk into `data`; returns its length, its block CRCs
+/// and how much of `data` is allocated.
 async fn pull(
     core: &Rc<Core>,
     cmd: &CloneChunk,
@@ -95,8 +100,9 @@ async fn pull(
     source_node: u64,
     data: &compio::fs::File,
     size: u64,
-) -> ChunkResult<(u64, Vec<u32>)> {
+) -> ChunkResult<(u64, Vec<u32>, u64)> {
     let buffer_bytes = core.pool.buffer_bytes() as u64;
+    let mut allocated = 0u64;
     let align = 4096u64;
     let mut crcs: Vec<u32> = Vec::new();
     let mut offset = 0u64;
@@ -192,7 +198,19 @@ async fn pull(
             }
             left -= in_buf as u64;
         }
-        // Write the verified piece.
+        // Write the verified piece, into allocated space (the source's
+        // length at once, so a chunk is allocated in one extent run).
+        let need = chunk_length.max(offset + got);
+        if need > allocated {
+            let to = store::next_allocation(allocated, need, size);
+            if let Err(e) = store::grow_allocation(data, allocated, to, || {
+                format!("a clone of chunk {:#x}", cmd.handle)
+            }) {
+                pooled.restore(bufs);
+                return Err(e);
+            }
+            allocated = to;
+        }
         let mut at = offset;
         let mut left = got;
         let mut back = Vec::with_capacity(bufs.len());
@@ -230,5 +248,5 @@ async fn pull(
             "clone pulled {offset} of {length} bytes"
         )));
     }
-    Ok((length, crcs))
+    Ok((length, crcs, allocated))
 }

@@ -13,7 +13,7 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::io::AsyncReadAtExt;
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 
-use crate::chunk::{Chunk, ChunkSummary, DataDir, sync_dir, write_meta_file};
+use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, sync_dir, write_meta_file};
 use crate::dio::{self, AlignedBuf, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase, MetaLayout};
@@ -278,7 +278,7 @@ impl Store {
     async fn create_inner(&self, handle: u64, version: u64) -> ChunkResult<Chunk> {
         let dir = self.choose_dir()?;
         let data_file_id = random_nonzero()?;
-        let data = create_data_file(&dir, handle, data_file_id, self.chunk_size_bytes).await?;
+        let data = create_data_file(&dir, handle, data_file_id).await?;
         let base = MetaBase {
             handle,
             chunk_size_bytes: self.chunk_size_bytes,
@@ -292,6 +292,10 @@ impl Store {
         };
         let meta_file = write_meta_file(&dir, &base).await?;
         let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
+        let data = DataFile {
+            file: data,
+            allocated_bytes: 0,
+        };
         Ok(Chunk::from_parts(
             dir, &base, replayed, data, meta_file, 0, 1,
         ))
@@ -354,38 +358,66 @@ pub(crate) fn random_nonzero() -> ChunkResult<u64> {
     }
 }
 
-/// Creates and preallocates a data file and makes its allocation durable.
+/// Creates an empty data file and makes its directory entry's file durable.
+/// Space is allocated as data arrives ([`grow_allocation`]), so a small
+/// file's chunk takes what it holds, not a whole chunk.
 pub(crate) async fn create_data_file(
     dir: &DataDir,
     handle: u64,
     data_file_id: u64,
-    chunk_size_bytes: u64,
 ) -> ChunkResult<compio::fs::File> {
     let path = dir.data_path(handle, data_file_id);
     let ctx = |what: &str| format!("{what} {}", path.display());
     let file = dio::open_direct(&path, true, false)
         .await
         .map_err(|e| ChunkError::io(ctx("creating"), e))?;
-    // Mode 0 allocates and sets the size. compio has no fallocate op; on
-    // ext4 and xfs this only allocates extents, so it is quick.
-    rustix::fs::fallocate(
-        &file,
-        rustix::fs::FallocateFlags::empty(),
-        0,
-        chunk_size_bytes,
-    )
-    .map_err(|e| {
-        let e: std::io::Error = e.into();
-        if e.raw_os_error() == Some(28) {
-            ChunkError::NoSpace(ctx("preallocating"))
-        } else {
-            ChunkError::io(ctx("preallocating"), e)
-        }
-    })?;
     file.sync_all()
         .await
         .map_err(|e| ChunkError::io(ctx("syncing"), e))?;
     Ok(file)
+}
+
+/// Smallest allocation step of a data file.
+pub const ALLOCATION_MIN_BYTES: u64 = BLOCK_BYTES as u64;
+
+/// How far to allocate a data file that holds `allocated` bytes so that
+/// `need` bytes fit: at least doubling (a 64 MiB chunk written front to
+/// back costs about a dozen fallocates), never past the chunk size.
+pub fn next_allocation(allocated: u64, need: u64, chunk_size_bytes: u64) -> u64 {
+    assert!(need <= chunk_size_bytes, "need {need} past the chunk size");
+    if need <= allocated {
+        return allocated;
+    }
+    let need = need.div_ceil(ALLOCATION_MIN_BYTES) * ALLOCATION_MIN_BYTES;
+    let grown = need
+        .max(allocated.saturating_mul(2))
+        .min(chunk_size_bytes)
+        .max(need);
+    assert!(grown >= need && grown > allocated);
+    grown
+}
+
+/// Allocates `[from, to)` of a data file (mode 0 also raises the size), so
+/// writes there are overwrites of allocated space, never the extending
+/// O_DIRECT writes the kernel hands to worker threads. `fallocate` only
+/// allocates extents, so it runs on the core's thread (compio has no op for
+/// it); the new size becomes durable with the next `fdatasync`, which every
+/// acknowledgement waits for.
+pub(crate) fn grow_allocation(
+    file: &compio::fs::File,
+    from: u64,
+    to: u64,
+    what: impl FnOnce() -> String,
+) -> ChunkResult<()> {
+    assert!(from < to, "allocation must grow: {from}..{to}");
+    rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), from, to - from).map_err(|e| {
+        let e: std::io::Error = e.into();
+        if e.raw_os_error() == Some(28) {
+            ChunkError::NoSpace(format!("allocating {}", what()))
+        } else {
+            ChunkError::io(format!("allocating {}", what()), e)
+        }
+    })
 }
 
 /// Decodes, replays and checks one chunk; see the recovery argument in
@@ -427,12 +459,28 @@ async fn recover_chunk(
     let size = std::fs::metadata(&data_path)
         .map_err(|e| ChunkError::io(format!("stat {}", data_path.display()), e))?
         .len();
-    if size < layout.chunk_size_bytes {
-        return Err(ChunkError::Internal(format!(
-            "{} is {size} bytes, smaller than the chunk size {}",
-            data_path.display(),
-            layout.chunk_size_bytes
-        )));
+    // Every acknowledged byte lies inside the durable allocation (the
+    // fdatasync before an acknowledgement also made the size durable). A
+    // shorter file means the last, unacknowledged, write grew it and the
+    // crash lost the growth: allocate again (zeros) and let the unsettled
+    // blocks below take CRCs that match what is there.
+    let need = replayed
+        .length_bytes
+        .div_ceil(ALLOCATION_MIN_BYTES)
+        .saturating_mul(ALLOCATION_MIN_BYTES);
+    let mut allocated = size;
+    if size < need {
+        grow_allocation(&data, size, need, || data_path.display().to_string())?;
+        data.sync_all()
+            .await
+            .map_err(|e| ChunkError::io(format!("syncing {}", data_path.display()), e))?;
+        allocated = need;
+        tracing::warn!(
+            handle = base.handle,
+            size,
+            need,
+            "data file shorter than its chunk's length after a crash: allocated again"
+        );
     }
     // Blocks whose last write may not have reached the disk: keep what is
     // there, with a CRC that matches it (that write was never acknowledged;
@@ -478,7 +526,10 @@ async fn recover_chunk(
         dir.clone(),
         &base,
         replayed,
-        data,
+        DataFile {
+            file: data,
+            allocated_bytes: allocated,
+        },
         meta_file,
         scan.end_offset,
         scan.next_batch_seq,
@@ -488,4 +539,32 @@ async fn recover_chunk(
         stats.compacted += 1;
     }
     Ok(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{ALLOCATION_MIN_BYTES as STEP, next_allocation};
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn allocation_doubles_to_the_chunk_size_in_block_steps() {
+        let chunk = 64 * MIB;
+        assert_eq!(next_allocation(0, 1, chunk), STEP);
+        assert_eq!(next_allocation(0, STEP + 1, chunk), 2 * STEP);
+        assert_eq!(next_allocation(STEP, STEP, chunk), STEP, "already there");
+        assert_eq!(next_allocation(STEP, STEP + 1, chunk), 2 * STEP);
+        assert_eq!(next_allocation(4 * MIB, 4 * MIB + 1, chunk), 8 * MIB);
+        assert_eq!(next_allocation(4 * MIB, 20 * MIB, chunk), 20 * MIB);
+        assert_eq!(next_allocation(48 * MIB, 49 * MIB, chunk), chunk);
+        assert_eq!(next_allocation(0, chunk, chunk), chunk);
+        // Sequential 4 MiB writes of a whole chunk: a handful of steps.
+        let (mut have, mut steps) = (0, 0);
+        for end in (1..=16).map(|i| i * 4 * MIB) {
+            let next = next_allocation(have, end, chunk);
+            steps += u32::from(next != have);
+            have = next;
+        }
+        assert_eq!((have, steps), (chunk, 5));
+    }
 }

@@ -257,6 +257,53 @@ fn acknowledged_writes_survive_kill_9_mid_stream() {
 }
 
 #[test]
+fn data_files_grow_with_their_data_and_a_truncated_one_is_refused() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let mut cs = env.start(
+        std::slice::from_ref(&d0),
+        &["--cores", "1", "--scrub-period-secs", "100000"],
+    );
+    let handle = 0x51;
+    let (_m, mut client) = primary_chunk(&env, &cs, handle);
+    // A new chunk takes no space; a small write takes one allocation step.
+    let size = |h| std::fs::metadata(data_file(&d0, h)).unwrap().len();
+    assert_eq!(size(handle), 0);
+    let data = pattern(5, 3 * BLOCK_BYTES + 10);
+    expect_ok(&write(&mut client, 1, handle, 1, 0, &data));
+    assert_eq!(size(handle), 4 * B, "allocated to the block boundary");
+    // A write past a hole allocates through it; the hole reads as zeros.
+    let far = pattern(6, 100);
+    expect_ok(&write(&mut client, 1, handle, 1, 40 * B, &far));
+    assert!(size(handle) >= 41 * B && size(handle) <= CHUNK);
+    let hole = read(&mut client, handle, 10 * B, B as u32).unwrap();
+    assert!(hole.iter().all(|&b| b == 0));
+    // One more write logs the far write as durable (settled): from then on
+    // its CRC is the truth, whatever the disk says.
+    expect_ok(&write(&mut client, 1, handle, 1, 0, &data[..10]));
+    drop(client);
+    cs.kill9();
+    // The disk lost the tail of the file (acknowledged data): a restart
+    // still succeeds, the intact blocks are served, and the lost ones are
+    // refused as corrupt, never served as zeros.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_file(&d0, handle))
+        .unwrap();
+    f.set_len(2 * B).unwrap();
+    f.sync_all().unwrap();
+    drop(f);
+    cs.restart(&env);
+    let mut client = cs.conn(&env, PeerKind::Client);
+    assert_eq!(
+        read(&mut client, handle, 0, B as u32).unwrap(),
+        &data[..BLOCK_BYTES]
+    );
+    let e = read(&mut client, handle, 40 * B, 100).unwrap_err();
+    assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+}
+
+#[test]
 fn fencing_refuses_stale_epochs_versions_and_expired_leases() {
     let env = Env::new(CHUNK);
     let d0 = env.data_dir("d0");
