@@ -3,11 +3,14 @@
 //! - `cargo bench -p ringfs-bench --bench wire`: criterion micro-benchmarks of
 //!   the frame codec and CRC32C block math (results in docs/BENCHMARKS.md).
 //!
-//! The cluster benchmark binary (`ringfs-bench chunkd|meta|cluster|failover`)
-//! lands with the chunkd, masterd, client and HA issues.
+//! The benchmark binary: `ringfs-bench chunkd|meta|cluster` (failover
+//! comes with the HA issue).
 
 /// `ringfs-bench chunkd`: one chunkd against fio (issue 3).
 pub mod chunkd;
+/// `ringfs-bench cluster`: a `ringfs local` cluster through the client
+/// library against the MooseFS peer and raw fio (issue 5).
+pub mod cluster;
 /// `ringfs-bench meta`: one masterd's namespace throughput, restart time
 /// and memory per file (NNThroughputBenchmark-style).
 pub mod meta;

@@ -22,6 +22,7 @@ use ringfs_wire::checksum::{BLOCK_BYTES, block_count, crc32c, crc32c_extend};
 
 use crate::dio::{self, AlignedBuf, DioAlign, align_up};
 use crate::error::{ChunkError, ChunkResult};
+use crate::groupsync::GroupSync;
 use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
 use crate::rangelock::RangeLock;
 use crate::store;
@@ -30,17 +31,45 @@ const BLOCK: u64 = BLOCK_BYTES as u64;
 /// Most records one log batch takes; the rest wait for the next batch.
 const BATCH_RECORDS_MAX: usize = 256;
 
-/// A data dir as the store sees it.
-#[derive(Debug)]
+/// A data dir as one core's store sees it.
 pub struct DataDir {
     pub index: usize,
     pub path: PathBuf,
     pub chunks_dir: PathBuf,
     pub align: DioAlign,
     pub dir_id: u64,
+    /// Creates, renames and deletes on this core share directory fsyncs.
+    pub dir_sync: GroupSync,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataDir")
+            .field("index", &self.index)
+            .field("path", &self.path)
+            .field("dir_id", &self.dir_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl DataDir {
+    /// fsyncs the chunks directory, so a create, rename or unlink made
+    /// before this call is durable; concurrent callers share one fsync.
+    pub async fn sync_chunks_dir(&self) -> ChunkResult<()> {
+        let path = &self.chunks_dir;
+        self.dir_sync
+            .sync(|| {
+                let owned = path.to_path_buf();
+                async move {
+                    compio::runtime::spawn_blocking(move || std::fs::File::open(&owned)?.sync_all())
+                        .await
+                        .unwrap_or_else(|_| Err(std::io::Error::other("dir sync task panicked")))
+                }
+            })
+            .await
+            .map_err(|e| ChunkError::Internal(format!("syncing dir {}: {e}", path.display())))
+    }
+
     pub fn meta_path(&self, handle: u64) -> PathBuf {
         self.chunks_dir.join(format!("{handle:016x}.meta"))
     }
@@ -112,14 +141,6 @@ struct LogState {
     failed: Option<String>,
 }
 
-#[derive(Default)]
-struct SyncState {
-    running: bool,
-    started: u64,
-    completed: u64,
-    failed_gen: Option<(u64, String)>,
-}
-
 pub struct Chunk {
     pub handle: u64,
     pub dir: Rc<DataDir>,
@@ -129,8 +150,8 @@ pub struct Chunk {
     locks: RangeLock,
     log: RefCell<LogState>,
     log_event: Event,
-    sync: RefCell<SyncState>,
-    sync_event: Event,
+    /// fdatasyncs of the data file, shared by concurrent writers.
+    sync: GroupSync,
     applying_event: Event,
     serial_event: Event,
     deleted: Cell<bool>,
@@ -265,8 +286,7 @@ impl Chunk {
                 failed: None,
             }),
             log_event: Event::new(),
-            sync: RefCell::new(SyncState::default()),
-            sync_event: Event::new(),
+            sync: GroupSync::new(),
             applying_event: Event::new(),
             serial_event: Event::new(),
             deleted: Cell::new(false),
@@ -1044,47 +1064,15 @@ impl Chunk {
     /// Waits for an fdatasync of the data file that started after this
     /// call: concurrent writers share one.
     async fn sync_data(&self) -> ChunkResult<()> {
-        let target = self.sync.borrow().started + 1;
-        loop {
-            {
-                let s = self.sync.borrow();
-                if let Some((generation, msg)) = &s.failed_gen
-                    && *generation >= target
-                {
-                    return Err(ChunkError::Internal(format!("fdatasync failed: {msg}")));
-                }
-                if s.completed >= target {
-                    return Ok(());
-                }
+        let data = &self.data;
+        match self.sync.sync(|| data.sync_data()).await {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                // The data may or may not be on disk: nothing more is served
+                // from this replica until it is re-replicated.
+                self.mark_corrupt().await;
+                Err(ChunkError::Internal(format!("fdatasync failed: {why}")))
             }
-            if !self.sync.borrow().running {
-                let generation = {
-                    let mut s = self.sync.borrow_mut();
-                    s.running = true;
-                    s.started += 1;
-                    s.started
-                };
-                let r = self.data.sync_data().await;
-                {
-                    let mut s = self.sync.borrow_mut();
-                    s.running = false;
-                    s.completed = generation;
-                    if let Err(e) = &r {
-                        s.failed_gen = Some((generation, e.to_string()));
-                    }
-                }
-                self.sync_event.notify_all();
-                if let Err(e) = r {
-                    self.mark_corrupt().await;
-                    return Err(ChunkError::io("fdatasync", e));
-                }
-                continue;
-            }
-            let listener = self.sync_event.listen();
-            if self.sync.borrow().completed >= target || !self.sync.borrow().running {
-                continue;
-            }
-            listener.await;
         }
     }
 
@@ -1430,23 +1418,13 @@ pub(crate) async fn write_meta_file(
     let file = dio::open_direct(&tmp, true, true)
         .await
         .map_err(|e| ChunkError::io(ctx("creating"), e))?;
+    // O_DSYNC: the write returns once the bytes and the size that reads
+    // them back are durable, so no fsync is needed before the rename.
     let compio::BufResult(r, _) = (&file).write_all_at(buf, 0).await;
     r.map_err(|e| ChunkError::io(ctx("writing"), e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| ChunkError::io(ctx("syncing"), e))?;
     compio::fs::rename(&tmp, &path)
         .await
         .map_err(|e| ChunkError::io(ctx("renaming"), e))?;
-    sync_dir(&dir.chunks_dir).await?;
+    dir.sync_chunks_dir().await?;
     Ok(file)
-}
-
-/// fsyncs a directory, so a rename or unlink in it is durable.
-pub(crate) async fn sync_dir(path: &std::path::Path) -> ChunkResult<()> {
-    let owned = path.to_path_buf();
-    compio::runtime::spawn_blocking(move || std::fs::File::open(&owned)?.sync_all())
-        .await
-        .map_err(|_| ChunkError::Internal("dir sync task panicked".into()))?
-        .map_err(|e| ChunkError::io(format!("syncing dir {}", path.display()), e))
 }

@@ -18,6 +18,7 @@ use ringfs_wire::auth::ClusterKey;
 use crate::chunk::DataDir;
 use crate::dio;
 use crate::epoch::EpochStore;
+use crate::groupsync::GroupSync;
 use crate::identity;
 use crate::meta;
 use crate::node::{Node, Settings};
@@ -38,8 +39,18 @@ pub const REMOTE_WAKE_QUEUE: usize = 4096;
 
 /// A data dir, checked and ready.
 struct PreparedDir {
-    dir: DataDir,
+    dir: DirSpec,
     found: Vec<FoundChunk>,
+}
+
+/// What every core needs to open its own [`DataDir`] on a data dir.
+#[derive(Clone, Debug)]
+struct DirSpec {
+    index: usize,
+    path: PathBuf,
+    chunks_dir: PathBuf,
+    align: dio::DioAlign,
+    dir_id: u64,
 }
 
 /// A running chunkserver; `wait` blocks until shutdown.
@@ -77,7 +88,7 @@ fn prepare_dirs(settings: &Settings) -> Result<(Vec<PreparedDir>, u64), String> 
         let found = store::scan_dir(index, &chunks_dir)
             .map_err(|e| format!("{}: {e}", chunks_dir.display()))?;
         out.push(PreparedDir {
-            dir: DataDir {
+            dir: DirSpec {
                 index,
                 path,
                 chunks_dir,
@@ -180,7 +191,7 @@ impl Daemon {
                 per_core[shard::owner_core(f.handle, cores)].push(f.clone());
             }
         }
-        let data_dirs: Vec<DataDir> = dirs.into_iter().map(|d| d.dir).collect();
+        let data_dirs: Vec<DirSpec> = dirs.into_iter().map(|d| d.dir).collect();
         let chunks_dirs: Vec<PathBuf> = data_dirs.iter().map(|d| d.chunks_dir.clone()).collect();
         let shared_dirs = Arc::new(data_dirs);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<CoreReady, String>>();
@@ -303,7 +314,7 @@ fn core_thread(
     id: usize,
     cpu: Option<usize>,
     node: Arc<Node>,
-    dirs: Arc<Vec<DataDir>>,
+    dirs: Arc<Vec<DirSpec>>,
     found: Vec<FoundChunk>,
     inbox: async_channel::Receiver<CoreMsg>,
     ready: mpsc::Sender<Result<CoreReady, String>>,
@@ -343,6 +354,7 @@ fn core_thread(
                     chunks_dir: d.chunks_dir.clone(),
                     align: d.align,
                     dir_id: d.dir_id,
+                    dir_sync: GroupSync::new(),
                 })
             })
             .collect();

@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dio;
 pub mod epoch;
 pub mod error;
+pub mod groupsync;
 pub mod http;
 pub mod identity;
 pub mod lease;

@@ -13,7 +13,7 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::io::AsyncReadAtExt;
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 
-use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, sync_dir, write_meta_file};
+use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, write_meta_file};
 use crate::dio::{self, AlignedBuf, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase, MetaLayout};
@@ -344,7 +344,7 @@ pub(crate) async fn remove_chunk_files(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(ChunkError::io(format!("removing {}", data.display()), e)),
     }
-    sync_dir(&dir.chunks_dir).await
+    dir.sync_chunks_dir().await
 }
 
 pub(crate) fn random_nonzero() -> ChunkResult<u64> {
@@ -358,23 +358,21 @@ pub(crate) fn random_nonzero() -> ChunkResult<u64> {
     }
 }
 
-/// Creates an empty data file and makes its directory entry's file durable.
-/// Space is allocated as data arrives ([`grow_allocation`]), so a small
-/// file's chunk takes what it holds, not a whole chunk.
+/// Creates an empty data file. Space is allocated as data arrives
+/// ([`grow_allocation`]), so a small file's chunk takes what it holds, not
+/// a whole chunk. Not synced here: the directory fsync that makes the
+/// chunk's meta file durable covers the new entry, the file is empty, and
+/// every acknowledged write fdatasyncs it; recovery recreates an empty
+/// chunk's data file if a crash lost it anyway.
 pub(crate) async fn create_data_file(
     dir: &DataDir,
     handle: u64,
     data_file_id: u64,
 ) -> ChunkResult<compio::fs::File> {
     let path = dir.data_path(handle, data_file_id);
-    let ctx = |what: &str| format!("{what} {}", path.display());
-    let file = dio::open_direct(&path, true, false)
+    dio::open_direct(&path, true, false)
         .await
-        .map_err(|e| ChunkError::io(ctx("creating"), e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| ChunkError::io(ctx("syncing"), e))?;
-    Ok(file)
+        .map_err(|e| ChunkError::io(format!("creating {}", path.display()), e))
 }
 
 /// Smallest allocation step of a data file.
@@ -453,7 +451,16 @@ async fn recover_chunk(
     let scan = meta::scan_log(&layout, log).map_err(bad)?;
     let mut replayed = meta::replay(&base, &scan.records).map_err(bad)?;
     let data_path = dir.data_path(base.handle, base.data_file_id);
-    let data = dio::open_direct(&data_path, false, false)
+    // An empty chunk's data file was never synced on its own (see
+    // `create_data_file`): if the crash lost it, nothing was lost with it.
+    let create = replayed.length_bytes == 0 && !data_path.exists();
+    if create {
+        tracing::warn!(
+            handle = base.handle,
+            "empty chunk without its data file: recreated"
+        );
+    }
+    let data = dio::open_direct(&data_path, create, false)
         .await
         .map_err(|e| ChunkError::io(format!("opening {}", data_path.display()), e))?;
     let size = std::fs::metadata(&data_path)

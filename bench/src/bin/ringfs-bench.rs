@@ -1,7 +1,7 @@
-//! `ringfs-bench`: the benchmark binary. Today: `ringfs-bench chunkd` (one
-//! chunkd on one data dir against fio, issue 3) and `ringfs-bench meta` (one
-//! masterd: namespace ops/s, restart time, memory per file); see
-//! docs/BENCHMARKS.md.
+//! `ringfs-bench`: the benchmark binary: `chunkd` (one chunkd on one data
+//! dir against fio, issue 3), `meta` (one masterd: namespace ops/s, restart
+//! time, memory per file, issue 4) and `cluster` (a local cluster through
+//! the client against MooseFS and fio, issue 5); see docs/BENCHMARKS.md.
 
 use std::process::ExitCode;
 
@@ -25,6 +25,11 @@ enum Cmd {
     /// percentiles and group-commit figures from /metrics; then a kill -9
     /// and restart (time to ready) and resident memory per file.
     Meta(ringfs_bench::meta::Args),
+    /// A `ringfs local` cluster (1 master, 3 chunkservers) through the
+    /// client library: sequential write/read at replication 1 and 3 and
+    /// 4 KiB small files, against the MooseFS peer and raw fio in the same
+    /// run.
+    Cluster(ringfs_bench::cluster::Args),
 }
 
 fn main() -> ExitCode {
@@ -32,6 +37,7 @@ fn main() -> ExitCode {
     let r = match cli.cmd {
         Cmd::Chunkd(args) => ringfs_bench::chunkd::run(args),
         Cmd::Meta(args) => ringfs_bench::meta::run(args),
+        Cmd::Cluster(args) => ringfs_bench::cluster::run(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
