@@ -395,17 +395,7 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             }
         }
         Body::ReportBadReplica(r) => {
-            {
-                let mut reg = master.registry();
-                if let Some(l) = reg
-                    .locations
-                    .get_mut(&r.handle)
-                    .and_then(|ls| ls.iter_mut().find(|l| l.node == r.node_id))
-                {
-                    l.state = ReplicaState::Corrupt;
-                }
-            }
-            tracing::warn!(handle = r.handle, node = r.node_id, reason = ?r.reason, "client reported a bad replica");
+            report_bad_replica(master, &r);
             stamp_ack(master)
         }
         Body::AdminStatus(_) => admin_status(master),
@@ -497,7 +487,11 @@ fn list_dir(master: &Master, path: &str, start_after: &str, limit: u32) -> Body 
     }))
 }
 
-fn replicas_of(master: &Master, locs: &[crate::registry::Location]) -> Vec<Replica> {
+/// A chunk's replicas, least loaded first: clients read from the front.
+/// Equal loads are ordered by a mix of handle and node, so the reads of a
+/// file's chunks spread over all their replicas instead of all going to
+/// the lowest node id.
+fn replicas_of(master: &Master, handle: u64, locs: &[crate::registry::Location]) -> Vec<Replica> {
     let reg = master.registry();
     let mut out: Vec<(u32, Replica)> = locs
         .iter()
@@ -511,8 +505,8 @@ fn replicas_of(master: &Master, locs: &[crate::registry::Location]) -> Vec<Repli
             Some((s.ops_in_flight, r))
         })
         .collect();
-    // Least loaded first: clients read from the front.
-    out.sort_by_key(|(load, r)| (*load, r.node_id));
+    let spread = |node: u64| (handle ^ node).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    out.sort_by_key(|(load, r)| (*load, spread(r.node_id), r.node_id));
     out.into_iter().map(|(_, r)| r).collect()
 }
 
@@ -530,7 +524,7 @@ fn location(master: &Master, index: u64, located: &Located) -> ChunkLocation {
         index,
         handle: located.handle,
         version: located.version,
-        replicas: Some(replicas_of(master, &located.replicas)),
+        replicas: Some(replicas_of(master, located.handle, &located.replicas)),
         primary,
         lease_remaining_ms: remaining,
         epoch,
@@ -658,6 +652,46 @@ fn admin_status(master: &Master) -> Body {
         missing_chunks: h.missing,
         stamp: Some(master.stamp()),
     }))
+}
+
+/// A client says a replica served bad data (it is marked corrupt: never
+/// read again, replaced, then deleted) or failed a write (it is marked
+/// stale, so the next lease leaves it out of the chain and re-replication
+/// replaces it). A failed write says nothing about the data: when no other
+/// good replica is left, the mark would make the chunk unwritable for
+/// good, so the replica is kept and the writer retries on it.
+fn report_bad_replica(master: &Master, r: &ringfs_wire::msg::ReportBadReplica) {
+    let corrupt = matches!(r.reason, ErrorCode::ChecksumMismatch | ErrorCode::Corrupt);
+    let version = master
+        .shared
+        .read()
+        .chunks
+        .get(r.handle)
+        .map_or(0, |c| c.version);
+    let mut reg = master.registry();
+    let others_good = reg
+        .good_replicas(r.handle, version)
+        .iter()
+        .any(|l| l.node != r.node_id);
+    let mark = match (corrupt, others_good) {
+        (true, _) => Some(ReplicaState::Corrupt),
+        (false, true) => Some(ReplicaState::Stale),
+        (false, false) => None,
+    };
+    let Some(mark) = mark else {
+        tracing::info!(handle = r.handle, node = r.node_id, reason = ?r.reason,
+            "client reported a failed write on the only good replica: kept");
+        return;
+    };
+    if let Some(l) = reg
+        .locations
+        .get_mut(&r.handle)
+        .and_then(|ls| ls.iter_mut().find(|l| l.node == r.node_id))
+        && l.state == ReplicaState::Ok
+    {
+        l.state = mark;
+    }
+    tracing::warn!(handle = r.handle, node = r.node_id, reason = ?r.reason, ?mark, "client reported a bad replica");
 }
 
 /// Walks files under `path` in path order, reporting unhealthy chunks.

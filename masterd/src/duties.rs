@@ -348,14 +348,17 @@ fn plan(master: &Master, now: Instant) -> Plan {
             // chunk is never left with fewer copies than it had, bad ones
             // included, while it is being repaired. A lease does not hold
             // them: a corrupt replica refuses every write anyway.
-            for l in locs
-                .iter()
-                .filter(|l| l.state == ReplicaState::Corrupt && reg.is_live(l.node))
-            {
+            // Likewise a replica a client marked stale after a failed write.
+            for l in locs.iter().filter(|l| reg.is_live(l.node)) {
+                let reason = match l.state {
+                    ReplicaState::Corrupt => DeleteReason::Corrupt,
+                    ReplicaState::Stale if l.version >= chunk.version => DeleteReason::Stale,
+                    _ => continue,
+                };
                 plan.deletes
                     .entry(l.node)
                     .or_default()
-                    .push((handle, DeleteReason::Corrupt));
+                    .push((handle, reason));
             }
             // Trim above the goal, but not under a running lease: its chain
             // names these replicas.

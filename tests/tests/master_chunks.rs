@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use ringfs_tests::*;
-use ringfs_wire::msg::{Body, ChunkLocation, ErrorCode, GetChunkInfo, PeerKind};
+use ringfs_wire::msg::{Body, ChunkLocation, ErrorCode, GetChunkInfo, PeerKind, ReportBadReplica};
 
 fn wait_registered(env: &Env, n: usize) {
     let mut c = env.client();
@@ -286,4 +286,42 @@ fn lowered_goal_trims_to_exactly_the_goal() {
         assert_eq!(holders(&mut c), (1, 1), "trimming went below the goal");
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+#[test]
+fn a_failed_write_report_never_strands_the_only_replica() {
+    let env = Env::new(&Options::default());
+    let _m = start_master(&env);
+    let _servers: Vec<Daemon> = (1..=3)
+        .map(|i| start_chunkd(&env, &format!("cs{i}"), ""))
+        .collect();
+    wait_registered(&env, 3);
+    let mut c = env.client();
+    c.mkdir("/one", false).unwrap();
+    c.set_replication("/one", 1, false).unwrap();
+    c.create("/one/f").unwrap();
+    let ino = c.inode("/one/f");
+    let loc = c.allocate(ino, 0).unwrap();
+    assert_eq!(loc.replicas.as_ref().unwrap().len(), 1);
+    let report = |c: &mut Client, node: u64, reason: ErrorCode| {
+        c.call(Body::ReportBadReplica(Box::new(ReportBadReplica {
+            handle: loc.handle,
+            node_id: node,
+            reason,
+        })))
+        .unwrap();
+    };
+    // A write that failed on the only replica: it stays, the lease too.
+    report(&mut c, loc.primary, ErrorCode::ReplicaFailed);
+    let again = c.get_lease(loc.handle).unwrap();
+    assert_eq!(again.primary, loc.primary);
+    // Bad data on it is another matter: it is no longer served.
+    report(&mut c, loc.primary, ErrorCode::ChecksumMismatch);
+    assert!(
+        c.chunks(ino).unwrap()[0]
+            .replicas
+            .clone()
+            .unwrap_or_default()
+            .is_empty()
+    );
 }
