@@ -192,7 +192,12 @@ pub fn run(args: Args) -> Res<()> {
         Ok(())
     })();
     cluster.down();
-    result?;
+    if let Err(e) = result {
+        // Keep the daemons' logs and data for a look.
+        let kept = work.keep();
+        return Err(format!("{e}
+(the cluster's logs and data are kept in {})", kept.display()));
+    }
     let summary = summarize(&args, &samples);
     if let Some(path) = &args.json {
         let raw: Vec<Value> = samples
