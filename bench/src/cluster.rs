@@ -195,8 +195,11 @@ pub fn run(args: Args) -> Res<()> {
     if let Err(e) = result {
         // Keep the daemons' logs and data for a look.
         let kept = work.keep();
-        return Err(format!("{e}
-(the cluster's logs and data are kept in {})", kept.display()));
+        return Err(format!(
+            "{e}
+(the cluster's logs and data are kept in {})",
+            kept.display()
+        ));
     }
     let summary = summarize(&args, &samples);
     if let Some(path) = &args.json {
@@ -313,9 +316,13 @@ async fn ringfs_round(args: &Args, fs: &Client, round: usize, r: u8, out: &mut S
         "MiB_per_s",
         args.size_mib as f64 / secs,
     );
-    fs.delete(&path, false)
+    // Purged, not left in the trash: the chunks are deleted, as a long
+    // benchmark session needs.
+    let trash_id = fs
+        .delete(&path, false)
         .await
         .map_err(|e| err("delete", e))?;
+    fs.purge(trash_id).await.map_err(|e| err("purge", e))?;
     // Small files at each concurrency.
     let payload = Arc::new(crate::pattern(SMALL_FILE_BYTES));
     for &c in &args.concurrency {
@@ -381,7 +388,8 @@ async fn ringfs_round(args: &Args, fs: &Client, round: usize, r: u8, out: &mut S
             &hist,
         );
     }
-    fs.delete(&dir, true).await.map_err(|e| err("delete", e))?;
+    let trash_id = fs.delete(&dir, true).await.map_err(|e| err("delete", e))?;
+    fs.purge(trash_id).await.map_err(|e| err("purge", e))?;
     Ok(())
 }
 

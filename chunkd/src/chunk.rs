@@ -132,6 +132,9 @@ struct LogState {
     file: Rc<compio::fs::File>,
     /// Next batch offset, relative to the log region.
     next_offset: u64,
+    /// How much of the log region the file holds (zeros past the last
+    /// batch); the rest is written, zeros and all, as batches reach it.
+    written_end: u64,
     next_batch_seq: u64,
     pending: Vec<(u64, LogRecord)>,
     next_record_id: u64,
@@ -276,6 +279,7 @@ impl Chunk {
             }),
             locks: RangeLock::new(),
             log: RefCell::new(LogState {
+                written_end: log_written_end(&meta_file, &layout),
                 file: Rc::new(meta_file),
                 next_offset: scan_end_offset,
                 next_batch_seq,
@@ -1244,9 +1248,22 @@ impl Chunk {
         }
         let mut encoded = Vec::with_capacity(bytes as usize);
         meta::encode_batch(batch_seq, records, &mut encoded);
-        let mut buf = AlignedBuf::zeroed(encoded.len(), self.dir.align.mem_align_bytes);
+        // Past the written part of the log, the batch carries the zeros of
+        // the next stretch (doubling), so most batches overwrite written
+        // pages and their O_DSYNC needs no journal commit.
+        let written_end = self.log.borrow().written_end;
+        let write_len = if offset + bytes > written_end {
+            let to = (offset + bytes)
+                .max(written_end.saturating_mul(2))
+                .min(self.layout.log_bytes);
+            to - offset
+        } else {
+            bytes
+        };
+        assert!(write_len >= encoded.len() as u64 && offset + write_len <= self.layout.log_bytes);
+        let mut buf = AlignedBuf::zeroed(write_len as usize, self.dir.align.mem_align_bytes);
         buf.full_mut()[..encoded.len()].copy_from_slice(&encoded);
-        buf.set_len_bytes(encoded.len());
+        buf.set_len_bytes(write_len as usize);
         let compio::BufResult(r, _) = (&*file)
             .write_all_at(buf, self.layout.log_offset + offset)
             .await;
@@ -1259,6 +1276,7 @@ impl Chunk {
         let mut log = self.log.borrow_mut();
         log.next_offset = offset + bytes;
         log.next_batch_seq = batch_seq + 1;
+        log.written_end = log.written_end.max(offset + write_len);
         Ok(())
     }
 
@@ -1302,6 +1320,7 @@ impl Chunk {
         };
         let file = write_meta_file(&self.dir, &base).await?;
         let mut log = self.log.borrow_mut();
+        log.written_end = log_written_end(&file, &self.layout);
         log.file = Rc::new(file);
         log.next_offset = 0;
         log.next_batch_seq = 1;
@@ -1401,6 +1420,19 @@ impl<'a> Gather<'a> {
 
 /// Writes `base` as a fresh meta file (header, table, zeroed log) through
 /// a temporary name, then renames it into place and syncs the dir.
+/// Log bytes a new meta file starts with (several small batches).
+pub const LOG_FIRST_WRITE_BYTES: u64 = 16 << 10;
+
+/// How much of the log region `file` holds, from its size. Unknown (fstat
+/// failed) counts as all of it: batches then never write zeros ahead.
+fn log_written_end(file: &compio::fs::File, layout: &MetaLayout) -> u64 {
+    rustix::fs::fstat(file).map_or(layout.log_bytes, |st| {
+        (st.st_size.max(0) as u64)
+            .saturating_sub(layout.log_offset)
+            .min(layout.log_bytes)
+    })
+}
+
 pub(crate) async fn write_meta_file(
     dir: &DataDir,
     base: &MetaBase,
@@ -1409,9 +1441,15 @@ pub(crate) async fn write_meta_file(
     let encoded = base
         .encode()
         .map_err(|e| ChunkError::Internal(format!("encoding meta of {:#x}: {e}", base.handle)))?;
-    let mut buf = AlignedBuf::zeroed(layout.file_bytes as usize, dir.align.mem_align_bytes);
+    // The base and the first stretch of the log; the log's later pages
+    // are written (with zeros ahead) as batches reach them, so a small
+    // chunk's meta file stays small. Recovery reads missing pages as zeros.
+    let first_log = LOG_FIRST_WRITE_BYTES.min(layout.log_bytes);
+    let file_bytes = layout.log_offset + first_log;
+    assert!(encoded.len() as u64 <= layout.log_offset && file_bytes <= layout.file_bytes);
+    let mut buf = AlignedBuf::zeroed(file_bytes as usize, dir.align.mem_align_bytes);
     buf.full_mut()[..encoded.len()].copy_from_slice(&encoded);
-    buf.set_len_bytes(layout.file_bytes as usize);
+    buf.set_len_bytes(file_bytes as usize);
     let tmp = dir.meta_tmp_path(base.handle);
     let path = dir.meta_path(base.handle);
     let ctx = |what: &str| format!("{what} {}", tmp.display());

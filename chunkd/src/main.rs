@@ -103,6 +103,7 @@ fn run(args: Args) -> Result<(), String> {
         signal_hook::consts::SIGINT,
     ])
     .map_err(|e| format!("installing signal handlers: {e}"))?;
+    raise_open_files_limit();
     let daemon = Daemon::start(settings, config.key.clone())?;
     let r = &daemon.recovery;
     println!(
@@ -125,4 +126,27 @@ fn run(args: Args) -> Result<(), String> {
     }
     daemon.stop();
     Ok(())
+}
+
+/// Every open chunk holds two descriptors (its data and meta files), so a
+/// soft limit of 1024, the usual default, would stop a chunkserver at
+/// about 500 chunks: raise it to the hard limit, as servers do.
+fn raise_open_files_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let raised = rustix::process::Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    if limit.current != limit.maximum
+        && let Err(e) = setrlimit(Resource::Nofile, raised)
+    {
+        tracing::warn!(error = %e, "could not raise the open-files limit");
+    }
+    let now = getrlimit(Resource::Nofile).current;
+    tracing::info!(
+        open_files_max = now,
+        chunks_max = now.map(|n| n / 2),
+        "open-files limit: each chunk keeps two files open"
+    );
 }

@@ -440,13 +440,17 @@ async fn recover_chunk(
     let layout: MetaLayout = base.layout();
     let log_start = layout.log_offset as usize;
     let log_end = (layout.log_offset + layout.log_bytes) as usize;
-    if bytes.len() < log_end {
+    if bytes.len() < log_start {
         return Err(ChunkError::Internal(format!(
-            "{} is {} bytes, its layout needs {log_end}",
+            "{} is {} bytes, shorter than its base of {log_start}",
             found.meta_path.display(),
             bytes.len()
         )));
     }
+    // The log is written as it fills (note 006): pages not yet written
+    // are zeros.
+    let mut bytes = bytes;
+    bytes.resize(bytes.len().max(log_end), 0);
     let log = &bytes[log_start..log_end];
     let scan = meta::scan_log(&layout, log).map_err(bad)?;
     let mut replayed = meta::replay(&base, &scan.records).map_err(bad)?;

@@ -270,6 +270,9 @@ fn data_files_grow_with_their_data_and_a_truncated_one_is_refused() {
     // it on its own) comes back empty.
     let empty = 0x52;
     expect_ok(&create(&mut master, 1, empty, 1));
+    // Its meta file holds the header, the table and the log's first 16 KiB.
+    let meta = d0.join("chunks").join(format!("{empty:016x}.meta"));
+    assert_eq!(std::fs::metadata(&meta).unwrap().len(), (4 + 4 + 16) << 10);
     // A new chunk takes no space; a small write takes one allocation step.
     let size = |h| std::fs::metadata(data_file(&d0, h)).unwrap().len();
     assert_eq!(size(handle), 0);

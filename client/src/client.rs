@@ -250,6 +250,19 @@ impl Client {
         }
     }
 
+    /// Deletes a trash entry now (its chunks become garbage), instead of
+    /// at the end of the retention time.
+    pub async fn purge(&self, trash_id: u64) -> Result<()> {
+        let body = Body::Purge(Box::new(Purge {
+            req: Some(self.next_req()),
+            trash_id,
+        }));
+        match self.master("trash", body).await? {
+            Body::Ack(_) => Ok(()),
+            other => Err(unexpected("trash", &other)),
+        }
+    }
+
     /// Sets the replication goal; returns how many files changed.
     pub async fn set_replication(
         &self,
