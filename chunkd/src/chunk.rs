@@ -95,10 +95,11 @@ pub struct ChunkSummary {
 
 /// The bytes of the last, partially filled block, as verified on disk: an
 /// append extends its CRC and writes its head sector again without
-/// reading it back.
+/// reading it back. Only the bytes are kept (a 4 KiB file's chunk keeps
+/// 4 KiB, not a 64 KiB block image, for as long as it stays open).
 struct Tail {
     block: u64,
-    image: AlignedBuf,
+    bytes: Vec<u8>,
 }
 
 struct Mem {
@@ -849,13 +850,11 @@ impl Chunk {
                 if end == new_length && piece == left && !end.is_multiple_of(BLOCK) {
                     // Keep the new last partial block for appends.
                     let tail_start = (end / BLOCK) * BLOCK;
-                    let mut image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
                     let from = (tail_start - at) as usize;
                     let n = (end - tail_start) as usize;
-                    image.full_mut()[..n].copy_from_slice(&buf.full()[from..from + n]);
                     new_tail = Some(Tail {
                         block: end / BLOCK,
-                        image,
+                        bytes: buf.full()[from..from + n].to_vec(),
                     });
                 }
                 writes.push((at, buf));
@@ -918,10 +917,10 @@ impl Chunk {
                 };
                 crcs.push(crc);
                 if b_end > new_length {
-                    let mut copy = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
-                    copy.full_mut()[..new_cover as usize]
-                        .copy_from_slice(&image.full()[..new_cover as usize]);
-                    new_tail = Some(Tail { block, image: copy });
+                    new_tail = Some(Tail {
+                        block,
+                        bytes: image.full()[..new_cover as usize].to_vec(),
+                    });
                 }
                 // Only the sectors holding new bytes need writing.
                 let io_lo = lo / align * align;
@@ -1001,11 +1000,16 @@ impl Chunk {
         let mut mem = self.mem.borrow_mut();
         let matches = matches!(&mem.tail, Some(t) if t.block == block)
             && mem.length == block * BLOCK + old_in_block;
-        if matches {
-            mem.tail.take().map(|t| t.image)
-        } else {
-            None
+        if !matches {
+            return None;
         }
+        let tail = mem
+            .tail
+            .take()
+            .filter(|t| t.bytes.len() as u64 == old_in_block)?;
+        let mut image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
+        image.full_mut()[..tail.bytes.len()].copy_from_slice(&tail.bytes);
+        Some(image)
     }
 
     async fn read_verified_block(
@@ -1046,9 +1050,11 @@ impl Chunk {
         mem.crcs[first..first + crcs.len()].copy_from_slice(crcs);
         // The cached tail is the block holding the end of data; a new end
         // (or a rewrite of that block, which always supplies a new image)
-        // replaces it.
+        // replaces it. A tail that does not end where the data now ends (a
+        // concurrent write reached further) is dropped: the next append
+        // reads that block back instead.
         if tail.is_some() || new_length != mem.length {
-            mem.tail = tail;
+            mem.tail = tail.filter(|t| t.block * BLOCK + t.bytes.len() as u64 == new_length);
         }
         mem.length = new_length;
         drop(mem);
