@@ -460,7 +460,7 @@ role = "voter"
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
-            let mut hist = new_hist();
+            let mut hist = crate::latency_histogram();
             let (mut bytes, mut ops) = (0, 0);
             for r in results {
                 let w = r??;
@@ -543,7 +543,7 @@ impl Worker {
         let blocks = self.layout.size_bytes / RAND_BYTES;
         let mut pos = start;
         let mut out = WorkerOut {
-            hist: new_hist(),
+            hist: crate::latency_histogram(),
             bytes: 0,
             ops: 0,
         };
@@ -584,11 +584,6 @@ impl Worker {
         }
         Ok(out)
     }
-}
-
-fn new_hist() -> Histogram<u64> {
-    // 1 ns .. 10 min, 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 fn expect_ok(conn: &mut Conn, body: &Body, what: &str) -> Res<()> {

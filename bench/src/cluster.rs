@@ -394,7 +394,7 @@ async fn ringfs_round(args: &Args, fs: &Client, round: usize, r: u8, out: &mut S
 }
 
 /// Runs `op(i)` for i in 0..n with `c` workers; returns the wall time and
-/// the latency histogram (µs) of every operation.
+/// the latency histogram (ns) of every operation.
 async fn drive<F, Fut>(
     fs: &Client,
     n: usize,
@@ -411,7 +411,7 @@ where
     for _ in 0..c {
         let (next, op, fs) = (next.clone(), op.clone(), fs.clone());
         workers.spawn(async move {
-            let mut hist = new_hist();
+            let mut hist = crate::latency_histogram();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= n {
@@ -419,11 +419,11 @@ where
                 }
                 let start = Instant::now();
                 op(fs.clone(), i).await?;
-                hist.saturating_record(start.elapsed().as_micros() as u64);
+                hist.saturating_record(start.elapsed().as_nanos() as u64);
             }
         });
     }
-    let mut all = new_hist();
+    let mut all = crate::latency_histogram();
     while let Some(done) = workers.join_next().await {
         let hist = done.map_err(|e| ringfs_client::Error::Protocol {
             what: "bench worker".into(),
@@ -437,10 +437,7 @@ where
     Ok((t.elapsed().as_secs_f64(), all))
 }
 
-fn new_hist() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
-}
-
+/// Throughput and latency percentiles (recorded in ns, reported in µs).
 #[allow(clippy::too_many_arguments)]
 fn push_ops(
     out: &mut Samples,
@@ -453,31 +450,15 @@ fn push_ops(
     hist: &Histogram<u64>,
 ) {
     out.push(round, system, r, case, "ops_per_s", n as f64 / secs);
-    out.push(
-        round,
-        system,
-        r,
-        case,
-        "p50_us",
-        hist.value_at_quantile(0.50) as f64,
-    );
-    out.push(
-        round,
-        system,
-        r,
-        case,
-        "p99_us",
-        hist.value_at_quantile(0.99) as f64,
-    );
-    out.push(
-        round,
-        system,
-        r,
-        case,
-        "p999_us",
-        hist.value_at_quantile(0.999) as f64,
-    );
-    out.push(round, system, r, case, "max_us", hist.max() as f64);
+    let us = |ns: u64| ns as f64 / 1000.0;
+    for (metric, ns) in [
+        ("p50_us", hist.value_at_quantile(0.50)),
+        ("p99_us", hist.value_at_quantile(0.99)),
+        ("p999_us", hist.value_at_quantile(0.999)),
+        ("max_us", hist.max()),
+    ] {
+        out.push(round, system, r, case, metric, us(ns));
+    }
 }
 
 /// Raw disk: fio sequential 1 MiB writes (O_DIRECT, 8 in flight, fsync at
@@ -644,7 +625,7 @@ fn threads(n: usize, c: usize, op: impl Fn(usize) -> std::io::Result<()> + Sync)
         let workers: Vec<_> = (0..c)
             .map(|_| {
                 s.spawn(|| {
-                    let mut hist = new_hist();
+                    let mut hist = crate::latency_histogram();
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed);
                         if i >= n {
@@ -652,7 +633,7 @@ fn threads(n: usize, c: usize, op: impl Fn(usize) -> std::io::Result<()> + Sync)
                         }
                         let start = Instant::now();
                         op(i).map_err(|e| format!("file {i}: {e}"))?;
-                        hist.saturating_record(start.elapsed().as_micros() as u64);
+                        hist.saturating_record(start.elapsed().as_nanos() as u64);
                     }
                 })
             })
@@ -663,7 +644,7 @@ fn threads(n: usize, c: usize, op: impl Fn(usize) -> std::io::Result<()> + Sync)
             .collect()
     });
     let secs = t.elapsed().as_secs_f64();
-    let mut all = new_hist();
+    let mut all = crate::latency_histogram();
     for h in hists {
         all.add(&h?).map_err(|e| e.to_string())?;
     }

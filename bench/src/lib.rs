@@ -51,6 +51,11 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A latency histogram in nanoseconds: 1 ns .. 10 min, 3 significant digits.
+pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
+    hdrhistogram::Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")
+}
+
 /// Median and range of a metric over rounds (non-finite values left out):
 /// what the benchmark reports, since the shared machines are noisy.
 #[derive(Clone, Copy, Debug, PartialEq)]

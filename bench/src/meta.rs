@@ -834,7 +834,7 @@ fn run_phase(
             busy_retries: 0,
             first_error: None,
             secs,
-            hist: new_hist(),
+            hist: crate::latency_histogram(),
             before,
             after,
             server_cpu_s,
@@ -877,7 +877,7 @@ fn worker(
     let client_id = unique_id() | 1;
     let mut seq = 0;
     let mut out = WorkerOut {
-        hist: new_hist(),
+        hist: crate::latency_histogram(),
         ops: 0,
         errors: 0,
         busy_retries: 0,
@@ -938,11 +938,6 @@ fn expect_attr(conn: &mut Conn, path: &str) -> Res<()> {
         Body::ErrorReply(e) => Err(format!("stat {path}: {:?}: {:?}", e.code, e.message)),
         other => Err(format!("stat {path}: unexpected reply {other:?}")),
     }
-}
-
-fn new_hist() -> Histogram<u64> {
-    // 1 ns .. 10 min, 3 significant digits.
-    Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")
 }
 
 /// Distinct per call, process and time (client ids, the round's root name).
