@@ -1053,28 +1053,17 @@ impl Chunkd {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
-                    return Err(format!(
-                        "chunkd exited with {status}; its log {}:\n{}",
-                        self.log.display(),
-                        tail(&self.log)
-                    ));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "chunkd did not exit on SIGTERM within {START_TIMEOUT:?}"
-                    ));
-                }
-            }
+        match crate::wait_bounded(&mut child, START_TIMEOUT) {
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "chunkd exited with {status}; its log {}:\n{}",
+                self.log.display(),
+                tail(&self.log)
+            )),
+            Ok(None) => Err(format!(
+                "chunkd did not exit on SIGTERM within {START_TIMEOUT:?}"
+            )),
+            Err(e) => Err(format!("waiting for chunkd: {e}")),
         }
     }
 

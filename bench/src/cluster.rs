@@ -655,18 +655,10 @@ fn threads(n: usize, c: usize, op: impl Fn(usize) -> std::io::Result<()> + Sync)
 /// child (ours, by PID) is killed.
 fn run_bounded(cmd: &mut Command, what: &str) -> Res<std::process::ExitStatus> {
     let mut child = cmd.spawn().map_err(|e| format!("{what}: {e}"))?;
-    let deadline = Instant::now() + PEER_TIMEOUT;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Ok(status),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what} took longer than {PEER_TIMEOUT:?}; killed"));
-            }
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
+    match crate::wait_bounded(&mut child, PEER_TIMEOUT) {
+        Ok(Some(status)) => Ok(status),
+        Ok(None) => Err(format!("{what} took longer than {PEER_TIMEOUT:?}; killed")),
+        Err(e) => Err(format!("{what}: {e}")),
     }
 }
 

@@ -51,6 +51,26 @@ pub fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Waits for a child process (ours) for at most `limit`; past it the child
+/// is killed by PID and reaped, and `Ok(None)` returned.
+pub fn wait_bounded(
+    child: &mut std::process::Child,
+    limit: std::time::Duration,
+) -> std::io::Result<Option<std::process::ExitStatus>> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Ok(None);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// A latency histogram in nanoseconds: 1 ns .. 10 min, 3 significant digits.
 pub fn latency_histogram() -> hdrhistogram::Histogram<u64> {
     hdrhistogram::Histogram::new_with_bounds(1, 600_000_000_000, 3).expect("valid histogram bounds")

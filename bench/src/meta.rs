@@ -1065,28 +1065,17 @@ impl Masterd {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        loop {
-            match child.try_wait() {
-                Ok(Some(status)) if status.success() => return Ok(()),
-                Ok(Some(status)) => {
-                    return Err(format!(
-                        "masterd exited with {status}; its log {}:\n{}",
-                        self.log.display(),
-                        tail(&self.log)
-                    ));
-                }
-                Ok(None) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                _ => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    return Err(format!(
-                        "masterd did not exit on SIGTERM within {STOP_TIMEOUT:?}"
-                    ));
-                }
-            }
+        match crate::wait_bounded(&mut child, STOP_TIMEOUT) {
+            Ok(Some(status)) if status.success() => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "masterd exited with {status}; its log {}:\n{}",
+                self.log.display(),
+                tail(&self.log)
+            )),
+            Ok(None) => Err(format!(
+                "masterd did not exit on SIGTERM within {STOP_TIMEOUT:?}"
+            )),
+            Err(e) => Err(format!("waiting for masterd: {e}")),
         }
     }
 }
