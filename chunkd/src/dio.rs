@@ -171,6 +171,10 @@ impl AlignedBuf {
         self.capacity
     }
 
+    pub fn align(&self) -> usize {
+        self.align
+    }
+
     pub fn len(&self) -> usize {
         self.len
     }

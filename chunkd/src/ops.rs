@@ -80,7 +80,13 @@ pub async fn execute(
     let (result, bufs) = run(core, body, from, bufs, data_len).await;
     core.foreground.set(core.foreground.get() - 1);
     let reply = match result {
-        Ok(reply) => reply,
+        Ok(mut reply) => {
+            // Buffers the request is done with travel back with the reply
+            // (after any data it sends), to the pool of the connection's
+            // core.
+            reply.bufs.extend(bufs);
+            reply
+        }
         Err(e) => {
             if matches!(e, ChunkError::ChecksumMismatch { .. }) {
                 core.metrics().checksum_failure(ChecksumSource::Read);

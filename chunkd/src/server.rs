@@ -132,8 +132,10 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) -> Result<(), 
             }
         };
         let (r, bufs) = conn::write_frame(&mut stream, head, reply.bufs, reply.data_len).await;
-        if let Some(mut pooled) = pooled {
-            pooled.restore(bufs);
+        match pooled {
+            Some(mut pooled) => pooled.restore(bufs),
+            // E.g. a mutation of pushed data: the push's buffers.
+            None => core.pool.adopt(bufs),
         }
         r?;
     }

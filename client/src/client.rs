@@ -32,6 +32,11 @@ pub struct ClientOptions {
     pub pieces_in_flight: usize,
     /// Attempts per piece before a write gives up (each after a fresh lease).
     pub write_attempts: u32,
+    /// Pieces up to this size go inline with the write to the primary,
+    /// which forwards them to the secondaries, instead of being pushed
+    /// along the chain first: one round trip instead of two, where the
+    /// round trip costs more than the bytes (design note 012).
+    pub inline_write_max_bytes: usize,
 }
 
 impl Default for ClientOptions {
@@ -42,6 +47,7 @@ impl Default for ClientOptions {
             piece_bytes: 4 << 20,
             pieces_in_flight: 8,
             write_attempts: 8,
+            inline_write_max_bytes: 128 << 10,
         }
     }
 }

@@ -319,51 +319,53 @@ impl Piece {
             block_crcs: Some(crcs.to_vec()),
             secondaries: None,
         };
-        let data: &[u8] = if replicas.len() == 1 {
-            // One replica: the data goes with the write, one round trip.
-            &self.data
-        } else {
-            // Data flow apart from control flow: push along the chain,
-            // nearest first, then order the write at the primary.
-            let data_id = self.client.next_req();
-            let first = replicas[0].addr.clone().unwrap_or_default();
-            let push = Body::PushData(Box::new(PushData {
-                data_id: Some(data_id),
-                chain: Some(replicas[1..].to_vec()),
-                block_crcs: Some(crcs.to_vec()),
-            }));
-            let reply = inner
-                .data
-                .call(&first, &push, &self.data, timeout)
-                .await
-                .map_err(|e| (Error::from_conn(&self.what, &e), Some(replicas[0].node_id)))?;
-            match reply.body {
-                Body::PushDataReply(r) => {
-                    let stored = r.stored_by.unwrap_or_default();
-                    if stored.len() != replicas.len() {
-                        let missing = replicas
-                            .iter()
-                            .map(|r| r.node_id)
-                            .find(|n| !stored.contains(n));
-                        let e = Error::unavailable(
-                            &self.what,
-                            format!(
-                                "data reached {} of {} replicas",
-                                stored.len(),
-                                replicas.len()
-                            ),
-                            Duration::ZERO,
-                        );
-                        return Err((e, missing));
+        let data: &[u8] =
+            if replicas.len() == 1 || self.data.len() <= inner.opts.inline_write_max_bytes {
+                // One replica, or a small piece: the data goes with the write,
+                // one round trip; the primary forwards it to the secondaries.
+                &self.data
+            } else {
+                // Data flow apart from control flow: push along the chain,
+                // nearest first, then order the write at the primary.
+                let data_id = self.client.next_req();
+                let first = replicas[0].addr.clone().unwrap_or_default();
+                let push = Body::PushData(Box::new(PushData {
+                    data_id: Some(data_id),
+                    chain: Some(replicas[1..].to_vec()),
+                    block_crcs: Some(crcs.to_vec()),
+                }));
+                let reply = inner
+                    .data
+                    .call(&first, &push, &self.data, timeout)
+                    .await
+                    .map_err(|e| (Error::from_conn(&self.what, &e), Some(replicas[0].node_id)))?;
+                match reply.body {
+                    Body::PushDataReply(r) => {
+                        let stored = r.stored_by.unwrap_or_default();
+                        if stored.len() != replicas.len() {
+                            let missing = replicas
+                                .iter()
+                                .map(|r| r.node_id)
+                                .find(|n| !stored.contains(n));
+                            let e = Error::unavailable(
+                                &self.what,
+                                format!(
+                                    "data reached {} of {} replicas",
+                                    stored.len(),
+                                    replicas.len()
+                                ),
+                                Duration::ZERO,
+                            );
+                            return Err((e, missing));
+                        }
                     }
+                    Body::ErrorReply(e) => return Err(refused(&e)),
+                    other => return Err((unexpected(&self.what, &other), None)),
                 }
-                Body::ErrorReply(e) => return Err(refused(&e)),
-                other => return Err((unexpected(&self.what, &other), None)),
-            }
-            write.inline = false;
-            write.data_id = Some(data_id);
-            &[]
-        };
+                write.inline = false;
+                write.data_id = Some(data_id);
+                &[]
+            };
         let reply = inner
             .data
             .call(&primary, &Body::WriteChunk(Box::new(write)), data, timeout)
