@@ -19,8 +19,9 @@ use ringfs_wire::msg::Body;
 use crate::conn::{self, ConnError, FrameHead};
 use crate::dio::AlignedBuf;
 
-/// Idle connections kept per peer address.
-pub const IDLE_PER_PEER: usize = 8;
+/// Idle connections kept per peer address, per core: about as many as
+/// mutations forwarded at once, so a burst does not reconnect.
+pub const IDLE_PER_PEER: usize = 32;
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// A forwarded mutation includes the peer's disk write and fdatasync.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

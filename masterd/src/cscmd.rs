@@ -21,10 +21,14 @@ use crate::conn::{self, ConnError};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// One command and its reply (a create fallocates a whole chunk).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Idle connections kept per chunkserver.
-pub const IDLE_PER_SERVER_MAX: usize = 4;
+/// Idle connections kept per chunkserver: about as many as commands run
+/// at once to one server (every allocation sends one to each replica), or
+/// each burst above it pays a connect and a handshake per command.
+pub const IDLE_PER_SERVER_MAX: usize = 64;
 /// Chunkservers with idle connections kept.
 pub const SERVERS_MAX: usize = 4096;
+/// Idle connections kept in all (file descriptors).
+pub const IDLE_TOTAL_MAX: usize = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -53,7 +57,13 @@ pub struct CsClient {
     key: ClusterKey,
     cluster_id: String,
     me: Identity,
-    idle: Mutex<HashMap<String, Vec<TcpStream>>>,
+    idle: Mutex<Idle>,
+}
+
+#[derive(Default)]
+struct Idle {
+    by_addr: HashMap<String, Vec<TcpStream>>,
+    total: usize,
 }
 
 impl CsClient {
@@ -65,7 +75,7 @@ impl CsClient {
                 kind: PeerKind::Master,
                 node_id: master_id,
             },
-            idle: Mutex::new(HashMap::new()),
+            idle: Mutex::new(Idle::default()),
         })
     }
 
@@ -77,22 +87,25 @@ impl CsClient {
     }
 
     fn take_idle(&self, addr: &str) -> Option<TcpStream> {
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(addr)?
-            .pop()
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let stream = idle.by_addr.get_mut(addr)?.pop()?;
+        idle.total -= 1;
+        Some(stream)
     }
 
     fn put_idle(&self, addr: &str, stream: TcpStream) {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() >= SERVERS_MAX && !idle.contains_key(addr) {
+        if idle.total >= IDLE_TOTAL_MAX
+            || (idle.by_addr.len() >= SERVERS_MAX && !idle.by_addr.contains_key(addr))
+        {
             return;
         }
-        let list = idle.entry(addr.to_string()).or_default();
+        let list = idle.by_addr.entry(addr.to_string()).or_default();
         if list.len() < IDLE_PER_SERVER_MAX {
             list.push(stream);
+            idle.total += 1;
         }
+        assert!(idle.total <= IDLE_TOTAL_MAX);
     }
 
     /// Sends one command and waits for its `Ack` (or typed refusal).
