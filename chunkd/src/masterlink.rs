@@ -410,6 +410,10 @@ async fn session(
                 for command in r.commands.unwrap_or_default() {
                     enqueue(hub, index, commands, command, sent);
                 }
+                let extended = r.extended_leases.unwrap_or_default();
+                if !extended.is_empty() {
+                    crate::lease::apply_extensions(&hub.core, extended, sent).await;
+                }
                 Ok(())
             }
             Body::ErrorReply(e) if not_leader(&e) => Ok(()),
@@ -624,6 +628,7 @@ async fn heartbeat(
         corrupt: Some(taken.events.clone()),
         results: Some(taken.results.clone()),
         scrub: scrub_progress(node),
+        extend_leases: Some(crate::lease::wanting_extension(&hub.core).await),
     }));
     Ok((body, taken))
 }

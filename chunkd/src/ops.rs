@@ -414,9 +414,9 @@ fn report(core: &Core, chunk: &Chunk, state: ChunkState) {
 /// The lease that makes this node primary for `chunk` at `version`.
 fn primary_lease(core: &Core, chunk: &Chunk, epoch: u64, version: u64) -> ChunkResult<Lease> {
     fence(core, epoch)?;
-    let leases = core.leases.borrow();
+    let mut leases = core.leases.borrow_mut();
     let lease = leases
-        .get(&chunk.handle)
+        .get_mut(&chunk.handle)
         .ok_or(ChunkError::NotPrimary(chunk.handle))?;
     if epoch < lease.epoch {
         return Err(ChunkError::StaleEpoch {
@@ -424,8 +424,11 @@ fn primary_lease(core: &Core, chunk: &Chunk, epoch: u64, version: u64) -> ChunkR
             highest: lease.epoch,
         });
     }
-    lease.check(chunk.handle, version, Instant::now())?;
+    let now = Instant::now();
+    lease.check(chunk.handle, version, now)?;
     chunk.check_version(version)?;
+    // In use: the heartbeats ask for an extension while this goes on.
+    lease.used_at = Some(now);
     Ok(lease.clone())
 }
 

@@ -428,3 +428,62 @@ fn a_corrupt_replica_is_reported_to_every_master() {
         });
     }
 }
+
+#[test]
+fn a_lease_in_use_is_extended_through_heartbeats_and_an_idle_one_runs_out() {
+    const LEASE_MS: u32 = 1_500;
+    let env = Env::new(CHUNK);
+    let a = FakeMaster::start(
+        &env.key,
+        CLUSTER,
+        Options {
+            extend_leases_ms: LEASE_MS,
+            ..leader()
+        },
+    );
+    point_at(&env, &[a.addr]);
+    let cs = env.start(&[env.data_dir("d0")], &["--cores", "2"]);
+    wait_until(&cs, "heartbeats as the new node", || {
+        heartbeats_as(&a, NODE_ID) > 0
+    });
+    let mut master = cs.conn(&env, PeerKind::Master);
+    let (busy, idle) = (0x500, 0x501);
+    for handle in [busy, idle] {
+        expect_ok(&create(&mut master, 1, handle, 1));
+        expect_ok(&lease(&mut master, 1, handle, 1, LEASE_MS, Vec::new()));
+    }
+    let mut client = cs.conn(&env, PeerKind::Client);
+    expect_ok(&write(&mut client, 1, idle, 1, 0, &pattern(1, 4096)));
+    // Writes for three lease durations: each finds the lease extended.
+    let started = Instant::now();
+    let mut i = 0;
+    while started.elapsed() < Duration::from_millis(3 * u64::from(LEASE_MS)) {
+        let r = write(&mut client, 1, busy, 1, 0, &pattern(i, 4096));
+        if let Some(e) = r.error() {
+            panic!(
+                "write {i} after {:?}: {:?} {:?}\n--- chunkd stderr ---\n{}",
+                started.elapsed(),
+                e.code,
+                e.message,
+                cs.stderr()
+            );
+        }
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let asked: Vec<u64> = a
+        .log()
+        .heartbeats
+        .iter()
+        .flat_map(|(_, h)| h.extend_leases.clone().unwrap_or_default())
+        .map(|l| l.handle)
+        .collect();
+    assert!(asked.contains(&busy), "{asked:?}");
+    // The idle lease was used once, long ago: it was not kept alive.
+    let r = write(&mut client, 1, idle, 1, 0, &pattern(2, 4096));
+    assert_eq!(
+        r.error().map(|e| e.code),
+        Some(ErrorCode::LeaseExpired),
+        "an idle lease runs out"
+    );
+}

@@ -90,7 +90,7 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
     }))
 }
 
-pub fn heartbeat(master: &Master, h: Heartbeat) -> Body {
+pub async fn heartbeat(master: &Master, h: Heartbeat) -> Body {
     let node = h.node_id;
     let known = {
         let mut reg = master.registry();
@@ -125,8 +125,11 @@ pub fn heartbeat(master: &Master, h: Heartbeat) -> Body {
         return client_api::not_leader_with(master, "reports taken; commands come from the leader");
     }
     let commands = master.registry().take_commands(node);
+    let extended =
+        crate::lease::extend(master, node, h.extend_leases.as_deref().unwrap_or_default()).await;
     Body::HeartbeatReply(Box::new(HeartbeatReply {
         epoch: master.epoch(),
         commands: Some(commands),
+        extended_leases: Some(extended),
     }))
 }

@@ -16,7 +16,10 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use ringfs_wire::msg::{Body, BumpVersion, CreateChunk, ErrorCode, GrantLease, Replica};
+use ringfs_wire::ids::LEASE_EXTENSIONS_PER_HEARTBEAT_MAX;
+use ringfs_wire::msg::{
+    Body, BumpVersion, CreateChunk, ErrorCode, GrantLease, LeaseExtension, LeaseHeld, Replica,
+};
 
 use crate::node::{Master, now_ms, now_ns};
 use crate::placement::{self, Candidate};
@@ -26,6 +29,9 @@ use crate::types::{Done, Fail, NodeId, Op, ReqId};
 
 /// Lease grants serialised per chunk through this many locks.
 const GRANT_LOCKS: usize = 64;
+/// Longest a heartbeat waits for its extensions to commit; past it they
+/// are asked for again with the next heartbeat.
+const EXTEND_COMMIT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a lease or allocation could not be had.
 #[derive(Debug)]
@@ -621,6 +627,92 @@ pub async fn allocate(
         replicas,
         lease: Some(lease),
     })
+}
+
+/// Extends the leases `node` holds and asked to keep (GFS §3.1): the ones
+/// this leader granted it, at the version it names, still running. The
+/// extension is committed first, so a later leader waits it out like any
+/// grant, and a deposed leader (no quorum) cannot extend anything. Each is
+/// answered with what is left of it counted from the proposal; the holder
+/// counts that from the send of its heartbeat, which came earlier, so it
+/// stops before this master would name anyone else.
+pub async fn extend(master: &Master, node: NodeId, held: &[LeaseHeld]) -> Vec<LeaseExtension> {
+    if held.is_empty() || !master.is_leader() {
+        return Vec::new();
+    }
+    let epoch = master.epoch();
+    let now = Instant::now();
+    master.leases.note_leader(epoch, now);
+    let mine: Vec<(u64, u64)> =
+        held.iter()
+            .take(LEASE_EXTENSIONS_PER_HEARTBEAT_MAX)
+            .filter(|h| h.epoch == epoch)
+            .filter(|h| {
+                master.leases.running(h.handle, now).is_some_and(|l| {
+                    l.primary == node && l.version == h.version && l.epoch == epoch
+                })
+            })
+            .map(|h| (h.handle, h.version))
+            .collect();
+    if mine.is_empty() {
+        return Vec::new();
+    }
+    let duration = master.leases.duration;
+    let proposed = Instant::now();
+    let granted_at_ms = now_ms();
+    let op = Op::ExtendLeases {
+        primary: node,
+        leases: mine.clone(),
+        now_ms: granted_at_ms,
+        duration_ms: duration.as_millis() as u64,
+    };
+    match tokio::time::timeout(EXTEND_COMMIT_TIMEOUT, master.proposer.propose(op)).await {
+        Ok(Ok(c)) if matches!(c.outcome, Ok(Done::Extended(_))) => {}
+        other => {
+            tracing::debug!(
+                node,
+                leases = mine.len(),
+                ?other,
+                "lease extension not committed"
+            );
+            return Vec::new();
+        }
+    }
+    // What the commit extended: the records that now carry this proposal.
+    let extended: Vec<(u64, u64)> = {
+        let state = master.shared.read();
+        mine.into_iter()
+            .filter(|(h, v)| {
+                state.chunks.leases.get(h).is_some_and(|r| {
+                    r.primary == node && r.version == *v && r.granted_at_ms == granted_at_ms
+                })
+            })
+            .collect()
+    };
+    let until = proposed + duration;
+    let left = duration.saturating_sub(proposed.elapsed());
+    let mut out = Vec::with_capacity(extended.len());
+    {
+        let mut live = master.leases.live.lock().unwrap_or_else(|e| e.into_inner());
+        for (handle, version) in extended {
+            let Some(l) = live.get_mut(&handle) else {
+                continue;
+            };
+            if l.primary != node || l.version != version || l.epoch != epoch {
+                continue;
+            }
+            l.expires = l.expires.max(until);
+            l.client_expires = l.client_expires.max(until);
+            out.push(LeaseExtension {
+                handle,
+                version,
+                epoch,
+                duration_ms: u32::try_from(left.as_millis()).unwrap_or(u32::MAX),
+            });
+        }
+    }
+    master.metrics.leases_extended(out.len() as u64);
+    out
 }
 
 /// How a lease error reads on the wire.

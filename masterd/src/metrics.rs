@@ -39,6 +39,8 @@ pub struct Metrics {
     pub connections: AtomicU64,
     pub handshake_failures: AtomicU64,
     pub bad_frames: AtomicU64,
+    /// Primary leases extended through heartbeats.
+    pub leases_extended: AtomicU64,
 }
 
 impl Metrics {
@@ -51,6 +53,10 @@ impl Metrics {
         if !ok {
             self.request_errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    pub fn leases_extended(&self, n: u64) {
+        self.leases_extended.fetch_add(n, Ordering::Relaxed);
     }
 }
 
@@ -120,7 +126,12 @@ pub fn render(master: &Master) -> String {
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
     let sh = &master.shared;
-    let counters: [(&str, &str, u64); 11] = [
+    let counters: [(&str, &str, u64); 12] = [
+        (
+            "ringfs_master_leases_extended_total",
+            "counter",
+            m.leases_extended.load(Ordering::Relaxed),
+        ),
         (
             "ringfs_master_connections_total",
             "counter",

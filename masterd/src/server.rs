@@ -112,7 +112,7 @@ async fn serve_chunkserver(
             }
             Ok(Body::Heartbeat(h)) => {
                 master.metrics.count("heartbeat", true);
-                cslink::heartbeat(master, *h)
+                cslink::heartbeat(master, *h).await
             }
             Ok(Body::Ping(p)) => Body::Pong(Box::new(ringfs_wire::msg::Pong {
                 sent_at_us: p.sent_at_us,

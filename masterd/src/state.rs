@@ -357,6 +357,38 @@ impl State {
                 );
                 Ok(Done::Version(version))
             }
+            Op::ExtendLeases {
+                primary,
+                leases,
+                now_ms,
+                duration_ms,
+            } => {
+                let mut extended = 0;
+                for &(handle, version) in leases {
+                    let current = self
+                        .chunks
+                        .get(handle)
+                        .is_some_and(|c| c.version == version)
+                        && self
+                            .chunks
+                            .leases
+                            .get(&handle)
+                            .is_some_and(|r| r.primary == *primary && r.version == version);
+                    if current {
+                        self.chunks.record_lease(
+                            handle,
+                            LeaseRecord {
+                                primary: *primary,
+                                version,
+                                granted_at_ms: *now_ms,
+                                duration_ms: *duration_ms,
+                            },
+                        );
+                        extended += 1;
+                    }
+                }
+                Ok(Done::Extended(extended))
+            }
             Op::CompleteFile {
                 inode,
                 length_bytes,

@@ -155,6 +155,16 @@ pub enum Op {
         /// Identifies the registration this answers (its first data dir's id).
         dir_id: u64,
     },
+    /// Extends the primary leases `primary` holds and asked to keep
+    /// (heartbeat), each (handle, version) only if its record still names
+    /// that primary and version; committed before the primary hears of it,
+    /// so a later leader waits the extension out like any grant.
+    ExtendLeases {
+        primary: NodeId,
+        leases: Vec<(u64, u64)>,
+        now_ms: u64,
+        duration_ms: u64,
+    },
 }
 
 impl Op {
@@ -169,7 +179,9 @@ impl Op {
             | Op::SetReplication { req, .. }
             | Op::AllocateChunk { req, .. }
             | Op::CompleteFile { req, .. } => *req,
-            Op::GrantLease { .. } | Op::AssignNodeId { .. } => ReqId::default(),
+            Op::GrantLease { .. } | Op::AssignNodeId { .. } | Op::ExtendLeases { .. } => {
+                ReqId::default()
+            }
         }
     }
 
@@ -187,6 +199,7 @@ impl Op {
             Op::GrantLease { .. } => "grant_lease",
             Op::CompleteFile { .. } => "complete_file",
             Op::AssignNodeId { .. } => "assign_node_id",
+            Op::ExtendLeases { .. } => "extend_leases",
         }
     }
 }
@@ -254,6 +267,8 @@ pub enum Done {
     NodeId(NodeId),
     /// Rename.
     Ok,
+    /// ExtendLeases: how many leases were extended.
+    Extended(u64),
 }
 
 pub type Outcome = Result<Done, Fail>;

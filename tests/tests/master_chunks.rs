@@ -325,3 +325,45 @@ fn a_failed_write_report_never_strands_the_only_replica() {
             .is_empty()
     );
 }
+
+#[test]
+fn a_lease_in_use_is_extended_without_a_version_bump() {
+    let opts = Options {
+        lease_duration_ms: 2_000,
+        ..Options::default()
+    };
+    let env = Env::new(&opts);
+    let _m = start_master(&env);
+    let _servers: Vec<Daemon> = ["cs1", "cs2", "cs3"]
+        .iter()
+        .map(|n| start_chunkd(&env, n, "a"))
+        .collect();
+    wait_registered(&env, 3);
+    let rt = runtime();
+    let fs = fs_client(&env, ringfs_client::ClientOptions::default());
+    // Small record appends for three lease durations, all to the first
+    // chunk: its primary asks for extensions through its heartbeats.
+    let appended = rt.block_on(async {
+        fs.create("/log", ringfs_client::CreateOptions::default())
+            .await
+            .unwrap();
+        let mut ap = fs.appender("/log").await.unwrap();
+        let started = Instant::now();
+        let mut n = 0u64;
+        while started.elapsed() < Duration::from_millis(3 * opts.lease_duration_ms) {
+            ap.append(&pattern(n, 100)).await.unwrap();
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        n
+    });
+    assert!(appended > 10);
+    let mut c = env.client();
+    let ino = c.inode("/log");
+    let chunks = c.chunks(ino).unwrap();
+    assert_eq!(chunks.len(), 1, "every record fits the first chunk");
+    assert_eq!(
+        chunks[0].version, 1,
+        "the first lease was extended, never granted anew"
+    );
+}

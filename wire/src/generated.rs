@@ -26782,10 +26782,782 @@ mod root {
             }
         }
 
+        ///  A primary lease this chunkserver holds and has used for a mutation
+        ///  lately: it asks the leader to extend it (GFS §3.1), so a chunk under
+        ///  steady mutation keeps its primary without a version bump.
+        ///
+        /// Generated from these locations:
+        /// * Table `LeaseHeld` in the file `wire/schema/chunkserver.fbs:75`
+        #[derive(
+            Clone,
+            Debug,
+            PartialEq,
+            PartialOrd,
+            Eq,
+            Ord,
+            Hash,
+            ::serde::Serialize,
+            ::serde::Deserialize,
+        )]
+        pub struct LeaseHeld {
+            /// The field `handle` in the table `LeaseHeld`
+            pub handle: u64,
+            /// The field `version` in the table `LeaseHeld`
+            pub version: u64,
+            /// The field `epoch` in the table `LeaseHeld`
+            pub epoch: u64,
+        }
+
+        #[allow(clippy::derivable_impls)]
+        impl ::core::default::Default for LeaseHeld {
+            fn default() -> Self {
+                Self {
+                    handle: 0,
+                    version: 0,
+                    epoch: 0,
+                }
+            }
+        }
+
+        impl LeaseHeld {
+            /// Creates a [LeaseHeldBuilder] for serializing an instance of this table.
+            #[inline]
+            pub fn builder() -> LeaseHeldBuilder<()> {
+                LeaseHeldBuilder(())
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            pub fn create(
+                builder: &mut ::planus::Builder,
+                field_handle: impl ::planus::WriteAsDefault<u64, u64>,
+                field_version: impl ::planus::WriteAsDefault<u64, u64>,
+                field_epoch: impl ::planus::WriteAsDefault<u64, u64>,
+            ) -> ::planus::Offset<Self> {
+                let prepared_handle = field_handle.prepare(builder, &0);
+                let prepared_version = field_version.prepare(builder, &0);
+                let prepared_epoch = field_epoch.prepare(builder, &0);
+
+                let mut table_writer: ::planus::table_writer::TableWriter<10> =
+                    ::core::default::Default::default();
+                if prepared_handle.is_some() {
+                    table_writer.write_entry::<u64>(0);
+                }
+                if prepared_version.is_some() {
+                    table_writer.write_entry::<u64>(1);
+                }
+                if prepared_epoch.is_some() {
+                    table_writer.write_entry::<u64>(2);
+                }
+
+                unsafe {
+                    table_writer.finish(builder, |object_writer| {
+                        if let ::core::option::Option::Some(prepared_handle) = prepared_handle {
+                            object_writer.write::<_, _, 8>(&prepared_handle);
+                        }
+                        if let ::core::option::Option::Some(prepared_version) = prepared_version {
+                            object_writer.write::<_, _, 8>(&prepared_version);
+                        }
+                        if let ::core::option::Option::Some(prepared_epoch) = prepared_epoch {
+                            object_writer.write::<_, _, 8>(&prepared_epoch);
+                        }
+                    });
+                }
+                builder.current_offset()
+            }
+        }
+
+        impl ::planus::WriteAs<::planus::Offset<LeaseHeld>> for LeaseHeld {
+            type Prepared = ::planus::Offset<Self>;
+
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseHeld> {
+                ::planus::WriteAsOffset::prepare(self, builder)
+            }
+        }
+
+        impl ::planus::WriteAsOptional<::planus::Offset<LeaseHeld>> for LeaseHeld {
+            type Prepared = ::planus::Offset<Self>;
+
+            #[inline]
+            fn prepare(
+                &self,
+                builder: &mut ::planus::Builder,
+            ) -> ::core::option::Option<::planus::Offset<LeaseHeld>> {
+                ::core::option::Option::Some(::planus::WriteAsOffset::prepare(self, builder))
+            }
+        }
+
+        impl ::planus::WriteAsOffset<LeaseHeld> for LeaseHeld {
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseHeld> {
+                LeaseHeld::create(builder, self.handle, self.version, self.epoch)
+            }
+        }
+
+        /// Builder for serializing an instance of the [LeaseHeld] type.
+        ///
+        /// Can be created using the [LeaseHeld::builder] method.
+        #[derive(Debug)]
+        #[must_use]
+        pub struct LeaseHeldBuilder<State>(State);
+
+        impl LeaseHeldBuilder<()> {
+            /// Setter for the [`handle` field](LeaseHeld#structfield.handle).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn handle<T0>(self, value: T0) -> LeaseHeldBuilder<(T0,)>
+            where
+                T0: ::planus::WriteAsDefault<u64, u64>,
+            {
+                LeaseHeldBuilder((value,))
+            }
+
+            /// Sets the [`handle` field](LeaseHeld#structfield.handle) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn handle_as_default(self) -> LeaseHeldBuilder<(::planus::DefaultValue,)> {
+                self.handle(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0> LeaseHeldBuilder<(T0,)> {
+            /// Setter for the [`version` field](LeaseHeld#structfield.version).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn version<T1>(self, value: T1) -> LeaseHeldBuilder<(T0, T1)>
+            where
+                T1: ::planus::WriteAsDefault<u64, u64>,
+            {
+                let (v0,) = self.0;
+                LeaseHeldBuilder((v0, value))
+            }
+
+            /// Sets the [`version` field](LeaseHeld#structfield.version) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn version_as_default(self) -> LeaseHeldBuilder<(T0, ::planus::DefaultValue)> {
+                self.version(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1> LeaseHeldBuilder<(T0, T1)> {
+            /// Setter for the [`epoch` field](LeaseHeld#structfield.epoch).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn epoch<T2>(self, value: T2) -> LeaseHeldBuilder<(T0, T1, T2)>
+            where
+                T2: ::planus::WriteAsDefault<u64, u64>,
+            {
+                let (v0, v1) = self.0;
+                LeaseHeldBuilder((v0, v1, value))
+            }
+
+            /// Sets the [`epoch` field](LeaseHeld#structfield.epoch) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn epoch_as_default(self) -> LeaseHeldBuilder<(T0, T1, ::planus::DefaultValue)> {
+                self.epoch(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1, T2> LeaseHeldBuilder<(T0, T1, T2)> {
+            /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [LeaseHeld].
+            #[inline]
+            pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseHeld>
+            where
+                Self: ::planus::WriteAsOffset<LeaseHeld>,
+            {
+                ::planus::WriteAsOffset::prepare(&self, builder)
+            }
+        }
+
+        impl<
+                T0: ::planus::WriteAsDefault<u64, u64>,
+                T1: ::planus::WriteAsDefault<u64, u64>,
+                T2: ::planus::WriteAsDefault<u64, u64>,
+            > ::planus::WriteAs<::planus::Offset<LeaseHeld>> for LeaseHeldBuilder<(T0, T1, T2)>
+        {
+            type Prepared = ::planus::Offset<LeaseHeld>;
+
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseHeld> {
+                ::planus::WriteAsOffset::prepare(self, builder)
+            }
+        }
+
+        impl<
+                T0: ::planus::WriteAsDefault<u64, u64>,
+                T1: ::planus::WriteAsDefault<u64, u64>,
+                T2: ::planus::WriteAsDefault<u64, u64>,
+            > ::planus::WriteAsOptional<::planus::Offset<LeaseHeld>>
+            for LeaseHeldBuilder<(T0, T1, T2)>
+        {
+            type Prepared = ::planus::Offset<LeaseHeld>;
+
+            #[inline]
+            fn prepare(
+                &self,
+                builder: &mut ::planus::Builder,
+            ) -> ::core::option::Option<::planus::Offset<LeaseHeld>> {
+                ::core::option::Option::Some(::planus::WriteAsOffset::prepare(self, builder))
+            }
+        }
+
+        impl<
+                T0: ::planus::WriteAsDefault<u64, u64>,
+                T1: ::planus::WriteAsDefault<u64, u64>,
+                T2: ::planus::WriteAsDefault<u64, u64>,
+            > ::planus::WriteAsOffset<LeaseHeld> for LeaseHeldBuilder<(T0, T1, T2)>
+        {
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseHeld> {
+                let (v0, v1, v2) = &self.0;
+                LeaseHeld::create(builder, v0, v1, v2)
+            }
+        }
+
+        /// Reference to a deserialized [LeaseHeld].
+        #[derive(Copy, Clone)]
+        pub struct LeaseHeldRef<'a>(#[allow(dead_code)] ::planus::table_reader::Table<'a>);
+
+        impl<'a> LeaseHeldRef<'a> {
+            /// Getter for the [`handle` field](LeaseHeld#structfield.handle).
+            #[inline]
+            pub fn handle(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(self.0.access(0, "LeaseHeld", "handle")?.unwrap_or(0))
+            }
+
+            /// Getter for the [`version` field](LeaseHeld#structfield.version).
+            #[inline]
+            pub fn version(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(self.0.access(1, "LeaseHeld", "version")?.unwrap_or(0))
+            }
+
+            /// Getter for the [`epoch` field](LeaseHeld#structfield.epoch).
+            #[inline]
+            pub fn epoch(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(self.0.access(2, "LeaseHeld", "epoch")?.unwrap_or(0))
+            }
+        }
+
+        impl<'a> ::core::fmt::Debug for LeaseHeldRef<'a> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut f = f.debug_struct("LeaseHeldRef");
+                f.field("handle", &self.handle());
+                f.field("version", &self.version());
+                f.field("epoch", &self.epoch());
+                f.finish()
+            }
+        }
+
+        impl<'a> ::core::convert::TryFrom<LeaseHeldRef<'a>> for LeaseHeld {
+            type Error = ::planus::Error;
+
+            #[allow(unreachable_code)]
+            fn try_from(value: LeaseHeldRef<'a>) -> ::planus::Result<Self> {
+                ::core::result::Result::Ok(Self {
+                    handle: ::core::convert::TryInto::try_into(value.handle()?)?,
+                    version: ::core::convert::TryInto::try_into(value.version()?)?,
+                    epoch: ::core::convert::TryInto::try_into(value.epoch()?)?,
+                })
+            }
+        }
+
+        impl<'a> ::planus::TableRead<'a> for LeaseHeldRef<'a> {
+            #[inline]
+            fn from_buffer(
+                buffer: ::planus::SliceWithStartOffset<'a>,
+                offset: usize,
+            ) -> ::core::result::Result<Self, ::planus::errors::ErrorKind> {
+                ::core::result::Result::Ok(Self(::planus::table_reader::Table::from_buffer(
+                    buffer, offset,
+                )?))
+            }
+        }
+
+        impl<'a> ::planus::VectorReadInner<'a> for LeaseHeldRef<'a> {
+            type Error = ::planus::Error;
+            const STRIDE: usize = 4;
+
+            unsafe fn from_buffer(
+                buffer: ::planus::SliceWithStartOffset<'a>,
+                offset: usize,
+            ) -> ::planus::Result<Self> {
+                ::planus::TableRead::from_buffer(buffer, offset).map_err(|error_kind| {
+                    error_kind.with_error_location(
+                        "[LeaseHeldRef]",
+                        "get",
+                        buffer.offset_from_start,
+                    )
+                })
+            }
+        }
+
+        /// # Safety
+        /// The planus compiler generates implementations that initialize
+        /// the bytes in `write_values`.
+        unsafe impl ::planus::VectorWrite<::planus::Offset<LeaseHeld>> for LeaseHeld {
+            type Value = ::planus::Offset<LeaseHeld>;
+            const STRIDE: usize = 4;
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> Self::Value {
+                ::planus::WriteAs::prepare(self, builder)
+            }
+
+            #[inline]
+            unsafe fn write_values(
+                values: &[::planus::Offset<LeaseHeld>],
+                bytes: *mut ::core::mem::MaybeUninit<u8>,
+                buffer_position: u32,
+            ) {
+                let bytes = bytes as *mut [::core::mem::MaybeUninit<u8>; 4];
+                for (i, v) in ::core::iter::Iterator::enumerate(values.iter()) {
+                    ::planus::WriteAsPrimitive::write(
+                        v,
+                        ::planus::Cursor::new(unsafe { &mut *bytes.add(i) }),
+                        buffer_position - (Self::STRIDE * i) as u32,
+                    );
+                }
+            }
+        }
+
+        impl<'a> ::planus::ReadAsRoot<'a> for LeaseHeldRef<'a> {
+            fn read_as_root(slice: &'a [u8]) -> ::planus::Result<Self> {
+                ::planus::TableRead::from_buffer(
+                    ::planus::SliceWithStartOffset {
+                        buffer: slice,
+                        offset_from_start: 0,
+                    },
+                    0,
+                )
+                .map_err(|error_kind| {
+                    error_kind.with_error_location("[LeaseHeldRef]", "read_as_root", 0)
+                })
+            }
+        }
+
+        ///  An extension the leader committed: the lease runs `duration_ms` more,
+        ///  counted on the chunkserver from when it sent the heartbeat asking.
+        ///
+        /// Generated from these locations:
+        /// * Table `LeaseExtension` in the file `wire/schema/chunkserver.fbs:83`
+        #[derive(
+            Clone,
+            Debug,
+            PartialEq,
+            PartialOrd,
+            Eq,
+            Ord,
+            Hash,
+            ::serde::Serialize,
+            ::serde::Deserialize,
+        )]
+        pub struct LeaseExtension {
+            /// The field `handle` in the table `LeaseExtension`
+            pub handle: u64,
+            /// The field `version` in the table `LeaseExtension`
+            pub version: u64,
+            /// The field `epoch` in the table `LeaseExtension`
+            pub epoch: u64,
+            /// The field `duration_ms` in the table `LeaseExtension`
+            pub duration_ms: u32,
+        }
+
+        #[allow(clippy::derivable_impls)]
+        impl ::core::default::Default for LeaseExtension {
+            fn default() -> Self {
+                Self {
+                    handle: 0,
+                    version: 0,
+                    epoch: 0,
+                    duration_ms: 0,
+                }
+            }
+        }
+
+        impl LeaseExtension {
+            /// Creates a [LeaseExtensionBuilder] for serializing an instance of this table.
+            #[inline]
+            pub fn builder() -> LeaseExtensionBuilder<()> {
+                LeaseExtensionBuilder(())
+            }
+
+            #[allow(clippy::too_many_arguments)]
+            pub fn create(
+                builder: &mut ::planus::Builder,
+                field_handle: impl ::planus::WriteAsDefault<u64, u64>,
+                field_version: impl ::planus::WriteAsDefault<u64, u64>,
+                field_epoch: impl ::planus::WriteAsDefault<u64, u64>,
+                field_duration_ms: impl ::planus::WriteAsDefault<u32, u32>,
+            ) -> ::planus::Offset<Self> {
+                let prepared_handle = field_handle.prepare(builder, &0);
+                let prepared_version = field_version.prepare(builder, &0);
+                let prepared_epoch = field_epoch.prepare(builder, &0);
+                let prepared_duration_ms = field_duration_ms.prepare(builder, &0);
+
+                let mut table_writer: ::planus::table_writer::TableWriter<12> =
+                    ::core::default::Default::default();
+                if prepared_handle.is_some() {
+                    table_writer.write_entry::<u64>(0);
+                }
+                if prepared_version.is_some() {
+                    table_writer.write_entry::<u64>(1);
+                }
+                if prepared_epoch.is_some() {
+                    table_writer.write_entry::<u64>(2);
+                }
+                if prepared_duration_ms.is_some() {
+                    table_writer.write_entry::<u32>(3);
+                }
+
+                unsafe {
+                    table_writer.finish(builder, |object_writer| {
+                        if let ::core::option::Option::Some(prepared_handle) = prepared_handle {
+                            object_writer.write::<_, _, 8>(&prepared_handle);
+                        }
+                        if let ::core::option::Option::Some(prepared_version) = prepared_version {
+                            object_writer.write::<_, _, 8>(&prepared_version);
+                        }
+                        if let ::core::option::Option::Some(prepared_epoch) = prepared_epoch {
+                            object_writer.write::<_, _, 8>(&prepared_epoch);
+                        }
+                        if let ::core::option::Option::Some(prepared_duration_ms) =
+                            prepared_duration_ms
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_duration_ms);
+                        }
+                    });
+                }
+                builder.current_offset()
+            }
+        }
+
+        impl ::planus::WriteAs<::planus::Offset<LeaseExtension>> for LeaseExtension {
+            type Prepared = ::planus::Offset<Self>;
+
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseExtension> {
+                ::planus::WriteAsOffset::prepare(self, builder)
+            }
+        }
+
+        impl ::planus::WriteAsOptional<::planus::Offset<LeaseExtension>> for LeaseExtension {
+            type Prepared = ::planus::Offset<Self>;
+
+            #[inline]
+            fn prepare(
+                &self,
+                builder: &mut ::planus::Builder,
+            ) -> ::core::option::Option<::planus::Offset<LeaseExtension>> {
+                ::core::option::Option::Some(::planus::WriteAsOffset::prepare(self, builder))
+            }
+        }
+
+        impl ::planus::WriteAsOffset<LeaseExtension> for LeaseExtension {
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseExtension> {
+                LeaseExtension::create(
+                    builder,
+                    self.handle,
+                    self.version,
+                    self.epoch,
+                    self.duration_ms,
+                )
+            }
+        }
+
+        /// Builder for serializing an instance of the [LeaseExtension] type.
+        ///
+        /// Can be created using the [LeaseExtension::builder] method.
+        #[derive(Debug)]
+        #[must_use]
+        pub struct LeaseExtensionBuilder<State>(State);
+
+        impl LeaseExtensionBuilder<()> {
+            /// Setter for the [`handle` field](LeaseExtension#structfield.handle).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn handle<T0>(self, value: T0) -> LeaseExtensionBuilder<(T0,)>
+            where
+                T0: ::planus::WriteAsDefault<u64, u64>,
+            {
+                LeaseExtensionBuilder((value,))
+            }
+
+            /// Sets the [`handle` field](LeaseExtension#structfield.handle) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn handle_as_default(self) -> LeaseExtensionBuilder<(::planus::DefaultValue,)> {
+                self.handle(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0> LeaseExtensionBuilder<(T0,)> {
+            /// Setter for the [`version` field](LeaseExtension#structfield.version).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn version<T1>(self, value: T1) -> LeaseExtensionBuilder<(T0, T1)>
+            where
+                T1: ::planus::WriteAsDefault<u64, u64>,
+            {
+                let (v0,) = self.0;
+                LeaseExtensionBuilder((v0, value))
+            }
+
+            /// Sets the [`version` field](LeaseExtension#structfield.version) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn version_as_default(self) -> LeaseExtensionBuilder<(T0, ::planus::DefaultValue)> {
+                self.version(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1> LeaseExtensionBuilder<(T0, T1)> {
+            /// Setter for the [`epoch` field](LeaseExtension#structfield.epoch).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn epoch<T2>(self, value: T2) -> LeaseExtensionBuilder<(T0, T1, T2)>
+            where
+                T2: ::planus::WriteAsDefault<u64, u64>,
+            {
+                let (v0, v1) = self.0;
+                LeaseExtensionBuilder((v0, v1, value))
+            }
+
+            /// Sets the [`epoch` field](LeaseExtension#structfield.epoch) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn epoch_as_default(
+                self,
+            ) -> LeaseExtensionBuilder<(T0, T1, ::planus::DefaultValue)> {
+                self.epoch(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1, T2> LeaseExtensionBuilder<(T0, T1, T2)> {
+            /// Setter for the [`duration_ms` field](LeaseExtension#structfield.duration_ms).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn duration_ms<T3>(self, value: T3) -> LeaseExtensionBuilder<(T0, T1, T2, T3)>
+            where
+                T3: ::planus::WriteAsDefault<u32, u32>,
+            {
+                let (v0, v1, v2) = self.0;
+                LeaseExtensionBuilder((v0, v1, v2, value))
+            }
+
+            /// Sets the [`duration_ms` field](LeaseExtension#structfield.duration_ms) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn duration_ms_as_default(
+                self,
+            ) -> LeaseExtensionBuilder<(T0, T1, T2, ::planus::DefaultValue)> {
+                self.duration_ms(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1, T2, T3> LeaseExtensionBuilder<(T0, T1, T2, T3)> {
+            /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [LeaseExtension].
+            #[inline]
+            pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseExtension>
+            where
+                Self: ::planus::WriteAsOffset<LeaseExtension>,
+            {
+                ::planus::WriteAsOffset::prepare(&self, builder)
+            }
+        }
+
+        impl<
+                T0: ::planus::WriteAsDefault<u64, u64>,
+                T1: ::planus::WriteAsDefault<u64, u64>,
+                T2: ::planus::WriteAsDefault<u64, u64>,
+                T3: ::planus::WriteAsDefault<u32, u32>,
+            > ::planus::WriteAs<::planus::Offset<LeaseExtension>>
+            for LeaseExtensionBuilder<(T0, T1, T2, T3)>
+        {
+            type Prepared = ::planus::Offset<LeaseExtension>;
+
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseExtension> {
+                ::planus::WriteAsOffset::prepare(self, builder)
+            }
+        }
+
+        impl<
+                T0: ::planus::WriteAsDefault<u64, u64>,
+                T1: ::planus::WriteAsDefault<u64, u64>,
+                T2: ::planus::WriteAsDefault<u64, u64>,
+                T3: ::planus::WriteAsDefault<u32, u32>,
+            > ::planus::WriteAsOptional<::planus::Offset<LeaseExtension>>
+            for LeaseExtensionBuilder<(T0, T1, T2, T3)>
+        {
+            type Prepared = ::planus::Offset<LeaseExtension>;
+
+            #[inline]
+            fn prepare(
+                &self,
+                builder: &mut ::planus::Builder,
+            ) -> ::core::option::Option<::planus::Offset<LeaseExtension>> {
+                ::core::option::Option::Some(::planus::WriteAsOffset::prepare(self, builder))
+            }
+        }
+
+        impl<
+                T0: ::planus::WriteAsDefault<u64, u64>,
+                T1: ::planus::WriteAsDefault<u64, u64>,
+                T2: ::planus::WriteAsDefault<u64, u64>,
+                T3: ::planus::WriteAsDefault<u32, u32>,
+            > ::planus::WriteAsOffset<LeaseExtension> for LeaseExtensionBuilder<(T0, T1, T2, T3)>
+        {
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<LeaseExtension> {
+                let (v0, v1, v2, v3) = &self.0;
+                LeaseExtension::create(builder, v0, v1, v2, v3)
+            }
+        }
+
+        /// Reference to a deserialized [LeaseExtension].
+        #[derive(Copy, Clone)]
+        pub struct LeaseExtensionRef<'a>(#[allow(dead_code)] ::planus::table_reader::Table<'a>);
+
+        impl<'a> LeaseExtensionRef<'a> {
+            /// Getter for the [`handle` field](LeaseExtension#structfield.handle).
+            #[inline]
+            pub fn handle(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(
+                    self.0.access(0, "LeaseExtension", "handle")?.unwrap_or(0),
+                )
+            }
+
+            /// Getter for the [`version` field](LeaseExtension#structfield.version).
+            #[inline]
+            pub fn version(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(
+                    self.0.access(1, "LeaseExtension", "version")?.unwrap_or(0),
+                )
+            }
+
+            /// Getter for the [`epoch` field](LeaseExtension#structfield.epoch).
+            #[inline]
+            pub fn epoch(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(
+                    self.0.access(2, "LeaseExtension", "epoch")?.unwrap_or(0),
+                )
+            }
+
+            /// Getter for the [`duration_ms` field](LeaseExtension#structfield.duration_ms).
+            #[inline]
+            pub fn duration_ms(&self) -> ::planus::Result<u32> {
+                ::core::result::Result::Ok(
+                    self.0
+                        .access(3, "LeaseExtension", "duration_ms")?
+                        .unwrap_or(0),
+                )
+            }
+        }
+
+        impl<'a> ::core::fmt::Debug for LeaseExtensionRef<'a> {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                let mut f = f.debug_struct("LeaseExtensionRef");
+                f.field("handle", &self.handle());
+                f.field("version", &self.version());
+                f.field("epoch", &self.epoch());
+                f.field("duration_ms", &self.duration_ms());
+                f.finish()
+            }
+        }
+
+        impl<'a> ::core::convert::TryFrom<LeaseExtensionRef<'a>> for LeaseExtension {
+            type Error = ::planus::Error;
+
+            #[allow(unreachable_code)]
+            fn try_from(value: LeaseExtensionRef<'a>) -> ::planus::Result<Self> {
+                ::core::result::Result::Ok(Self {
+                    handle: ::core::convert::TryInto::try_into(value.handle()?)?,
+                    version: ::core::convert::TryInto::try_into(value.version()?)?,
+                    epoch: ::core::convert::TryInto::try_into(value.epoch()?)?,
+                    duration_ms: ::core::convert::TryInto::try_into(value.duration_ms()?)?,
+                })
+            }
+        }
+
+        impl<'a> ::planus::TableRead<'a> for LeaseExtensionRef<'a> {
+            #[inline]
+            fn from_buffer(
+                buffer: ::planus::SliceWithStartOffset<'a>,
+                offset: usize,
+            ) -> ::core::result::Result<Self, ::planus::errors::ErrorKind> {
+                ::core::result::Result::Ok(Self(::planus::table_reader::Table::from_buffer(
+                    buffer, offset,
+                )?))
+            }
+        }
+
+        impl<'a> ::planus::VectorReadInner<'a> for LeaseExtensionRef<'a> {
+            type Error = ::planus::Error;
+            const STRIDE: usize = 4;
+
+            unsafe fn from_buffer(
+                buffer: ::planus::SliceWithStartOffset<'a>,
+                offset: usize,
+            ) -> ::planus::Result<Self> {
+                ::planus::TableRead::from_buffer(buffer, offset).map_err(|error_kind| {
+                    error_kind.with_error_location(
+                        "[LeaseExtensionRef]",
+                        "get",
+                        buffer.offset_from_start,
+                    )
+                })
+            }
+        }
+
+        /// # Safety
+        /// The planus compiler generates implementations that initialize
+        /// the bytes in `write_values`.
+        unsafe impl ::planus::VectorWrite<::planus::Offset<LeaseExtension>> for LeaseExtension {
+            type Value = ::planus::Offset<LeaseExtension>;
+            const STRIDE: usize = 4;
+            #[inline]
+            fn prepare(&self, builder: &mut ::planus::Builder) -> Self::Value {
+                ::planus::WriteAs::prepare(self, builder)
+            }
+
+            #[inline]
+            unsafe fn write_values(
+                values: &[::planus::Offset<LeaseExtension>],
+                bytes: *mut ::core::mem::MaybeUninit<u8>,
+                buffer_position: u32,
+            ) {
+                let bytes = bytes as *mut [::core::mem::MaybeUninit<u8>; 4];
+                for (i, v) in ::core::iter::Iterator::enumerate(values.iter()) {
+                    ::planus::WriteAsPrimitive::write(
+                        v,
+                        ::planus::Cursor::new(unsafe { &mut *bytes.add(i) }),
+                        buffer_position - (Self::STRIDE * i) as u32,
+                    );
+                }
+            }
+        }
+
+        impl<'a> ::planus::ReadAsRoot<'a> for LeaseExtensionRef<'a> {
+            fn read_as_root(slice: &'a [u8]) -> ::planus::Result<Self> {
+                ::planus::TableRead::from_buffer(
+                    ::planus::SliceWithStartOffset {
+                        buffer: slice,
+                        offset_from_start: 0,
+                    },
+                    0,
+                )
+                .map_err(|error_kind| {
+                    error_kind.with_error_location("[LeaseExtensionRef]", "read_as_root", 0)
+                })
+            }
+        }
+
         /// The table `Heartbeat` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `Heartbeat` in the file `wire/schema/chunkserver.fbs:72`
+        /// * Table `Heartbeat` in the file `wire/schema/chunkserver.fbs:90`
         #[derive(
             Clone,
             Debug,
@@ -26820,6 +27592,8 @@ mod root {
             pub results: ::core::option::Option<::planus::alloc::vec::Vec<self::CommandResult>>,
             /// The field `scrub` in the table `Heartbeat`
             pub scrub: ::core::option::Option<::planus::alloc::boxed::Box<self::ScrubProgress>>,
+            ///  Bounded by LEASE_EXTENSIONS_MAX; only the leader answers them.
+            pub extend_leases: ::core::option::Option<::planus::alloc::vec::Vec<self::LeaseHeld>>,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -26837,6 +27611,7 @@ mod root {
                     corrupt: ::core::default::Default::default(),
                     results: ::core::default::Default::default(),
                     scrub: ::core::default::Default::default(),
+                    extend_leases: ::core::default::Default::default(),
                 }
             }
         }
@@ -26866,6 +27641,9 @@ mod root {
                     ::planus::Offset<[::planus::Offset<self::CommandResult>]>,
                 >,
                 field_scrub: impl ::planus::WriteAsOptional<::planus::Offset<self::ScrubProgress>>,
+                field_extend_leases: impl ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseHeld>]>,
+                >,
             ) -> ::planus::Offset<Self> {
                 let prepared_node_id = field_node_id.prepare(builder, &0);
                 let prepared_highest_epoch = field_highest_epoch.prepare(builder, &0);
@@ -26878,8 +27656,9 @@ mod root {
                 let prepared_corrupt = field_corrupt.prepare(builder);
                 let prepared_results = field_results.prepare(builder);
                 let prepared_scrub = field_scrub.prepare(builder);
+                let prepared_extend_leases = field_extend_leases.prepare(builder);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<26> =
+                let mut table_writer: ::planus::table_writer::TableWriter<28> =
                     ::core::default::Default::default();
                 if prepared_node_id.is_some() {
                     table_writer.write_entry::<u64>(0);
@@ -26917,6 +27696,10 @@ mod root {
                 }
                 if prepared_scrub.is_some() {
                     table_writer.write_entry::<::planus::Offset<self::ScrubProgress>>(10);
+                }
+                if prepared_extend_leases.is_some() {
+                    table_writer
+                        .write_entry::<::planus::Offset<[::planus::Offset<self::LeaseHeld>]>>(11);
                 }
 
                 unsafe {
@@ -26962,6 +27745,11 @@ mod root {
                         if let ::core::option::Option::Some(prepared_scrub) = prepared_scrub {
                             object_writer.write::<_, _, 4>(&prepared_scrub);
                         }
+                        if let ::core::option::Option::Some(prepared_extend_leases) =
+                            prepared_extend_leases
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_extend_leases);
+                        }
                     });
                 }
                 builder.current_offset()
@@ -27005,6 +27793,7 @@ mod root {
                     &self.corrupt,
                     &self.results,
                     &self.scrub,
+                    &self.extend_leases,
                 )
             }
         }
@@ -27266,6 +28055,35 @@ mod root {
         impl<T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10>
             HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
+            /// Setter for the [`extend_leases` field](Heartbeat#structfield.extend_leases).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn extend_leases<T11>(
+                self,
+                value: T11,
+            ) -> HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
+            where
+                T11: ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseHeld>]>,
+                >,
+            {
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10) = self.0;
+                HeartbeatBuilder((v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, value))
+            }
+
+            /// Sets the [`extend_leases` field](Heartbeat#structfield.extend_leases) to null.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn extend_leases_as_null(
+                self,
+            ) -> HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, ())> {
+                self.extend_leases(())
+            }
+        }
+
+        impl<T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11>
+            HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
+        {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [Heartbeat].
             #[inline]
             pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<Heartbeat>
@@ -27290,8 +28108,9 @@ mod root {
                     ::planus::Offset<[::planus::Offset<self::CommandResult>]>,
                 >,
                 T10: ::planus::WriteAsOptional<::planus::Offset<self::ScrubProgress>>,
+                T11: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::LeaseHeld>]>>,
             > ::planus::WriteAs<::planus::Offset<Heartbeat>>
-            for HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
+            for HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
         {
             type Prepared = ::planus::Offset<Heartbeat>;
 
@@ -27315,8 +28134,9 @@ mod root {
                     ::planus::Offset<[::planus::Offset<self::CommandResult>]>,
                 >,
                 T10: ::planus::WriteAsOptional<::planus::Offset<self::ScrubProgress>>,
+                T11: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::LeaseHeld>]>>,
             > ::planus::WriteAsOptional<::planus::Offset<Heartbeat>>
-            for HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
+            for HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
         {
             type Prepared = ::planus::Offset<Heartbeat>;
 
@@ -27343,13 +28163,14 @@ mod root {
                     ::planus::Offset<[::planus::Offset<self::CommandResult>]>,
                 >,
                 T10: ::planus::WriteAsOptional<::planus::Offset<self::ScrubProgress>>,
+                T11: ::planus::WriteAsOptional<::planus::Offset<[::planus::Offset<self::LeaseHeld>]>>,
             > ::planus::WriteAsOffset<Heartbeat>
-            for HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
+            for HeartbeatBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10, T11)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<Heartbeat> {
-                let (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10) = &self.0;
-                Heartbeat::create(builder, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10)
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11) = &self.0;
+                Heartbeat::create(builder, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10, v11)
             }
         }
 
@@ -27457,6 +28278,18 @@ mod root {
             ) -> ::planus::Result<::core::option::Option<self::ScrubProgressRef<'a>>> {
                 self.0.access(10, "Heartbeat", "scrub")
             }
+
+            /// Getter for the [`extend_leases` field](Heartbeat#structfield.extend_leases).
+            #[inline]
+            pub fn extend_leases(
+                &self,
+            ) -> ::planus::Result<
+                ::core::option::Option<
+                    ::planus::Vector<'a, ::planus::Result<self::LeaseHeldRef<'a>>>,
+                >,
+            > {
+                self.0.access(11, "Heartbeat", "extend_leases")
+            }
         }
 
         impl<'a> ::core::fmt::Debug for HeartbeatRef<'a> {
@@ -27484,6 +28317,11 @@ mod root {
                 }
                 if let ::core::option::Option::Some(field_scrub) = self.scrub().transpose() {
                     f.field("scrub", &field_scrub);
+                }
+                if let ::core::option::Option::Some(field_extend_leases) =
+                    self.extend_leases().transpose()
+                {
+                    f.field("extend_leases", &field_extend_leases);
                 }
                 f.finish()
             }
@@ -27529,6 +28367,13 @@ mod root {
                         ::core::option::Option::Some(::planus::alloc::boxed::Box::new(
                             ::core::convert::TryInto::try_into(scrub)?,
                         ))
+                    } else {
+                        ::core::option::Option::None
+                    },
+                    extend_leases: if let ::core::option::Option::Some(extend_leases) =
+                        value.extend_leases()?
+                    {
+                        ::core::option::Option::Some(extend_leases.to_vec_result()?)
                     } else {
                         ::core::option::Option::None
                     },
@@ -27612,7 +28457,7 @@ mod root {
         /// The table `CreateChunk` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `CreateChunk` in the file `wire/schema/chunkserver.fbs:87`
+        /// * Table `CreateChunk` in the file `wire/schema/chunkserver.fbs:107`
         #[derive(
             Clone,
             Debug,
@@ -27967,7 +28812,7 @@ mod root {
         /// The enum `DeleteReason` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Enum `DeleteReason` in the file `wire/schema/chunkserver.fbs:93`
+        /// * Enum `DeleteReason` in the file `wire/schema/chunkserver.fbs:113`
         #[derive(
             Copy,
             Clone,
@@ -28154,7 +28999,7 @@ mod root {
         /// The table `DeleteChunk` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `DeleteChunk` in the file `wire/schema/chunkserver.fbs:106`
+        /// * Table `DeleteChunk` in the file `wire/schema/chunkserver.fbs:126`
         #[derive(
             Clone,
             Debug,
@@ -28519,7 +29364,7 @@ mod root {
         ///  Sent to every replica before a new primary lease (the version is already committed).
         ///
         /// Generated from these locations:
-        /// * Table `BumpVersion` in the file `wire/schema/chunkserver.fbs:113`
+        /// * Table `BumpVersion` in the file `wire/schema/chunkserver.fbs:133`
         #[derive(
             Clone,
             Debug,
@@ -28932,7 +29777,7 @@ mod root {
         ///  Pull a copy of a chunk from a peer, verify every block, then install it.
         ///
         /// Generated from these locations:
-        /// * Table `CloneChunk` in the file `wire/schema/chunkserver.fbs:121`
+        /// * Table `CloneChunk` in the file `wire/schema/chunkserver.fbs:141`
         #[derive(
             Clone,
             Debug,
@@ -29337,7 +30182,7 @@ mod root {
         ///  the master believes (docs/design/ on leases).
         ///
         /// Generated from these locations:
-        /// * Table `GrantLease` in the file `wire/schema/chunkserver.fbs:131`
+        /// * Table `GrantLease` in the file `wire/schema/chunkserver.fbs:151`
         #[derive(
             Clone,
             Debug,
@@ -29808,7 +30653,7 @@ mod root {
         /// The table `RevokeLease` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `RevokeLease` in the file `wire/schema/chunkserver.fbs:139`
+        /// * Table `RevokeLease` in the file `wire/schema/chunkserver.fbs:159`
         #[derive(
             Clone,
             Debug,
@@ -30112,7 +30957,7 @@ mod root {
         /// The union `ChunkCommand` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Union `ChunkCommand` in the file `wire/schema/chunkserver.fbs:144`
+        /// * Union `ChunkCommand` in the file `wire/schema/chunkserver.fbs:164`
         #[derive(
             Clone,
             Debug,
@@ -30572,7 +31417,7 @@ mod root {
         /// The table `CommandEnvelope` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `CommandEnvelope` in the file `wire/schema/chunkserver.fbs:153`
+        /// * Table `CommandEnvelope` in the file `wire/schema/chunkserver.fbs:173`
         #[derive(
             Clone,
             Debug,
@@ -30920,7 +31765,7 @@ mod root {
         /// The table `HeartbeatReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `HeartbeatReply` in the file `wire/schema/chunkserver.fbs:158`
+        /// * Table `HeartbeatReply` in the file `wire/schema/chunkserver.fbs:178`
         #[derive(
             Clone,
             Debug,
@@ -30937,6 +31782,9 @@ mod root {
             pub epoch: u64,
             ///  Bounded per reply (see DESIGN invariants); the rest follows in later heartbeats.
             pub commands: ::core::option::Option<::planus::alloc::vec::Vec<self::CommandEnvelope>>,
+            ///  The extensions of `Heartbeat.extend_leases` that were committed.
+            pub extended_leases:
+                ::core::option::Option<::planus::alloc::vec::Vec<self::LeaseExtension>>,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -30945,6 +31793,7 @@ mod root {
                 Self {
                     epoch: 0,
                     commands: ::core::default::Default::default(),
+                    extended_leases: ::core::default::Default::default(),
                 }
             }
         }
@@ -30963,11 +31812,15 @@ mod root {
                 field_commands: impl ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::CommandEnvelope>]>,
                 >,
+                field_extended_leases: impl ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseExtension>]>,
+                >,
             ) -> ::planus::Offset<Self> {
                 let prepared_epoch = field_epoch.prepare(builder, &0);
                 let prepared_commands = field_commands.prepare(builder);
+                let prepared_extended_leases = field_extended_leases.prepare(builder);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<8> =
+                let mut table_writer: ::planus::table_writer::TableWriter<10> =
                     ::core::default::Default::default();
                 if prepared_epoch.is_some() {
                     table_writer.write_entry::<u64>(0);
@@ -30978,6 +31831,12 @@ mod root {
                             1,
                         );
                 }
+                if prepared_extended_leases.is_some() {
+                    table_writer
+                        .write_entry::<::planus::Offset<[::planus::Offset<self::LeaseExtension>]>>(
+                            2,
+                        );
+                }
 
                 unsafe {
                     table_writer.finish(builder, |object_writer| {
@@ -30986,6 +31845,11 @@ mod root {
                         }
                         if let ::core::option::Option::Some(prepared_commands) = prepared_commands {
                             object_writer.write::<_, _, 4>(&prepared_commands);
+                        }
+                        if let ::core::option::Option::Some(prepared_extended_leases) =
+                            prepared_extended_leases
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_extended_leases);
                         }
                     });
                 }
@@ -31017,7 +31881,7 @@ mod root {
         impl ::planus::WriteAsOffset<HeartbeatReply> for HeartbeatReply {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<HeartbeatReply> {
-                HeartbeatReply::create(builder, self.epoch, &self.commands)
+                HeartbeatReply::create(builder, self.epoch, &self.commands, &self.extended_leases)
             }
         }
 
@@ -31070,6 +31934,28 @@ mod root {
         }
 
         impl<T0, T1> HeartbeatReplyBuilder<(T0, T1)> {
+            /// Setter for the [`extended_leases` field](HeartbeatReply#structfield.extended_leases).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn extended_leases<T2>(self, value: T2) -> HeartbeatReplyBuilder<(T0, T1, T2)>
+            where
+                T2: ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseExtension>]>,
+                >,
+            {
+                let (v0, v1) = self.0;
+                HeartbeatReplyBuilder((v0, v1, value))
+            }
+
+            /// Sets the [`extended_leases` field](HeartbeatReply#structfield.extended_leases) to null.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn extended_leases_as_null(self) -> HeartbeatReplyBuilder<(T0, T1, ())> {
+                self.extended_leases(())
+            }
+        }
+
+        impl<T0, T1, T2> HeartbeatReplyBuilder<(T0, T1, T2)> {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [HeartbeatReply].
             #[inline]
             pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<HeartbeatReply>
@@ -31085,8 +31971,11 @@ mod root {
                 T1: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::CommandEnvelope>]>,
                 >,
+                T2: ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseExtension>]>,
+                >,
             > ::planus::WriteAs<::planus::Offset<HeartbeatReply>>
-            for HeartbeatReplyBuilder<(T0, T1)>
+            for HeartbeatReplyBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<HeartbeatReply>;
 
@@ -31101,8 +31990,11 @@ mod root {
                 T1: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::CommandEnvelope>]>,
                 >,
+                T2: ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseExtension>]>,
+                >,
             > ::planus::WriteAsOptional<::planus::Offset<HeartbeatReply>>
-            for HeartbeatReplyBuilder<(T0, T1)>
+            for HeartbeatReplyBuilder<(T0, T1, T2)>
         {
             type Prepared = ::planus::Offset<HeartbeatReply>;
 
@@ -31120,12 +32012,15 @@ mod root {
                 T1: ::planus::WriteAsOptional<
                     ::planus::Offset<[::planus::Offset<self::CommandEnvelope>]>,
                 >,
-            > ::planus::WriteAsOffset<HeartbeatReply> for HeartbeatReplyBuilder<(T0, T1)>
+                T2: ::planus::WriteAsOptional<
+                    ::planus::Offset<[::planus::Offset<self::LeaseExtension>]>,
+                >,
+            > ::planus::WriteAsOffset<HeartbeatReply> for HeartbeatReplyBuilder<(T0, T1, T2)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<HeartbeatReply> {
-                let (v0, v1) = &self.0;
-                HeartbeatReply::create(builder, v0, v1)
+                let (v0, v1, v2) = &self.0;
+                HeartbeatReply::create(builder, v0, v1, v2)
             }
         }
 
@@ -31153,6 +32048,18 @@ mod root {
             > {
                 self.0.access(1, "HeartbeatReply", "commands")
             }
+
+            /// Getter for the [`extended_leases` field](HeartbeatReply#structfield.extended_leases).
+            #[inline]
+            pub fn extended_leases(
+                &self,
+            ) -> ::planus::Result<
+                ::core::option::Option<
+                    ::planus::Vector<'a, ::planus::Result<self::LeaseExtensionRef<'a>>>,
+                >,
+            > {
+                self.0.access(2, "HeartbeatReply", "extended_leases")
+            }
         }
 
         impl<'a> ::core::fmt::Debug for HeartbeatReplyRef<'a> {
@@ -31161,6 +32068,11 @@ mod root {
                 f.field("epoch", &self.epoch());
                 if let ::core::option::Option::Some(field_commands) = self.commands().transpose() {
                     f.field("commands", &field_commands);
+                }
+                if let ::core::option::Option::Some(field_extended_leases) =
+                    self.extended_leases().transpose()
+                {
+                    f.field("extended_leases", &field_extended_leases);
                 }
                 f.finish()
             }
@@ -31175,6 +32087,13 @@ mod root {
                     epoch: ::core::convert::TryInto::try_into(value.epoch()?)?,
                     commands: if let ::core::option::Option::Some(commands) = value.commands()? {
                         ::core::option::Option::Some(commands.to_vec_result()?)
+                    } else {
+                        ::core::option::Option::None
+                    },
+                    extended_leases: if let ::core::option::Option::Some(extended_leases) =
+                        value.extended_leases()?
+                    {
+                        ::core::option::Option::Some(extended_leases.to_vec_result()?)
                     } else {
                         ::core::option::Option::None
                     },

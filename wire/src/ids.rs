@@ -47,3 +47,6 @@ id_type!(
 pub const DEFAULT_CHUNK_SIZE_BYTES: u64 = 64 << 20;
 /// Checksum block size, fixed by the formats.
 pub const CHECKSUM_BLOCK_BYTES: u64 = crate::checksum::BLOCK_BYTES as u64;
+/// Lease extensions one heartbeat may ask for (`Heartbeat.extend_leases`);
+/// a master ignores the rest.
+pub const LEASE_EXTENSIONS_PER_HEARTBEAT_MAX: usize = 4096;

@@ -142,6 +142,12 @@ fn chunk_commands_nest_in_heartbeat_replies() {
                 }]),
             }))),
         }]),
+        extended_leases: Some(vec![LeaseExtension {
+            handle: 11,
+            version: 3,
+            epoch: 4,
+            duration_ms: 59_000,
+        }]),
     }));
     let mut enc = Encoder::new();
     let mut out = Vec::new();

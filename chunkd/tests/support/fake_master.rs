@@ -18,7 +18,7 @@ use ringfs_wire::frame::{FrameHeader, FrameLimits, HEADER_BYTES};
 use ringfs_wire::message::{Encoder, decode_meta, error_body};
 use ringfs_wire::msg::{
     Body, BodyRef, ChunkReport, CommandEnvelope, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply,
-    PeerKind, Register, RegisterReply,
+    LeaseExtension, PeerKind, Register, RegisterReply,
 };
 
 /// A connection idle this long is dropped (chunkd heartbeats far more often).
@@ -39,6 +39,8 @@ pub struct Options {
     pub register_error: Option<ErrorCode>,
     pub epoch: u64,
     pub heartbeat_interval_ms: u32,
+    /// Extend every lease a heartbeat asks for by this much (0: none).
+    pub extend_leases_ms: u32,
 }
 
 impl Default for Options {
@@ -49,6 +51,7 @@ impl Default for Options {
             register_error: None,
             epoch: 1,
             heartbeat_interval_ms: 100,
+            extend_leases_ms: 0,
         }
     }
 }
@@ -405,6 +408,20 @@ fn serve(mut stream: TcpStream, conn: u64, shared: &Shared) -> Result<(), String
                 }
             }
             Body::Heartbeat(h) => {
+                let extended = match options.extend_leases_ms {
+                    0 => Vec::new(),
+                    ms => h
+                        .extend_leases
+                        .iter()
+                        .flatten()
+                        .map(|l| LeaseExtension {
+                            handle: l.handle,
+                            version: l.version,
+                            epoch: l.epoch,
+                            duration_ms: ms,
+                        })
+                        .collect(),
+                };
                 lock(&shared.log).heartbeats.push((conn, *h));
                 let mut queued = lock(&shared.commands);
                 let n = queued.len().min(COMMANDS_PER_REPLY);
@@ -412,6 +429,7 @@ fn serve(mut stream: TcpStream, conn: u64, shared: &Shared) -> Result<(), String
                 Body::HeartbeatReply(Box::new(HeartbeatReply {
                     epoch: options.epoch,
                     commands: Some(commands),
+                    extended_leases: Some(extended),
                 }))
             }
             other => error_body(ErrorCode::BadRequest, format!("fake master: {other:?}")),

@@ -409,6 +409,7 @@ pub fn encode_outcome(o: &Outcome) -> [u8; OUTCOME_ENTRY_BYTES - 8] {
         Ok(Done::Version(x)) => (6, 0, *x, 0),
         Ok(Done::NodeId(x)) => (7, 0, *x, 0),
         Ok(Done::Ok) => (8, 0, 0, 0),
+        Ok(Done::Extended(x)) => (11, 0, *x, 0),
         Err(f) => (9, fail_code(*f), 0, 0),
     };
     let mut out = [0u8; OUTCOME_ENTRY_BYTES - 8];
@@ -426,7 +427,7 @@ pub fn decode_outcome(b: &[u8; OUTCOME_ENTRY_BYTES - 8]) -> Result<Outcome, Stri
         return Err("reserved outcome bytes are not zero".into());
     }
     let uses = match tag {
-        1..=4 | 6 | 7 => (false, true, false),
+        1..=4 | 6 | 7 | 11 => (false, true, false),
         5 | 10 => (false, true, true),
         8 => (false, false, false),
         9 => (true, false, false),
@@ -451,6 +452,7 @@ pub fn decode_outcome(b: &[u8; OUTCOME_ENTRY_BYTES - 8]) -> Result<Outcome, Stri
             handle: a,
             version: bb,
         }),
+        11 => Ok(Done::Extended(a)),
         _ => Err(fail_from_code(code).ok_or_else(|| format!("unknown failure code {code}"))?),
     })
 }
@@ -601,6 +603,11 @@ mod tests {
             Ok(Done::Version(7)),
             Ok(Done::NodeId(8)),
             Ok(Done::Ok),
+            Ok(Done::JoinedChunk {
+                handle: 9,
+                version: 10,
+            }),
+            Ok(Done::Extended(11)),
         ];
         for code in 1..=11 {
             all.push(Err(fail_from_code(code).expect("known code")));
