@@ -620,8 +620,11 @@ async fn heartbeat(
         highest_epoch: node.epoch.highest(),
         capacity_bytes: dirs.capacity_bytes,
         used_bytes: dirs.used_bytes,
-        // No node-wide gauge of requests in flight yet.
-        ops_in_flight: 0,
+        ops_in_flight: u32::try_from(
+            node.ops_in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .unwrap_or(u32::MAX),
         dirs: Some(dirs.dirs),
         added: Some(d.added),
         removed: Some(d.removed),

@@ -63,6 +63,9 @@ pub struct Node {
     pub metrics: Arc<Metrics>,
     pub inboxes: OnceLock<Vec<async_channel::Sender<CoreMsg>>>,
     pub stopping: AtomicBool,
+    /// Requests being executed on any core: the load the masters place
+    /// by and order read replicas by (heartbeat `ops_in_flight`).
+    pub ops_in_flight: AtomicU64,
     reports: Mutex<VecDeque<ReplicaEvent>>,
     pub reports_dropped: AtomicU64,
     /// Per core: chunks, stored bytes, corrupt chunks (published by each
@@ -86,6 +89,7 @@ impl Node {
             metrics,
             inboxes: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            ops_in_flight: AtomicU64::new(0),
             reports: Mutex::new(VecDeque::new()),
             reports_dropped: AtomicU64::new(0),
             core_counts: (0..cores).map(|_| Default::default()).collect(),

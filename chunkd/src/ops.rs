@@ -77,7 +77,9 @@ pub async fn execute(
     let started = Instant::now();
     let op = route_of(&body).map(|(op, _)| op);
     core.foreground.set(core.foreground.get() + 1);
+    let in_flight = InFlight::enter(&core.node);
     let (result, bufs) = run(core, body, from, bufs, data_len).await;
+    drop(in_flight);
     core.foreground.set(core.foreground.get() - 1);
     let reply = match result {
         Ok(mut reply) => {
@@ -102,6 +104,26 @@ pub async fn execute(
         core.metrics().op_done(op, started.elapsed(), ok);
     }
     reply
+}
+
+/// Counts a request in the node's `ops_in_flight` while it runs, also if
+/// its future is dropped midway.
+struct InFlight<'a>(&'a crate::node::Node);
+
+impl<'a> InFlight<'a> {
+    fn enter(node: &'a crate::node::Node) -> InFlight<'a> {
+        node.ops_in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(node)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .ops_in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 type Run = (ChunkResult<Reply>, Vec<AlignedBuf>);
