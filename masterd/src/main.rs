@@ -107,11 +107,20 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(masterd::http::serve(master.clone(), http_listener));
     tokio::spawn(masterd::duties::run(master.clone()));
     // Say "ready" once a leader is known (for a single voter, itself), so
-    // the first request is not refused with NotLeader; bounded.
+    // the first request is not refused with NotLeader, and, on the leader,
+    // once its whole log is applied: the committed index is persisted
+    // lazily, so after a crash the state first replays only up to an older
+    // one, and reads would miss mutations acknowledged before the crash.
+    // A leader's log is committed in full once its term's first entry is.
+    // Bounded.
     let mut metrics = master.raft.metrics();
     let _ = tokio::time::timeout(
         LEADER_WAIT,
-        metrics.wait_for(|m| m.current_leader.is_some()),
+        metrics.wait_for(|m| {
+            let leading = m.current_leader == Some(m.id);
+            let applied = m.last_applied.map(|l| l.index);
+            m.current_leader.is_some() && (!leading || applied >= m.last_log_index)
+        }),
     )
     .await;
     let (files, dirs) = {
