@@ -407,6 +407,16 @@ async fn session(
         };
         let ok = match reply {
             Body::HeartbeatReply(r) => {
+                // Only a leader answers with a HeartbeatReply: its term is
+                // persisted at once, so a deposed leader's commands are
+                // refused from now on even before this one sends any. A
+                // lower one is a deposed leader's; its commands come back
+                // as StaleEpoch results.
+                if !hub.core.node.epoch.is_known(r.epoch)
+                    && let Err(e) = ops::admit_epoch(&hub.core, r.epoch).await
+                {
+                    tracing::warn!(epoch = r.epoch, error = %e, "cannot persist a new epoch");
+                }
                 for command in r.commands.unwrap_or_default() {
                     enqueue(hub, index, commands, command, sent);
                 }

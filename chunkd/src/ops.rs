@@ -402,7 +402,7 @@ fn fence(core: &Core, epoch: u64) -> ChunkResult<()> {
 
 /// Admits a master command's epoch, persisting a new highest one in every
 /// data dir before the command runs.
-async fn admit_epoch(core: &Rc<Core>, epoch: u64) -> ChunkResult<()> {
+pub async fn admit_epoch(core: &Rc<Core>, epoch: u64) -> ChunkResult<()> {
     fence(core, epoch)?;
     if core.node.epoch.is_known(epoch) {
         return Ok(());

@@ -181,7 +181,7 @@ impl Client {
     pub async fn stat(&self, path: &str) -> Result<Attr> {
         let body = Body::Stat(Box::new(Stat {
             path: Some(path.into()),
-            min_applied_index: 0,
+            min_applied_index: self.inner.masters.seen_index(),
         }));
         attr_of(path, self.master(path, body).await?)
     }
@@ -197,7 +197,7 @@ impl Client {
             path: Some(path.into()),
             start_after: Some(start_after.into()),
             limit,
-            min_applied_index: 0,
+            min_applied_index: self.inner.masters.seen_index(),
         }));
         match self.master(path, body).await? {
             Body::ListDirReply(r) => Ok((r.entries.unwrap_or_default(), r.more)),
@@ -311,6 +311,31 @@ impl Client {
         }
     }
 
+    /// Hands the leadership over to master `to` (0: the most caught-up
+    /// other voter), without failing a client request (design note 014).
+    pub async fn admin_failover(&self, to: u64) -> Result<()> {
+        let body = Body::AdminFailover(Box::new(ringfs_wire::msg::AdminFailover { to }));
+        match self.master("failover", body).await? {
+            Body::Ack(_) => Ok(()),
+            other => Err(unexpected("failover", &other)),
+        }
+    }
+
+    /// Adds a shadow master as a Raft learner, promotes a learner to voter,
+    /// or removes a master from the group.
+    pub async fn admin_membership(
+        &self,
+        op: ringfs_wire::msg::MembershipOp,
+        node_id: u64,
+    ) -> Result<()> {
+        let body =
+            Body::AdminMembership(Box::new(ringfs_wire::msg::AdminMembership { op, node_id }));
+        match self.master("membership", body).await? {
+            Body::Ack(_) => Ok(()),
+            other => Err(unexpected("membership", &other)),
+        }
+    }
+
     /// Closes a written file: its length becomes final.
     pub(crate) async fn complete(&self, what: &str, inode: u64, length_bytes: u64) -> Result<Attr> {
         let body = Body::CompleteFile(Box::new(CompleteFile {
@@ -331,7 +356,7 @@ impl Client {
             inode,
             first_index,
             count: 10_000,
-            min_applied_index: 0,
+            min_applied_index: self.inner.masters.seen_index(),
         }));
         match self.master(what, body).await? {
             Body::GetChunksReply(r) => Ok(*r),

@@ -4,9 +4,10 @@
 //! out, and every request has a total deadline (DESIGN §6).
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use ringfs_wire::msg::{Body, ErrorCode, ErrorReply};
+use ringfs_wire::msg::{Body, ErrorCode, ErrorReply, ReadStamp};
 
 use crate::error::Error;
 use crate::link::Pool;
@@ -28,9 +29,14 @@ impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
             deadline: Duration::from_secs(60),
-            attempt_timeout: Duration::from_secs(15),
+            // A hung master (paused, partitioned) costs one of these before
+            // the next is tried; masters answer mutations within their own
+            // commit timeout (3 s) either way.
+            attempt_timeout: Duration::from_secs(5),
             backoff_initial: Duration::from_millis(20),
-            backoff_max: Duration::from_secs(2),
+            // Short: during an election every master may refuse for a few
+            // hundred ms, and a long pause would outlast the failover.
+            backoff_max: Duration::from_millis(250),
             attempts_max: 200,
         }
     }
@@ -44,6 +50,28 @@ pub struct Masters {
     leader: Mutex<Option<String>>,
     pool: Pool,
     policy: RetryPolicy,
+    /// The newest applied index any master's answer was stamped with.
+    /// Reads ask for at least this much, so whichever master answers
+    /// (another leader after a failover, a shadow), this client never reads
+    /// older than what it already saw or wrote.
+    seen_index: AtomicU64,
+}
+
+/// The read stamp of a master's answer, if it has one.
+fn stamp_of(body: &Body) -> Option<&ReadStamp> {
+    match body {
+        Body::Ack(r) => r.stamp.as_ref(),
+        Body::AttrReply(r) => r.stamp.as_ref(),
+        Body::ListDirReply(r) => r.stamp.as_ref(),
+        Body::DeleteReply(r) => r.stamp.as_ref(),
+        Body::ListTrashReply(r) => r.stamp.as_ref(),
+        Body::SetReplicationReply(r) => r.stamp.as_ref(),
+        Body::GetChunksReply(r) => r.stamp.as_ref(),
+        Body::ChunkLocationReply(r) => r.stamp.as_ref(),
+        Body::AdminStatusReply(r) => r.stamp.as_ref(),
+        Body::FsckReply(r) => r.stamp.as_ref(),
+        _ => None,
+    }
 }
 
 enum Next {
@@ -61,7 +89,13 @@ impl Masters {
             leader: Mutex::new(None),
             pool,
             policy,
+            seen_index: AtomicU64::new(0),
         }
+    }
+
+    /// See [`Masters::seen_index`](struct field): the `min_applied_index` of reads.
+    pub fn seen_index(&self) -> u64 {
+        self.seen_index.load(Ordering::Relaxed)
     }
 
     pub fn policy(&self) -> &RetryPolicy {
@@ -113,6 +147,10 @@ impl Masters {
                         None => return Err(Error::from_reply(what, &e)),
                     },
                     body => {
+                        if let Some(stamp) = stamp_of(&body) {
+                            self.seen_index
+                                .fetch_max(stamp.applied_index, Ordering::Relaxed);
+                        }
                         self.set_leader(Some(addr));
                         return Ok(body);
                     }
@@ -122,8 +160,11 @@ impl Masters {
                         return Err(Error::from_conn(what, &e));
                     }
                     last_problem = format!("{addr}: {e}");
-                    // Next time, the next master in turn.
+                    // Next time, the master after this one in turn.
                     self.set_leader(None);
+                    if let Some(i) = self.addrs.iter().position(|a| *a == addr) {
+                        rotation = i;
+                    }
                     Next::After(Duration::ZERO)
                 }
             };

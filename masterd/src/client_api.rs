@@ -43,11 +43,16 @@ fn not_leader(master: &Master) -> Body {
     not_leader_with(master, &format!("master {} is not the leader", master.id))
 }
 
-/// `NotLeader` with the leader's id and client address, when known.
+/// `NotLeader` (`ReadOnlyShadow` on a shadow) with the leader's id and
+/// client address, when known.
 pub fn not_leader_with(master: &Master, message: &str) -> Body {
     let (hint, addr) = master.leader_hint();
     Body::ErrorReply(Box::new(ErrorReply {
-        code: ErrorCode::NotLeader,
+        code: if master.is_shadow() {
+            ErrorCode::ReadOnlyShadow
+        } else {
+            ErrorCode::NotLeader
+        },
         message: Some(message.to_string()),
         leader_hint: hint,
         leader_addr: Some(addr),
@@ -69,6 +74,12 @@ fn propose_error(master: &Master, e: ProposeError) -> Body {
             ..ErrorReply::default()
         })),
         ProposeError::Stopped(why) => error(ErrorCode::Unavailable, why),
+        ProposeError::Unavailable(why) => Body::ErrorReply(Box::new(ErrorReply {
+            code: ErrorCode::Unavailable,
+            message: Some(why),
+            retry_after_ms: 20,
+            ..ErrorReply::default()
+        })),
     }
 }
 
@@ -301,11 +312,8 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             mutate(master, op, |d| attr_reply(master, inode_of(&d))).await
         }
         Body::Stat(s) => {
-            if !master
-                .wait_applied(s.min_applied_index, MIN_APPLIED_WAIT)
-                .await
-            {
-                return behind(master, s.min_applied_index);
+            if let Some(refusal) = read_ready(master, s.min_applied_index).await {
+                return refusal;
             }
             let state = master.shared.read();
             match state.ns.lookup(s.path.as_deref().unwrap_or("")) {
@@ -320,11 +328,8 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             }
         }
         Body::ListDir(l) => {
-            if !master
-                .wait_applied(l.min_applied_index, MIN_APPLIED_WAIT)
-                .await
-            {
-                return behind(master, l.min_applied_index);
+            if let Some(refusal) = read_ready(master, l.min_applied_index).await {
+                return refusal;
             }
             list_dir(
                 master,
@@ -334,6 +339,9 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             )
         }
         Body::ListTrash(l) => {
+            if let Some(refusal) = read_ready(master, 0).await {
+                return refusal;
+            }
             let state = master.shared.read();
             let limit = l.limit.clamp(1, LIST_LIMIT_MAX) as usize;
             let mut entries = Vec::new();
@@ -362,17 +370,14 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             }))
         }
         Body::GetChunks(g) => {
-            if !master
-                .wait_applied(g.min_applied_index, MIN_APPLIED_WAIT)
-                .await
-            {
-                return behind(master, g.min_applied_index);
+            if let Some(refusal) = read_ready(master, g.min_applied_index).await {
+                return refusal;
             }
             get_chunks(master, g.inode, g.first_index, g.count)
         }
         Body::AllocateChunk(a) => {
-            if !master.is_leader() {
-                return not_leader(master);
+            if let Some(refusal) = lease_ready(master) {
+                return refusal;
             }
             match lease::allocate(master, req_of(a.req), a.inode, a.index).await {
                 Ok(located) => location_reply(master, a.index, located),
@@ -380,8 +385,8 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             }
         }
         Body::GetLease(g) => {
-            if !master.is_leader() {
-                return not_leader(master);
+            if let Some(refusal) = lease_ready(master) {
+                return refusal;
             }
             let index = master
                 .shared
@@ -398,13 +403,24 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             report_bad_replica(master, &r);
             stamp_ack(master)
         }
-        Body::AdminStatus(_) => admin_status(master),
-        Body::Fsck(f) => fsck(
-            master,
-            f.path.as_deref().unwrap_or("/"),
-            f.start_after.as_deref().unwrap_or(""),
-            f.limit,
-        ),
+        Body::AdminStatus(_) => {
+            // The leader's view covers every member; a follower's only itself.
+            if let Some(refusal) = read_ready(master, 0).await {
+                return refusal;
+            }
+            admin_status(master)
+        }
+        Body::Fsck(f) => {
+            if let Some(refusal) = read_ready(master, 0).await {
+                return refusal;
+            }
+            fsck(
+                master,
+                f.path.as_deref().unwrap_or("/"),
+                f.start_after.as_deref().unwrap_or(""),
+                f.limit,
+            )
+        }
         Body::AdminDecommission(d) => {
             let mut reg = master.registry();
             match reg.servers.get_mut(&d.node_id) {
@@ -417,10 +433,29 @@ async fn dispatch(master: &Master, body: Body) -> Body {
                 None => fail(Fail::NotFound),
             }
         }
-        Body::AdminFailover(_) | Body::AdminMembership(_) => error(
-            ErrorCode::Unsupported,
-            "this master runs as the single voter; failover and membership need replicated masters",
-        ),
+        Body::AdminFailover(f) => {
+            if !master.is_leader() {
+                return not_leader(master);
+            }
+            match crate::failover::hand_over(master, f.to).await {
+                Ok(_) => stamp_ack(master),
+                Err(why) => Body::ErrorReply(Box::new(ErrorReply {
+                    code: ErrorCode::Unavailable,
+                    message: Some(why),
+                    retry_after_ms: 100,
+                    ..ErrorReply::default()
+                })),
+            }
+        }
+        Body::AdminMembership(m) => {
+            if !master.is_leader() {
+                return not_leader(master);
+            }
+            match crate::failover::change(master, m.op, m.node_id).await {
+                Ok(()) => stamp_ack(master),
+                Err(why) => error(ErrorCode::BadRequest, why),
+            }
+        }
         other => error(
             ErrorCode::BadRequest,
             format!(
@@ -429,6 +464,54 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             ),
         ),
     }
+}
+
+/// Leases and allocations need the leader's state to hold every earlier
+/// leader's grants (`Master::leader_ready`), or it could name a second
+/// primary; just after an election that takes one commit.
+fn lease_ready(master: &Master) -> Option<Body> {
+    if !master.is_leader() {
+        return Some(not_leader(master));
+    }
+    if !master.leader_ready() {
+        return Some(Body::ErrorReply(Box::new(ErrorReply {
+            code: ErrorCode::Unavailable,
+            message: Some("a new leader is catching up".into()),
+            retry_after_ms: 10,
+            ..ErrorReply::default()
+        })));
+    }
+    None
+}
+
+/// Readies a read. The leader answers linearizably
+/// (`Master::linearize`). A follower sends the client to the leader while
+/// one is known, and answers itself only while none is (an election), so
+/// reads go on through a failover. A shadow always answers. Followers and
+/// shadows answer from their applied state, stamped with how far behind
+/// they are, and never older than the client's `min_applied_index`
+/// (read-your-writes; the client passes the newest index it has seen).
+/// `Some` is the refusal to send instead.
+async fn read_ready(master: &Master, min_applied_index: u64) -> Option<Body> {
+    let leading = master.is_leader();
+    if !leading && !master.is_shadow() && master.leader_hint().0 != 0 {
+        return Some(not_leader(master));
+    }
+    if leading && let Err(why) = master.linearize().await {
+        return Some(Body::ErrorReply(Box::new(ErrorReply {
+            code: ErrorCode::Unavailable,
+            message: Some(why),
+            retry_after_ms: 20,
+            ..ErrorReply::default()
+        })));
+    }
+    if !master
+        .wait_applied(min_applied_index, MIN_APPLIED_WAIT)
+        .await
+    {
+        return Some(behind(master, min_applied_index));
+    }
+    None
 }
 
 fn behind(master: &Master, wanted: u64) -> Body {
@@ -599,27 +682,7 @@ fn admin_status(master: &Master) -> Body {
         let s = master.shared.read();
         (s.ns.files, s.ns.directories, s.chunks.chunks.len() as u64)
     };
-    let m = master.raft.metrics().borrow().clone();
-    let me = MasterStatus {
-        id: master.id,
-        role: if master.is_leader() {
-            MasterRole::Leader
-        } else {
-            MasterRole::Follower
-        },
-        term: m.current_term,
-        leader: m.current_leader.unwrap_or(0),
-        commit_index: m.last_applied.map_or(0, |l| l.index),
-        applied_index: master
-            .shared
-            .applied_index
-            .load(std::sync::atomic::Ordering::Acquire),
-        lag: 0,
-        client_addr: master
-            .config
-            .master(master.id)
-            .map(|c| c.client_addr.clone()),
-    };
+    let masters = master_statuses(master);
     let chunkservers = master
         .registry()
         .servers
@@ -642,7 +705,7 @@ fn admin_status(master: &Master) -> Body {
         })
         .collect();
     Body::AdminStatusReply(Box::new(AdminStatusReply {
-        masters: Some(vec![me]),
+        masters: Some(masters),
         chunkservers: Some(chunkservers),
         files,
         directories,
@@ -652,6 +715,62 @@ fn admin_status(master: &Master) -> Body {
         missing_chunks: h.missing,
         stamp: Some(master.stamp()),
     }))
+}
+
+/// Every member of the group as this master sees it. The leader knows each
+/// member's replicated index, so it reports the group's lag; another master
+/// reports itself and the leader it follows.
+fn master_statuses(master: &Master) -> Vec<MasterStatus> {
+    let m = master.raft.metrics().borrow().clone();
+    let membership = m.membership_config.membership().clone();
+    let commit = master.commit_index();
+    let applied = master
+        .shared
+        .applied_index
+        .load(std::sync::atomic::Ordering::Acquire);
+    let addr = |id: u64| master.config.master(id).map(|c| c.client_addr.clone());
+    let is_voter = |id: u64| membership.voter_ids().any(|v| v == id);
+    let me = MasterStatus {
+        id: master.id,
+        role: match m.state {
+            _ if master.is_leader() => MasterRole::Leader,
+            openraft::ServerState::Candidate => MasterRole::Candidate,
+            _ if !is_voter(master.id) => MasterRole::Shadow,
+            _ => MasterRole::Follower,
+        },
+        term: m.current_term,
+        leader: m.current_leader.unwrap_or(0),
+        commit_index: commit,
+        applied_index: applied,
+        lag: commit.saturating_sub(applied),
+        client_addr: addr(master.id),
+    };
+    let mut out = vec![me];
+    if let Some(replication) = m.replication.as_ref() {
+        for (&id, matched) in replication {
+            if id == master.id {
+                continue;
+            }
+            let matched = matched.map(|l| l.index);
+            out.push(MasterStatus {
+                id,
+                role: match matched {
+                    None => MasterRole::Unreachable,
+                    Some(_) if is_voter(id) => MasterRole::Follower,
+                    Some(_) => MasterRole::Shadow,
+                },
+                term: m.current_term,
+                leader: master.id,
+                // What the leader knows: the member's log holds this much.
+                commit_index: matched.unwrap_or(0),
+                applied_index: matched.unwrap_or(0),
+                lag: commit.saturating_sub(matched.unwrap_or(0)),
+                client_addr: addr(id),
+            });
+        }
+    }
+    out.sort_by_key(|s| s.id);
+    out
 }
 
 /// A client says a replica served bad data (it is marked corrupt: never

@@ -58,6 +58,9 @@ pub struct CsClient {
     cluster_id: String,
     me: Identity,
     idle: Mutex<Idle>,
+    /// Commands chunkservers refused as of an epoch older than one they
+    /// have seen: this master was deposed (fencing at work).
+    pub stale_epoch_refusals: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -76,6 +79,7 @@ impl CsClient {
                 node_id: master_id,
             },
             idle: Mutex::new(Idle::default()),
+            stale_epoch_refusals: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -140,10 +144,16 @@ impl CsClient {
             })??;
         match reply {
             Body::Ack(_) => Ok(()),
-            Body::ErrorReply(reply) => Err(CommandError::Refused {
-                addr: addr.to_string(),
-                reply,
-            }),
+            Body::ErrorReply(reply) => {
+                if reply.code == ErrorCode::StaleEpoch {
+                    self.stale_epoch_refusals
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(CommandError::Refused {
+                    addr: addr.to_string(),
+                    reply,
+                })
+            }
             other => Err(link(ConnError::Protocol(format!(
                 "unexpected reply {:?}",
                 ringfs_wire::msg::MessageKind::of_body(&other)

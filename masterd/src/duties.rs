@@ -83,6 +83,16 @@ pub fn counters(master: &Master) -> (u64, u64, u64, u64, u64) {
 
 /// A chunkserver reported how a command went.
 pub fn command_result(master: &Master, node: NodeId, result: &CommandResult) {
+    if result
+        .error
+        .as_ref()
+        .is_some_and(|e| e.code == ringfs_wire::msg::ErrorCode::StaleEpoch)
+    {
+        master
+            .metrics
+            .fenced
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     with(master, |d| {
         let Some(c) = d.clones.get(&result.handle).copied() else {
             return;
@@ -113,9 +123,13 @@ pub async fn run(master: std::sync::Arc<Master>) {
             tracing::warn!(node, "chunkserver silent for {timeout:?}: dead");
         }
         master.leases.sweep(now);
-        if !master.is_leader() {
+        // Only once this leader has applied its own term's first entry, so
+        // everything earlier leaders committed: GC judged from a state still
+        // catching up would take new chunks for orphans.
+        if !master.leader_ready() {
             continue;
         }
+        crate::failover::add_configured_shadows(&master).await;
         master.leases.note_leader(master.epoch(), now);
         let purge_due = with(&master, |d| {
             d.last_purge

@@ -19,6 +19,7 @@ use futures_util::future::join_all;
 use ringfs_wire::ids::LEASE_EXTENSIONS_PER_HEARTBEAT_MAX;
 use ringfs_wire::msg::{
     Body, BumpVersion, CreateChunk, ErrorCode, GrantLease, LeaseExtension, LeaseHeld, Replica,
+    RevokeLease,
 };
 
 use crate::node::{Master, now_ms, now_ns};
@@ -222,6 +223,31 @@ fn addr_of(master: &Master, node: NodeId) -> Option<String> {
         .map(|s| s.listen_addr.clone())
 }
 
+/// Asks `holder` to drop any lease it holds on `handle`, under this
+/// master's epoch; true once it has.
+async fn revoke(master: &Master, handle: u64, holder: NodeId) -> Result<(), String> {
+    let Some(addr) = addr_of(master, holder) else {
+        return Err(format!("node {holder} is not registered"));
+    };
+    let body = Body::RevokeLease(Box::new(RevokeLease {
+        epoch: master.epoch(),
+        handle,
+    }));
+    match master.cs.command(&addr, &body).await {
+        Ok(()) => {
+            master
+                .metrics
+                .leases_revoked
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::info!(handle, holder, error = %e, "lease not revoked; waiting it out");
+            Err(e.to_string())
+        }
+    }
+}
+
 /// The current primary lease of `handle`, granting one if none is live.
 pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseError> {
     let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS]
@@ -284,11 +310,25 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
         let leading = master.leases.leading_for(now);
         let wall_left = r.expires_at_ms().saturating_sub(now_ms());
         if leading < duration && wall_left > 0 {
-            let retry_after = (duration - leading).min(Duration::from_millis(wall_left));
-            return Err(LeaseError::Unavailable {
-                retry_after,
-                why: "a lease from an earlier term may still run".into(),
-            });
+            // Take it back: once the holder has admitted this
+            // term and dropped the lease, nothing of an earlier term runs
+            // there (it refuses older grants), and only the recorded holder
+            // can hold one: a grant is committed before it is sent, and a
+            // new primary is never named while the previous lease runs. A
+            // holder that cannot be reached is waited out.
+            // (Pointing clients at the holder instead would be wrong when
+            // the old leader died between committing a grant and sending
+            // it: the holder would answer NotPrimary forever.)
+            if let Err(e) = revoke(master, handle, r.primary).await {
+                let retry_after = (duration - leading).min(Duration::from_millis(wall_left));
+                return Err(LeaseError::Unavailable {
+                    retry_after,
+                    why: format!(
+                        "a lease from an earlier term may still run on node {} (not revoked: {e})",
+                        r.primary
+                    ),
+                });
+            }
         }
     }
     if good.is_empty() {
@@ -721,7 +761,9 @@ pub fn error_code(e: &LeaseError) -> ErrorCode {
         LeaseError::Fail(f) => f.code(),
         LeaseError::Propose(ProposeError::NotLeader { .. }) => ErrorCode::NotLeader,
         LeaseError::Propose(ProposeError::Busy) => ErrorCode::Busy,
-        LeaseError::Propose(ProposeError::Stopped(_)) => ErrorCode::Unavailable,
+        LeaseError::Propose(ProposeError::Stopped(_) | ProposeError::Unavailable(_)) => {
+            ErrorCode::Unavailable
+        }
         LeaseError::Unavailable { .. } => ErrorCode::Unavailable,
     }
 }

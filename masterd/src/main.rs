@@ -33,6 +33,10 @@ struct Args {
     /// Override the config's http_addr.
     #[arg(long)]
     http: Option<SocketAddr>,
+    /// Override the config's peer_addr for the listener (the address other
+    /// masters dial stays the config's).
+    #[arg(long)]
+    peer_listen: Option<SocketAddr>,
     /// Runtime worker threads (0 = one per CPU).
     #[arg(long, default_value_t = 0)]
     threads: usize,
@@ -95,18 +99,26 @@ async fn run(args: Args) -> Result<(), String> {
     let http = args
         .http
         .map_or_else(|| me.http_addr.clone(), |a| a.to_string());
+    let peer = args
+        .peer_listen
+        .map_or_else(|| me.peer_addr.clone(), |a| a.to_string());
     // Bind before the (possibly long) log replay, so a port conflict fails fast.
     let listener = bind(&listen).await?;
     let http_listener = bind(&http).await?;
+    let peer_listener = bind(&peer).await?;
     let master = Master::start(config.clone(), args.id, &args.data)
         .await
         .map_err(|e| e.to_string())?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let http_local = http_listener.local_addr().map_err(|e| e.to_string())?;
+    let peer_local = peer_listener.local_addr().map_err(|e| e.to_string())?;
+    tokio::spawn(masterd::peer::accept_loop(master.clone(), peer_listener));
+    tokio::spawn(masterd::metrics::watch_raft(master.clone()));
     tokio::spawn(masterd::server::accept_loop(master.clone(), listener));
     tokio::spawn(masterd::http::serve(master.clone(), http_listener));
     tokio::spawn(masterd::duties::run(master.clone()));
-    // Say "ready" once a leader is known (for a single voter, itself), so
+    // Say "ready" once a leader is known (for a single voter, itself; a
+    // shadow, once the leader has added it), so
     // the first request is not refused with NotLeader, and, on the leader,
     // once its whole log is applied: the committed index is persisted
     // lazily, so after a crash the state first replays only up to an older
@@ -128,7 +140,7 @@ async fn run(args: Args) -> Result<(), String> {
         (s.ns.files, s.ns.directories)
     };
     println!(
-        "masterd ready id={} listen={local} http={http_local} term={} applied={} files={files} dirs={dirs}",
+        "masterd ready id={} listen={local} http={http_local} peer={peer_local} term={} applied={} files={files} dirs={dirs}",
         master.id,
         master.epoch(),
         master

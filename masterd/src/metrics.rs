@@ -41,6 +41,18 @@ pub struct Metrics {
     pub bad_frames: AtomicU64,
     /// Primary leases extended through heartbeats.
     pub leases_extended: AtomicU64,
+    /// Terms this master has seen begin (elections anywhere in the group).
+    pub elections: AtomicU64,
+    /// Times the leader this master knows of changed.
+    pub leader_changes: AtomicU64,
+    /// Heartbeat-carried commands chunkservers refused as of a stale epoch
+    /// (with the proposer's and `CsClient`'s counts: fenced requests).
+    pub fenced: AtomicU64,
+    /// Graceful handovers this master led.
+    pub handovers: AtomicU64,
+    pub membership_changes: AtomicU64,
+    /// Leases of earlier terms taken back from their holders.
+    pub leases_revoked: AtomicU64,
 }
 
 impl Metrics {
@@ -126,7 +138,39 @@ pub fn render(master: &Master) -> String {
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
     let sh = &master.shared;
-    let counters: [(&str, &str, u64); 12] = [
+    let counters: [(&str, &str, u64); 18] = [
+        (
+            "ringfs_master_leases_revoked_total",
+            "counter",
+            m.leases_revoked.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_elections_total",
+            "counter",
+            m.elections.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_leader_changes_total",
+            "counter",
+            m.leader_changes.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_fenced_requests_total",
+            "counter",
+            m.fenced.load(Ordering::Relaxed)
+                + master.proposer.stats.fenced.load(Ordering::Relaxed)
+                + master.cs.stale_epoch_refusals.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_handovers_total",
+            "counter",
+            m.handovers.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_membership_changes_total",
+            "counter",
+            m.membership_changes.load(Ordering::Relaxed),
+        ),
         (
             "ringfs_master_leases_extended_total",
             "counter",
@@ -241,7 +285,11 @@ pub fn status_json(master: &Master) -> String {
         "id": master.id,
         "term": metrics.current_term,
         "leader": metrics.current_leader,
-        "commit_index": metrics.last_applied.map_or(0, |l| l.index),
+        "commit_index": master.commit_index(),
+        "voters": metrics.membership_config.membership().voter_ids().collect::<Vec<_>>(),
+        "learners": metrics.membership_config.membership().learner_ids().collect::<Vec<_>>(),
+        "replication": metrics.replication.as_ref().map(|r| r.iter().map(|(id, l)| (id.to_string(), l.map_or(0, |l| l.index))).collect::<std::collections::BTreeMap<_, _>>()),
+        "elections": master.metrics.elections.load(Ordering::Relaxed),
         "applied_index": master.shared.applied_index.load(Ordering::Relaxed),
         "last_log_index": metrics.last_log_index,
         "snapshot_index": metrics.snapshot.map(|l| l.index),
@@ -254,4 +302,37 @@ pub fn status_json(master: &Master) -> String {
         "uptime_secs": master.started.elapsed().as_secs(),
     })
     .to_string()
+}
+
+/// Counts elections and leader changes as this master sees them; ends with
+/// the Raft instance.
+pub async fn watch_raft(master: std::sync::Arc<Master>) {
+    let mut rx = master.raft.metrics();
+    let (mut term, mut leader) = {
+        let m = rx.borrow();
+        (m.current_term, m.current_leader)
+    };
+    while rx.changed().await.is_ok() {
+        let (t, l) = {
+            let m = rx.borrow();
+            (m.current_term, m.current_leader)
+        };
+        if t > term {
+            master
+                .metrics
+                .elections
+                .fetch_add(t - term, Ordering::Relaxed);
+            term = t;
+        }
+        if l.is_some() && l != leader {
+            master
+                .metrics
+                .leader_changes
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(term = t, leader = l, "leader changed");
+        }
+        if l.is_some() {
+            leader = l;
+        }
+    }
 }

@@ -2,14 +2,14 @@
 //! machine, the proposer, the chunkserver registry, leases, and the
 //! background duties (dead chunkservers, trash purge, re-replication, GC).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::{BasicNode, ServerState};
-use ringfs_wire::config::{Config, MasterTuning};
+use ringfs_wire::config::{Config, MasterRole as ConfigRole, MasterTuning};
 use ringfs_wire::msg::ReadStamp;
 
 use crate::cscmd::CsClient;
@@ -17,7 +17,7 @@ use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::oplog::{OpLog, OpLogStats};
 use crate::proposer::Proposer;
-use crate::raftnet::SingleVoter;
+use crate::raftnet::PeerNetwork;
 use crate::registry::Registry;
 use crate::state::State;
 use crate::statemachine::{Shared, StateMachine};
@@ -27,8 +27,6 @@ use crate::types::{NodeId, Raft};
 pub enum StartError {
     #[error("master {0} is not in the config")]
     NotInConfig(u64),
-    #[error("{0}")]
-    Unsupported(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -58,7 +56,16 @@ pub struct Master {
     command_seq: AtomicU64,
     pub started: Instant,
     pub data_dir: PathBuf,
+    /// Shadows an operator removed (`admin masters remove`), kept out of
+    /// the learner duty until added again; in memory, on this master.
+    removed_shadows: Mutex<BTreeSet<NodeId>>,
+    /// The newest leadership confirmation for linearizable reads: when it
+    /// started, and the read index it gave.
+    read_gate: tokio::sync::Mutex<Option<(Instant, u64)>>,
 }
+
+/// Longest wait for a leadership confirmation (a heartbeat round).
+pub const READ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -93,7 +100,9 @@ fn raft_config(t: &MasterTuning) -> Result<openraft::Config, StartError> {
 
 impl Master {
     /// Opens the op log and the newest checkpoint under `data_dir`, starts
-    /// Raft (initialising a fresh one-voter cluster) and the proposer.
+    /// Raft and the proposer. A voter of a fresh group initialises it with
+    /// every voter of the config (each voter does, with the same members,
+    /// which openraft allows); a shadow waits for the leader to add it.
     pub async fn start(
         config: Arc<Config>,
         id: NodeId,
@@ -103,15 +112,6 @@ impl Master {
             .master(id)
             .ok_or(StartError::NotInConfig(id))?
             .clone();
-        let voters: Vec<_> = config.voters().collect();
-        if voters.len() != 1 || config.shadows().next().is_some() {
-            return Err(StartError::Unsupported(format!(
-                "the config lists {} voters and {} shadows; this masterd runs exactly one voting master \
-                 (replicated masters come with the high-availability work)",
-                voters.len(),
-                config.shadows().count()
-            )));
-        }
         let tuning = config.file.master.clone();
         std::fs::create_dir_all(data_dir).map_err(|e| StartError::Io {
             path: data_dir.to_path_buf(),
@@ -126,18 +126,24 @@ impl Master {
         );
         let (sm, shared) = StateMachine::open(data_dir.join("checkpoints"), fresh)
             .map_err(|e| StartError::Checkpoint(e.to_string()))?;
-        let raft = Raft::new(id, Arc::new(raft_config(&tuning)?), SingleVoter, log, sm)
+        let network = PeerNetwork::new(id, config.key.clone(), config.file.cluster_id.clone());
+        let raft = Raft::new(id, Arc::new(raft_config(&tuning)?), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
-        let members: BTreeMap<NodeId, BasicNode> =
-            BTreeMap::from([(id, BasicNode::new(me.peer_addr.clone()))]);
-        match raft.initialize(members).await {
-            Ok(()) => tracing::info!(id, "initialised a new one-voter cluster"),
-            // Already initialised: a restart, the usual case.
-            Err(openraft::error::RaftError::APIError(
-                openraft::error::InitializeError::NotAllowed(_),
-            )) => {}
-            Err(e) => return Err(StartError::Raft(e.to_string())),
+        if me.role == ConfigRole::Voter {
+            let members: BTreeMap<NodeId, BasicNode> = config
+                .voters()
+                .map(|m| (m.id, BasicNode::new(m.peer_addr.clone())))
+                .collect();
+            let voters = members.len();
+            match raft.initialize(members).await {
+                Ok(()) => tracing::info!(id, voters, "initialised a new master group"),
+                // Already initialised: a restart, the usual case.
+                Err(openraft::error::RaftError::APIError(
+                    openraft::error::InitializeError::NotAllowed(_),
+                )) => {}
+                Err(e) => return Err(StartError::Raft(e.to_string())),
+            }
         }
         let proposer = Proposer::start(raft.clone());
         let cs = CsClient::new(config.key.clone(), config.file.cluster_id.clone(), id);
@@ -156,6 +162,8 @@ impl Master {
             started: Instant::now(),
             data_dir: data_dir.to_path_buf(),
             config,
+            removed_shadows: Mutex::new(BTreeSet::new()),
+            read_gate: tokio::sync::Mutex::new(None),
         }))
     }
 
@@ -178,6 +186,108 @@ impl Master {
         m.state == ServerState::Leader && m.current_leader == Some(self.id)
     }
 
+    /// The leader, having applied an entry of its own term: its state holds
+    /// everything any earlier leader committed.
+    pub fn leader_ready(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader
+            && m.current_leader == Some(self.id)
+            && m.last_applied
+                .is_some_and(|l| l.leader_id.term == m.current_term)
+    }
+
+    /// True when this master is not a voter of the group (a shadow, or a
+    /// master not yet added): it refuses mutations with `ReadOnlyShadow`.
+    pub fn is_shadow(&self) -> bool {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        !m.membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == self.id)
+    }
+
+    fn voter_count(&self) -> usize {
+        let m = self.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().voter_ids().count()
+    }
+
+    /// The commit index as this master knows it: its own on the leader,
+    /// the leader's as last heard on a follower or shadow.
+    pub fn commit_index(&self) -> u64 {
+        self.oplog_stats
+            .committed_index
+            .load(Ordering::Relaxed)
+            .max(self.shared.applied_index.load(Ordering::Acquire))
+    }
+
+    pub fn removed_shadows(&self) -> BTreeSet<NodeId> {
+        self.removed_shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn note_removed(&self, id: NodeId) {
+        self.removed_shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+    }
+
+    pub fn note_added(&self, id: NodeId) {
+        self.removed_shadows
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
+    }
+
+    /// Makes a read on the leader linearizable (read index, Raft §6.4):
+    /// confirms with a majority that this master still leads, then waits
+    /// until the state has applied what was committed at that moment. A
+    /// confirmation that began after the caller arrived serves it too, so
+    /// concurrent reads share one heartbeat round. A deposed leader (paused,
+    /// partitioned) fails here instead of answering from a stale state.
+    pub async fn linearize(&self) -> Result<(), String> {
+        if self.voter_count() <= 1 {
+            // The only voter: no other leader can exist.
+            return Ok(());
+        }
+        let arrived = Instant::now();
+        let read_index = {
+            let mut last = self.read_gate.lock().await;
+            match *last {
+                Some((started, index)) if started >= arrived => index,
+                _ => {
+                    let started = Instant::now();
+                    let (read, _) =
+                        tokio::time::timeout(READ_CONFIRM_TIMEOUT, self.raft.get_read_log_id())
+                            .await
+                            .map_err(|_| {
+                                format!(
+                                    "master {} could not confirm its leadership within {READ_CONFIRM_TIMEOUT:?}",
+                                    self.id
+                                )
+                            })?
+                            .map_err(|e| e.to_string())?;
+                    let index = read.map_or(0, |l| l.index);
+                    *last = Some((started, index));
+                    index
+                }
+            }
+        };
+        if self.wait_applied(read_index, READ_CONFIRM_TIMEOUT).await {
+            Ok(())
+        } else {
+            Err(format!(
+                "master {} is applying behind index {read_index}",
+                self.id
+            ))
+        }
+    }
+
     /// The leader's id and client address, when known.
     pub fn leader_hint(&self) -> (u64, String) {
         let leader = self.raft.metrics().borrow().current_leader;
@@ -193,7 +303,7 @@ impl Master {
         let m = m.borrow();
         ReadStamp {
             applied_index: self.shared.applied_index.load(Ordering::Acquire),
-            leader_commit_index: m.last_applied.map_or(0, |l| l.index),
+            leader_commit_index: self.commit_index(),
             term: m.current_term,
             answered_by: self.id,
         }

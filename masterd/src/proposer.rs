@@ -5,7 +5,8 @@
 //! `fdatasync` (docs/design/009-masterd-core.md).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -20,6 +21,11 @@ pub const QUEUED_OPS_MAX: usize = 65_536;
 /// has to happen here: while one proposal commits, everything that arrives
 /// queues for the next.
 pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
+/// Longest wait for a proposal to commit. Past it, its callers hear
+/// `Unavailable` (the entry may still commit later; a retry with the same
+/// request id is applied once) and the next proposal goes: a leader cut off
+/// from its majority refuses within a bounded time instead of hanging.
+pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
@@ -29,6 +35,9 @@ pub enum ProposeError {
     Busy,
     /// Raft stopped (fatal storage error or shutdown).
     Stopped(String),
+    /// No majority acknowledged the proposal in time, or the leadership is
+    /// being handed over: retry shortly.
+    Unavailable(String),
 }
 
 /// A committed and applied op.
@@ -49,12 +58,16 @@ pub struct ProposerStats {
     pub proposals: AtomicU64,
     pub ops: AtomicU64,
     pub largest_proposal_ops: AtomicU64,
+    /// Proposals refused because a newer term superseded this leader's.
+    pub fenced: AtomicU64,
 }
 
 #[derive(Clone)]
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     pub stats: Arc<ProposerStats>,
+    /// Set during a leadership handover: new proposals are refused.
+    held: Arc<AtomicBool>,
 }
 
 impl Proposer {
@@ -62,11 +75,25 @@ impl Proposer {
         let (tx, rx) = mpsc::channel(QUEUED_OPS_MAX);
         let stats = Arc::new(ProposerStats::default());
         tokio::spawn(run(raft, rx, stats.clone()));
-        Proposer { tx, stats }
+        Proposer {
+            tx,
+            stats,
+            held: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Refuses (`true`) or takes again (`false`) new proposals.
+    pub fn hold(&self, held: bool) {
+        self.held.store(held, Ordering::Release);
     }
 
     /// Commits `op` through the log; returns its outcome once applied.
     pub async fn propose(&self, op: Op) -> Result<Committed, ProposeError> {
+        if self.held.load(Ordering::Acquire) {
+            return Err(ProposeError::Unavailable(
+                "the leadership is being handed over".into(),
+            ));
+        }
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Pending { op, reply })
@@ -102,12 +129,23 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerSta
             .largest_proposal_ops
             .fetch_max(batch.len() as u64, Ordering::Relaxed);
         let raft = raft.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let (ops, replies): (Vec<Op>, Vec<_>) =
                 batch.into_iter().map(|p| (p.op, p.reply)).unzip();
             let n = ops.len();
-            let result = raft.client_write(Proposal { ops }).await;
+            let result =
+                tokio::time::timeout(COMMIT_TIMEOUT, raft.client_write(Proposal { ops })).await;
             drop(permit);
+            let Ok(result) = result else {
+                let err = ProposeError::Unavailable(format!(
+                    "no majority of the masters acknowledged within {COMMIT_TIMEOUT:?}"
+                ));
+                for reply in replies {
+                    let _ = reply.send(Err(err.clone()));
+                }
+                return;
+            };
             match result {
                 Ok(resp) => {
                     let applied = resp.data;
@@ -122,6 +160,7 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerSta
                 Err(e) => {
                     let err = match e {
                         RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => {
+                            stats.fenced.fetch_add(1, Ordering::Relaxed);
                             ProposeError::NotLeader {
                                 leader: f.leader_id,
                             }

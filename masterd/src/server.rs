@@ -202,7 +202,7 @@ async fn serve_refusing(mut stream: TcpStream) -> Result<(), ConnError> {
     let frame = conn::read_frame(&mut stream, &limits).await?;
     let body = error_body(
         ErrorCode::Unsupported,
-        "master-to-master traffic goes to the peer address, and this master runs as the single voter",
+        "master-to-master traffic goes to the peer address (peer_addr in the config)",
     );
     let mut encoder = Encoder::new();
     conn::write_frame(

@@ -157,17 +157,29 @@ fn ask(config: &Config, addr: &str, timeout: Duration) -> Result<Health, String>
     })
 }
 
-/// The status from the first master (in config order) that answers; the
-/// error lists why each one did not.
+/// The status from the leader (it sees every member's progress), else from
+/// the first master (in config order) that answers; the error lists why
+/// each one did not.
 pub fn probe(config: &Config, timeout: Duration) -> Result<Health, String> {
     let mut why = Vec::new();
+    let mut first = None;
     for m in &config.file.masters {
         match ask(config, &m.client_addr, timeout) {
-            Ok(h) => return Ok(h),
+            Ok(h) if h.leader == Some(m.id) => return Ok(h),
+            Ok(h) => {
+                let leader = h.leader.and_then(|l| config.master(l));
+                if let Some(l) = leader
+                    && let Ok(from_leader) = ask(config, &l.client_addr, timeout)
+                    && from_leader.leader == Some(l.id)
+                {
+                    return Ok(from_leader);
+                }
+                first.get_or_insert(h);
+            }
             Err(e) => why.push(format!("master {}: {e}", m.id)),
         }
     }
-    Err(why.join("; "))
+    first.ok_or_else(|| why.join("; "))
 }
 
 /// What a wait is still missing, for the error when it times out.

@@ -55,10 +55,6 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const CHUNKSERVERS_MAX: usize = 32;
 /// Bound on shadow masters in one local cluster.
 pub const SHADOWS_MAX: usize = 8;
-/// masterd runs exactly one voting master until high availability lands
-/// (`masterd/src/node.rs` refuses other configs). Set to true then: the
-/// config generation already handles several voters and shadows.
-pub const MULTI_MASTER_SUPPORTED: bool = false;
 /// Overrides where the daemon binaries are looked for.
 pub const BIN_DIR_ENV: &str = "RINGFS_BIN_DIR";
 

@@ -35,13 +35,6 @@ fn check_options(o: &UpOptions) -> Result<(), LocalError> {
             o.chunkservers
         ));
     }
-    if !MULTI_MASTER_SUPPORTED && (o.masters != 1 || o.shadows != 0) {
-        return usage(format!(
-            "--masters {} --shadows {}: a local cluster with more than one master needs high \
-             availability, which is not built yet; use --masters 1 --shadows 0",
-            o.masters, o.shadows
-        ));
-    }
     Ok(())
 }
 
@@ -431,16 +424,16 @@ mod tests {
     }
 
     #[test]
-    fn multi_master_is_refused_until_high_availability() {
-        for (m, s) in [(3, 0), (1, 1)] {
-            match check_options(&opts(m, s, 3)) {
-                Err(LocalError::Usage(msg)) => {
-                    assert!(msg.contains("high availability"), "{msg}")
-                }
-                other => panic!("{other:?}"),
-            }
+    fn replicated_masters_and_shadows_are_taken() {
+        for (m, s) in [(1, 0), (3, 0), (3, 2), (5, 1), (1, 1)] {
+            assert!(check_options(&opts(m, s, 3)).is_ok(), "{m} {s}");
         }
-        assert!(check_options(&opts(1, 0, 3)).is_ok());
+        for m in [2, 4, VOTERS_MAX + 2] {
+            assert!(
+                matches!(check_options(&opts(m, 0, 3)), Err(LocalError::Usage(_))),
+                "{m}"
+            );
+        }
     }
 
     #[test]

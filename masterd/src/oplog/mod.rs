@@ -125,6 +125,9 @@ pub struct OpLogStats {
     /// truncation.
     pub other_fsyncs: AtomicU64,
     pub last_batch_records: AtomicU64,
+    /// The newest committed index openraft reported (in memory; on a
+    /// follower, the leader's commit index as last heard).
+    pub committed_index: AtomicU64,
     /// Bucket k counts batches of 2^k to 2^(k+1) - 1 records; the last
     /// bucket is open-ended.
     pub batch_records_histogram: [AtomicU64; BATCH_HISTOGRAM_BUCKETS],
@@ -644,6 +647,10 @@ impl RaftLogStorage<TypeConfig> for OpLog {
         .await;
         r.map_err(write_err)?;
         self.committed = committed;
+        self.shared
+            .stats
+            .committed_index
+            .fetch_max(committed.map_or(0, |c| c.index), Relaxed);
         Ok(())
     }
 

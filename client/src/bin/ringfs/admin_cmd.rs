@@ -1,4 +1,5 @@
-//! `ringfs admin status`: the cluster at a glance.
+//! `ringfs admin status`: the cluster at a glance; `admin failover` and
+//! `admin masters add|promote|remove`: the master group by hand.
 
 use ringfs_client::Client;
 use ringfs_wire::msg::{ChunkserverState, MasterRole};
@@ -34,7 +35,7 @@ pub async fn status(client: &Client, json: bool) -> Outcome {
         "scrub_bytes_unverified_beyond_period": unverified,
     });
     show::print(json, &value, || {
-        let mut out = String::from("masters\n  id  role      term  lag  address\n");
+        let mut out = String::from("masters\n  id  role         term  lag  address\n");
         for m in &masters {
             let role = match m.role {
                 MasterRole::Leader => "leader",
@@ -44,7 +45,7 @@ pub async fn status(client: &Client, json: bool) -> Outcome {
                 _ => "unreachable",
             };
             out.push_str(&format!(
-                "  {:<3} {:<9} {:<5} {:<4} {}\n",
+                "  {:<3} {:<12} {:<5} {:<4} {}\n",
                 m.id,
                 role,
                 m.term,
@@ -89,6 +90,46 @@ pub async fn status(client: &Client, json: bool) -> Outcome {
             show::bytes(unverified),
         ));
         out
+    });
+    Ok(())
+}
+
+/// The leader after `client`'s last answer, by asking again.
+async fn leader_of(client: &Client) -> Option<u64> {
+    let s = client.admin_status().await.ok()?;
+    s.masters?
+        .iter()
+        .find(|m| m.role == MasterRole::Leader)
+        .map(|m| m.id)
+}
+
+pub async fn failover(client: &Client, to: u64, json: bool) -> Outcome {
+    let started = std::time::Instant::now();
+    client.admin_failover(to).await?;
+    let took_ms = started.elapsed().as_millis() as u64;
+    let leader = leader_of(client).await;
+    let value = json!({ "leader": leader, "took_ms": took_ms });
+    show::print(json, &value, || match leader {
+        Some(l) => format!("master {l} leads now ({took_ms} ms)"),
+        None => format!("handed over in {took_ms} ms; no leader answered yet"),
+    });
+    Ok(())
+}
+
+pub async fn membership(
+    client: &Client,
+    op: ringfs_wire::msg::MembershipOp,
+    id: u64,
+    json: bool,
+) -> Outcome {
+    client.admin_membership(op, id).await?;
+    let what = match op {
+        ringfs_wire::msg::MembershipOp::AddShadow => "added as a shadow",
+        ringfs_wire::msg::MembershipOp::Promote => "promoted to voter",
+        _ => "removed",
+    };
+    show::print(json, &json!({ "id": id, "done": what }), || {
+        format!("master {id} {what}")
     });
     Ok(())
 }

@@ -110,6 +110,26 @@ enum Command {
 enum AdminCommand {
     /// Masters, chunkservers, replica health and scrub coverage.
     Status(StatusArgs),
+    /// Hand the leadership to another voter (maintenance), pausing
+    /// mutations for about one election timeout; no request fails.
+    Failover {
+        /// The master to lead next; default: the most caught-up voter.
+        #[arg(long)]
+        to: Option<u64>,
+    },
+    /// Change the voting membership of the master group.
+    #[command(subcommand)]
+    Masters(MastersCommand),
+}
+
+#[derive(Subcommand)]
+enum MastersCommand {
+    /// Add a master of the config as a shadow (a read-only Raft learner).
+    Add { id: u64 },
+    /// Make a shadow a voter.
+    Promote { id: u64 },
+    /// Remove a master (voter or shadow) from the group.
+    Remove { id: u64 },
 }
 
 #[derive(Args)]
@@ -273,6 +293,18 @@ fn run_with_client(
             }
             Command::Fsck { path } => files::fsck(&client, &path, json).await,
             Command::Admin(AdminCommand::Status(_)) => admin_cmd::status(&client, json).await,
+            Command::Admin(AdminCommand::Failover { to }) => {
+                admin_cmd::failover(&client, to.unwrap_or(0), json).await
+            }
+            Command::Admin(AdminCommand::Masters(m)) => {
+                use ringfs_wire::msg::MembershipOp;
+                let (op, id) = match m {
+                    MastersCommand::Add { id } => (MembershipOp::AddShadow, id),
+                    MastersCommand::Promote { id } => (MembershipOp::Promote, id),
+                    MastersCommand::Remove { id } => (MembershipOp::Remove, id),
+                };
+                admin_cmd::membership(&client, op, id, json).await
+            }
             Command::Keygen { .. } | Command::Config(_) | Command::Local(_) => {
                 unreachable!("handled before a client is made")
             }

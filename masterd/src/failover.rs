@@ -1,0 +1,351 @@
+//! Leadership and membership by hand (design note 014): the graceful
+//! handover of `ringfs admin failover [--to ID]`, `admin masters
+//! add|promote|remove`, and the leader's duty of adding the configured
+//! shadows as Raft learners.
+//!
+//! openraft 0.9 has no leadership transfer, and a follower refuses to vote
+//! while its leader lease (`election_timeout_max_ms` after the last
+//! heartbeat) runs. So the handover is: the leader stops taking mutations
+//! (callers get `Unavailable`, retry in a few ms and land on the new
+//! leader), waits until the target has every entry, stops heartbeating,
+//! tells the other voters to hold their own elections for a while, and
+//! tells the target to campaign as soon as the lease has run out. The
+//! pause is about one `election_timeout_max_ms`; no request fails.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use openraft::{BasicNode, ChangeMembers};
+use ringfs_wire::config::MasterRole as ConfigRole;
+use ringfs_wire::msg::RaftRpc;
+use serde::{Deserialize, Serialize};
+
+use crate::node::Master;
+use crate::raftnet::PeerConn;
+use crate::types::NodeId;
+
+/// Longest wait for the target to hold every entry before the handover.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
+/// How long the other voters hold their elections during a handover.
+pub const HOLD_ELECTIONS_MS: u64 = 3000;
+/// Longest wait for the target to win once asked.
+pub const CAMPAIGN_WAIT: Duration = Duration::from_secs(5);
+/// Margin over the followers' leader lease before the target campaigns:
+/// the last heartbeat left at most this before the stop.
+pub const LEASE_MARGIN_MS: u64 = 20;
+
+/// What the leader asks of another voter during a handover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Handover {
+    /// Start no election of your own for `for_ms`.
+    Hold { for_ms: u64 },
+    /// Once your log reaches `last_log_index`, wait `after_ms` (the others'
+    /// leader lease running out), then campaign; answer once you lead.
+    Take { last_log_index: u64, after_ms: u64 },
+}
+
+/// A voter's side of a handover.
+pub async fn on_handover(master: &Master, from: NodeId, h: Handover) -> Result<(), String> {
+    match h {
+        Handover::Hold { for_ms } => {
+            let for_ms = for_ms.min(HOLD_ELECTIONS_MS);
+            master.raft.runtime_config().elect(false);
+            let raft = master.raft.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(for_ms)).await;
+                raft.runtime_config().elect(true);
+            });
+            tracing::info!(from, for_ms, "holding elections for a handover");
+            Ok(())
+        }
+        Handover::Take {
+            last_log_index,
+            after_ms,
+        } => {
+            let mut metrics = master.raft.metrics();
+            tokio::time::timeout(
+                CATCH_UP_WAIT,
+                metrics.wait_for(|m| m.last_log_index.unwrap_or(0) >= last_log_index),
+            )
+            .await
+            .map_err(|_| format!("master {} did not reach index {last_log_index}", master.id))?
+            .map_err(|e| e.to_string())?;
+            tokio::time::sleep(Duration::from_millis(after_ms.min(10_000))).await;
+            master
+                .raft
+                .trigger()
+                .elect()
+                .await
+                .map_err(|e| e.to_string())?;
+            let me = master.id;
+            tokio::time::timeout(
+                CAMPAIGN_WAIT,
+                metrics.wait_for(|m| m.current_leader == Some(me)),
+            )
+            .await
+            .map_err(|_| format!("master {me} did not win its election in {CAMPAIGN_WAIT:?}"))?
+            .map_err(|e| e.to_string())?;
+            tracing::info!(from, "took over the leadership");
+            Ok(())
+        }
+    }
+}
+
+fn voters(master: &Master) -> BTreeMap<NodeId, BasicNode> {
+    let m = master.raft.metrics();
+    let m = m.borrow();
+    let membership = m.membership_config.membership();
+    membership
+        .voter_ids()
+        .filter_map(|id| membership.get_node(&id).map(|n| (id, n.clone())))
+        .collect()
+}
+
+fn conn(master: &Master, target: NodeId, node: &BasicNode) -> PeerConn {
+    PeerConn::new(
+        master.id,
+        master.config.key.clone(),
+        master.config.file.cluster_id.clone(),
+        target,
+        node.addr.clone(),
+    )
+}
+
+async fn send(
+    master: &Master,
+    target: NodeId,
+    node: &BasicNode,
+    h: &Handover,
+) -> Result<(), String> {
+    let payload = postcard::to_allocvec(h).map_err(|e| e.to_string())?;
+    let mut c = conn(master, target, node);
+    let reply = tokio::time::timeout(
+        CATCH_UP_WAIT + CAMPAIGN_WAIT + Duration::from_secs(1),
+        c.exchange(RaftRpc::TransferLeader, &payload),
+    )
+    .await
+    .map_err(|_| format!("master {target} did not answer the handover"))?
+    .map_err(|e| e.to_string())?;
+    postcard::from_bytes::<Result<(), String>>(&reply).map_err(|e| e.to_string())?
+}
+
+/// The leader's side: hands the leadership to `to` (0 = the most
+/// caught-up other voter). Returns the new leader.
+pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
+    if !master.is_leader() {
+        return Err(format!("master {} is not the leader", master.id));
+    }
+    let voters = voters(master);
+    let target = if to == 0 {
+        let m = master.raft.metrics().borrow().clone();
+        let matched = |id: &NodeId| {
+            m.replication
+                .as_ref()
+                .and_then(|r| r.get(id).copied().flatten())
+                .map_or(0, |l| l.index)
+        };
+        voters
+            .keys()
+            .filter(|&&id| id != master.id)
+            .max_by_key(|id| matched(id))
+            .copied()
+            .ok_or("no other voter to hand over to")?
+    } else {
+        to
+    };
+    if target == master.id {
+        return Ok(target);
+    }
+    let Some(target_node) = voters.get(&target).cloned() else {
+        return Err(format!("master {target} is not a voter"));
+    };
+    let started = Instant::now();
+    master.proposer.hold(true);
+    let result = async {
+        // Everything taken so far committed and on the target.
+        let mut metrics = master.raft.metrics();
+        let caught_up = tokio::time::timeout(
+            CATCH_UP_WAIT,
+            metrics.wait_for(|m| {
+                let last = m.last_log_index.unwrap_or(0);
+                let on_target = m
+                    .replication
+                    .as_ref()
+                    .and_then(|r| r.get(&target).copied().flatten())
+                    .map_or(0, |l| l.index);
+                m.last_applied.map_or(0, |l| l.index) >= last && on_target >= last
+            }),
+        )
+        .await
+        .map(|r| r.is_ok());
+        if caught_up != Ok(true) {
+            return Err(format!(
+                "master {target} did not catch up within {CATCH_UP_WAIT:?}"
+            ));
+        }
+        let last_log_index = master.raft.metrics().borrow().last_log_index.unwrap_or(0);
+        master.raft.runtime_config().heartbeat(false);
+        let stopped = Instant::now();
+        for (&id, node) in voters
+            .iter()
+            .filter(|(id, _)| **id != target && **id != master.id)
+        {
+            if let Err(e) = send(
+                master,
+                id,
+                node,
+                &Handover::Hold {
+                    for_ms: HOLD_ELECTIONS_MS,
+                },
+            )
+            .await
+            {
+                tracing::warn!(id, error = %e, "a voter did not hold its elections");
+            }
+        }
+        let after_ms = master
+            .tuning()
+            .election_timeout_max_ms
+            .saturating_add(LEASE_MARGIN_MS)
+            .saturating_sub(u64::try_from(stopped.elapsed().as_millis()).unwrap_or(u64::MAX));
+        send(
+            master,
+            target,
+            &target_node,
+            &Handover::Take {
+                last_log_index,
+                after_ms,
+            },
+        )
+        .await
+    }
+    .await;
+    master.raft.runtime_config().heartbeat(true);
+    master.proposer.hold(false);
+    result?;
+    // Until this master knows the new leader, it would answer requests
+    // itself as a leaderless follower; the first heartbeat tells it.
+    let mut metrics = master.raft.metrics();
+    let _ = tokio::time::timeout(
+        CAMPAIGN_WAIT,
+        metrics.wait_for(|m| m.current_leader == Some(target)),
+    )
+    .await;
+    master
+        .metrics
+        .handovers
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(
+        target,
+        pause_ms = started.elapsed().as_millis() as u64,
+        "handed over the leadership"
+    );
+    Ok(target)
+}
+
+/// `admin masters add|promote|remove`, on the leader.
+pub async fn change(
+    master: &Master,
+    op: ringfs_wire::msg::MembershipOp,
+    id: NodeId,
+) -> Result<(), String> {
+    use ringfs_wire::msg::MembershipOp;
+    let node = master
+        .config
+        .master(id)
+        .ok_or_else(|| format!("master {id} is not in the config"))?;
+    let basic = BasicNode::new(node.peer_addr.clone());
+    let result = match op {
+        MembershipOp::AddShadow => master
+            .raft
+            .add_learner(id, basic, true)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        MembershipOp::Promote => {
+            membership_change(master, ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+        }
+        MembershipOp::Remove => {
+            if id == master.id {
+                return Err("the leader cannot remove itself; fail over first".into());
+            }
+            let voters = voters(master);
+            let change = if voters.contains_key(&id) {
+                ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+            } else {
+                ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+            };
+            membership_change(master, change).await
+        }
+    };
+    if result.is_ok() {
+        if op == MembershipOp::Remove {
+            master.note_removed(id);
+        } else {
+            master.note_added(id);
+        }
+        master
+            .metrics
+            .membership_changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::info!(?op, id, "membership changed");
+    }
+    result
+}
+
+/// Bound on the wait for an earlier membership change (a shadow being
+/// added, say) to commit before this one.
+pub const MEMBERSHIP_BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// One membership change, waiting (bounded) for one in progress to finish
+/// first: openraft takes one at a time.
+async fn membership_change(
+    master: &Master,
+    change: ChangeMembers<NodeId, BasicNode>,
+) -> Result<(), String> {
+    use openraft::error::{ChangeMembershipError, ClientWriteError, RaftError};
+    let deadline = Instant::now() + MEMBERSHIP_BUSY_WAIT;
+    loop {
+        match master.raft.change_membership(change.clone(), false).await {
+            Ok(_) => return Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                ChangeMembershipError::InProgress(_),
+            ))) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    }
+}
+
+/// Leader duty: every shadow of the config that is not a member yet joins
+/// as a learner. Removed shadows stay out until `admin masters add`.
+pub async fn add_configured_shadows(master: &Master) {
+    if !master.is_leader() {
+        return;
+    }
+    let members: BTreeSet<NodeId> = {
+        let m = master.raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    let removed = master.removed_shadows();
+    for s in master.config.file.masters.iter() {
+        if s.role != ConfigRole::Shadow || members.contains(&s.id) || removed.contains(&s.id) {
+            continue;
+        }
+        // Not blocking: a shadow that is down joins when it comes up.
+        match master
+            .raft
+            .add_learner(s.id, BasicNode::new(s.peer_addr.clone()), false)
+            .await
+        {
+            Ok(_) => tracing::info!(id = s.id, "added a shadow master as a learner"),
+            Err(e) => tracing::warn!(id = s.id, error = %e, "cannot add a shadow master"),
+        }
+    }
+}

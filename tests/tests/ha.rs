@@ -1,0 +1,578 @@
+//! High availability of the master group (issue 6), on real clusters
+//! started by `ringfs local up` (3 voters, shadows, 3 chunkservers, real
+//! processes on loopback): a leader killed under load, a minority and a
+//! majority lost, a paused leader fenced, a graceful handover under load,
+//! a shadow promoted, every daemon killed at once. Every daemon is stopped
+//! by PID when a test ends, passing or failing.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringfs_client::local::{self, NodeKind, UpOptions};
+use ringfs_client::masters::RetryPolicy;
+use ringfs_client::{Client, ClientOptions, CreateOptions};
+use ringfs_tests::{binary, pattern, runtime, sha256};
+use ringfs_wire::config::Config;
+use ringfs_wire::msg::{Body, ErrorCode, PeerKind, Stat};
+use rustix::process::{Pid, Signal, kill_process};
+
+/// Bound on every wait here.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A local cluster, stopped (every PID in its cluster.json) on drop.
+struct Ha {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    config: Option<Config>,
+}
+
+impl Drop for Ha {
+    fn drop(&mut self) {
+        if let Err(e) = local::down(&self.dir) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+impl Ha {
+    fn up(masters: usize, shadows: usize) -> Ha {
+        let tmp = tempfile::Builder::new()
+            .prefix("ringfs-ha-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().join("cluster");
+        let opts = UpOptions {
+            dir: dir.clone(),
+            masters,
+            chunkservers: 3,
+            shadows,
+            bin_dir: binary("masterd").parent().map(Path::to_path_buf),
+        };
+        // Guard first: a failed `up` may leave daemons behind.
+        let mut ha = Ha {
+            _tmp: tmp,
+            config: None,
+            dir,
+        };
+        local::up(&opts).unwrap_or_else(|e| panic!("up: {e}"));
+        ha.config = Some(Config::load(&ha.dir.join(local::CONFIG_FILE)).unwrap());
+        ha
+    }
+
+    fn config(&self) -> &Config {
+        self.config.as_ref().unwrap()
+    }
+
+    fn cluster(&self) -> local::cluster::Cluster {
+        local::cluster::Cluster::load(&self.dir).unwrap()
+    }
+
+    fn master(&self, id: u64) -> local::cluster::Node {
+        self.cluster()
+            .nodes
+            .into_iter()
+            .find(|n| n.kind == NodeKind::Master && n.id == id)
+            .unwrap()
+    }
+
+    fn client(&self, retry: RetryPolicy) -> Client {
+        Client::new(
+            self.config(),
+            ClientOptions {
+                retry,
+                ..ClientOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    /// `GET /status` of master `id`, or `None` when it does not answer.
+    fn status(&self, id: u64) -> Option<serde_json::Value> {
+        let addr = self.master(id).http_addr;
+        let mut s = TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+        s.write_all(b"GET /status HTTP/1.0\r\n\r\n").ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        let body = text.split("\r\n\r\n").nth(1)?;
+        serde_json::from_str(body).ok()
+    }
+
+    fn metric(&self, id: u64, name: &str) -> u64 {
+        let addr = self.master(id).http_addr;
+        let mut s = TcpStream::connect(&addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} not in the metrics of master {id}"))
+    }
+
+    /// The leader as the answering masters among `ids` agree on it.
+    fn leader_among(&self, ids: &[u64]) -> u64 {
+        wait(&format!("a leader among {ids:?}"), || {
+            ids.iter().find_map(|&id| {
+                let s = self.status(id)?;
+                (s["role"] == "leader").then_some(id)
+            })
+        })
+    }
+
+    fn signal(&self, id: u64, signal: Signal) {
+        let pid = self.master(id).pid;
+        kill_process(Pid::from_raw(pid as i32).unwrap(), signal).unwrap();
+    }
+
+    /// Starts master `id` again (after a kill) and records its new PID.
+    fn restart_master(&self, id: u64) {
+        let mut cluster = self.cluster();
+        let n = cluster
+            .nodes
+            .iter_mut()
+            .find(|n| n.kind == NodeKind::Master && n.id == id)
+            .unwrap();
+        let args: Vec<String> = [
+            "--config",
+            &cluster_config(&self.dir),
+            "--id",
+            &id.to_string(),
+            "--data",
+            &n.data_dir.display().to_string(),
+            "--threads",
+            "2",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        n.pid = local::process::spawn(&binary("masterd"), &args, &n.log_file).unwrap();
+        cluster.save().unwrap();
+    }
+}
+
+fn cluster_config(dir: &Path) -> String {
+    dir.join(local::CONFIG_FILE).display().to_string()
+}
+
+fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn patient() -> RetryPolicy {
+    RetryPolicy {
+        deadline: Duration::from_secs(30),
+        ..RetryPolicy::default()
+    }
+}
+
+/// What the load acknowledged: path → (sha256, bytes).
+type History = Arc<Mutex<BTreeMap<String, (String, usize)>>>;
+
+/// Writers creating and writing files until `stop`, recording every
+/// acknowledged file and every failure, with the time of each ack.
+struct Load {
+    history: History,
+    failures: Arc<Mutex<Vec<String>>>,
+    acks: Arc<Mutex<Vec<Instant>>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Load {
+    fn start(
+        rt: &tokio::runtime::Runtime,
+        client: &Arc<Client>,
+        writers: usize,
+    ) -> (Load, Vec<tokio::task::JoinHandle<()>>) {
+        let load = Load {
+            history: History::default(),
+            failures: Arc::default(),
+            acks: Arc::default(),
+            stop: Arc::default(),
+        };
+        rt.block_on(client.mkdir("/load", true)).unwrap();
+        let tasks = (0..writers)
+            .map(|w| {
+                let (client, history, failures, acks, stop) = (
+                    client.clone(),
+                    load.history.clone(),
+                    load.failures.clone(),
+                    load.acks.clone(),
+                    load.stop.clone(),
+                );
+                rt.spawn(async move {
+                    // Bounded: a few hundred files per writer at most.
+                    for i in 0..400u64 {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            return;
+                        }
+                        let path = format!("/load/w{w}-{i}");
+                        let data =
+                            pattern(w as u64 * 1000 + i, 1000 + (i as usize * 7919) % 70_000);
+                        let result = async {
+                            let mut f = client.writer(&path, CreateOptions::default()).await?;
+                            f.write(&data).await?;
+                            f.close().await
+                        }
+                        .await;
+                        match result {
+                            Ok(_) => {
+                                acks.lock().unwrap().push(Instant::now());
+                                history
+                                    .lock()
+                                    .unwrap()
+                                    .insert(path, (sha256(&data), data.len()));
+                            }
+                            Err(e) => failures.lock().unwrap().push(format!("{path}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        (load, tasks)
+    }
+
+    fn acked(&self) -> usize {
+        self.history.lock().unwrap().len()
+    }
+
+    fn finish(&self, rt: &tokio::runtime::Runtime, tasks: Vec<tokio::task::JoinHandle<()>>) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in tasks {
+            rt.block_on(t).unwrap();
+        }
+    }
+
+    /// The first acknowledgement after `t`: the end of the unavailability.
+    fn first_ack_after(&self, t: Instant) -> Option<Duration> {
+        self.acks
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|&&a| a > t)
+            .min()
+            .map(|&a| a - t)
+    }
+
+    /// Every acknowledged file is there, complete and intact.
+    fn check(&self, rt: &tokio::runtime::Runtime, client: &Client) {
+        let history = self.history.lock().unwrap().clone();
+        assert!(!history.is_empty());
+        for (path, (sha, len)) in &history {
+            let data = rt.block_on(async {
+                let r = client.reader(path).await?;
+                r.read_at(0, r.len()).await
+            });
+            let data = data.unwrap_or_else(|e| panic!("{path} acknowledged but unreadable: {e}"));
+            assert_eq!(data.len(), *len, "{path}");
+            assert_eq!(
+                &sha256(&data),
+                sha,
+                "{path} differs from what was acknowledged"
+            );
+        }
+    }
+}
+
+#[test]
+fn leader_killed_under_load_loses_no_acknowledged_write_and_comes_back() {
+    let ha = Ha::up(3, 0);
+    let rt = runtime();
+    let client = Arc::new(ha.client(patient()));
+    let (load, tasks) = Load::start(&rt, &client, 4);
+    wait("load to start", || (load.acked() >= 20).then_some(()));
+    let leader = ha.leader_among(&[1, 2, 3]);
+    ha.signal(leader, Signal::KILL);
+    let killed = Instant::now();
+    let before = load.acked();
+    wait("writes to go on after the kill", || {
+        (load.acked() >= before + 40).then_some(())
+    });
+    load.finish(&rt, tasks);
+    let window = load.first_ack_after(killed).unwrap();
+    eprintln!("unavailability after the leader kill: {window:?}");
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "client requests failed across the failover: {failures:?}"
+    );
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let new_leader = ha.leader_among(&others);
+    assert_ne!(new_leader, leader);
+    load.check(&rt, &client);
+    assert!(ha.metric(new_leader, "ringfs_master_elections_total") >= 1);
+
+    // The killed master comes back as a follower and catches up.
+    ha.restart_master(leader);
+    let commit = ha.status(new_leader).unwrap()["commit_index"]
+        .as_u64()
+        .unwrap();
+    wait("the restarted master to catch up", || {
+        let s = ha.status(leader)?;
+        (s["role"] == "follower" && s["applied_index"].as_u64()? >= commit).then_some(())
+    });
+}
+
+fn raw_stat(ha: &Ha, id: u64, path: &str) -> Body {
+    let mut conn = ringfs_client::conn::Conn::connect(
+        &ha.master(id).addr,
+        &ha.config().key,
+        &ha.config().file.cluster_id,
+        PeerKind::Client,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    conn.call(
+        &Body::Stat(Box::new(Stat {
+            path: Some(path.into()),
+            min_applied_index: 0,
+        })),
+        &[],
+    )
+    .unwrap()
+    .body
+}
+
+#[test]
+fn a_minority_down_is_survived_a_majority_down_refuses_writes_and_shadows_still_read() {
+    let ha = Ha::up(3, 1);
+    let rt = runtime();
+    let client = ha.client(patient());
+    rt.block_on(client.mkdir("/before", false)).unwrap();
+    let leader = ha.leader_among(&[1, 2, 3]);
+    let followers: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+
+    ha.signal(followers[0], Signal::KILL);
+    rt.block_on(client.mkdir("/one-down", false)).unwrap();
+
+    ha.signal(followers[1], Signal::KILL);
+    let hasty = ha.client(RetryPolicy {
+        deadline: Duration::from_secs(4),
+        attempt_timeout: Duration::from_secs(4),
+        ..RetryPolicy::default()
+    });
+    let asked = Instant::now();
+    let refused = rt.block_on(hasty.mkdir("/two-down", false));
+    let took = asked.elapsed();
+    match refused {
+        Err(e) => assert!(e.is_unavailable(), "two of three down: {e}"),
+        Ok(_) => panic!("a mutation committed with two of three voters down"),
+    }
+    assert!(took < Duration::from_secs(20), "the refusal took {took:?}");
+
+    // The shadow still answers reads, saying how far behind it may be.
+    match raw_stat(&ha, 4, "/one-down") {
+        Body::AttrReply(r) => {
+            let stamp = r.stamp.unwrap();
+            assert_eq!(stamp.answered_by, 4);
+            assert!(stamp.applied_index > 0);
+            assert!(stamp.leader_commit_index >= stamp.applied_index);
+        }
+        other => panic!("the shadow refused a read: {other:?}"),
+    }
+    // ... and refuses writes, naming the leader.
+    let mut conn = ringfs_client::conn::Conn::connect(
+        &ha.master(4).addr,
+        &ha.config().key,
+        &ha.config().file.cluster_id,
+        PeerKind::Client,
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    let reply = conn
+        .call(
+            &Body::Mkdir(Box::new(ringfs_wire::msg::Mkdir {
+                path: Some("/from-shadow".into()),
+                ..Default::default()
+            })),
+            &[],
+        )
+        .unwrap();
+    match reply.body {
+        Body::ErrorReply(e) => {
+            assert_eq!(e.code, ErrorCode::ReadOnlyShadow, "{e:?}");
+            assert_eq!(e.leader_hint, leader);
+        }
+        other => panic!("a shadow took a write: {other:?}"),
+    }
+}
+
+#[test]
+fn a_paused_leader_cannot_commit_or_serve_stale_reads_once_replaced() {
+    let ha = Ha::up(3, 0);
+    let rt = runtime();
+    let client = ha.client(patient());
+    rt.block_on(client.mkdir("/before", false)).unwrap();
+    let old = ha.leader_among(&[1, 2, 3]);
+    ha.signal(old, Signal::STOP);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != old).collect();
+    let new = ha.leader_among(&others);
+    rt.block_on(client.mkdir("/after", false)).unwrap();
+    let new_term = ha.status(new).unwrap()["term"].as_u64().unwrap();
+
+    // Requests queued at the paused leader's client port while it sleeps.
+    let old_addr = ha.master(old).addr;
+    let key = ha.config().key.clone();
+    let cluster_id = ha.config().file.cluster_id.clone();
+    let connect = move || {
+        ringfs_client::conn::Conn::connect(
+            &old_addr,
+            &key,
+            &cluster_id,
+            PeerKind::Client,
+            Duration::from_secs(30),
+        )
+    };
+    // The handshake needs the old leader awake: resume it, then race it
+    // with requests before it hears of the new term.
+    ha.signal(old, Signal::CONT);
+    let mut mkdir_conn = connect().unwrap();
+    let write = mkdir_conn
+        .call(
+            &Body::Mkdir(Box::new(ringfs_wire::msg::Mkdir {
+                path: Some("/from-old-leader".into()),
+                ..Default::default()
+            })),
+            &[],
+        )
+        .unwrap();
+    match write.body {
+        Body::ErrorReply(e) => assert!(
+            matches!(e.code, ErrorCode::NotLeader | ErrorCode::Unavailable),
+            "{e:?}"
+        ),
+        other => panic!("the old leader acknowledged a write: {other:?}"),
+    }
+    // A read there either is redirected or sees the new leader's write.
+    match raw_stat(&ha, old, "/after") {
+        Body::AttrReply(_) => {}
+        Body::ErrorReply(e) => assert!(
+            matches!(e.code, ErrorCode::NotLeader | ErrorCode::Unavailable),
+            "a stale read on the old leader: {e:?}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        rt.block_on(client.stat("/from-old-leader")),
+        Err(ringfs_client::Error::NotFound { .. })
+    ));
+    wait("the old leader to step down", || {
+        let s = ha.status(old)?;
+        (s["role"] == "follower" && s["term"].as_u64()? >= new_term).then_some(())
+    });
+    // Every chunkserver fences commands below the new term.
+    for cs in ha.cluster().chunkservers() {
+        let epoch = wait("a chunkserver to see the new epoch", || {
+            let mut s = TcpStream::connect(&cs.http_addr).ok()?;
+            s.write_all(b"GET /status HTTP/1.0\r\n\r\n").ok()?;
+            let mut text = String::new();
+            s.read_to_string(&mut text).ok()?;
+            let v: serde_json::Value = serde_json::from_str(text.split("\r\n\r\n").nth(1)?).ok()?;
+            let e = v["highest_epoch"].as_u64()?;
+            (e >= new_term).then_some(e)
+        });
+        assert!(epoch >= new_term);
+    }
+}
+
+#[test]
+fn graceful_failover_under_load_fails_no_request() {
+    let ha = Ha::up(3, 0);
+    let rt = runtime();
+    let client = Arc::new(ha.client(patient()));
+    let (load, tasks) = Load::start(&rt, &client, 4);
+    wait("load to start", || (load.acked() >= 10).then_some(()));
+    let first = ha.leader_among(&[1, 2, 3]);
+    let target = [1, 2, 3].into_iter().find(|&i| i != first).unwrap();
+    rt.block_on(client.admin_failover(target)).unwrap();
+    assert_eq!(ha.leader_among(&[1, 2, 3]), target);
+    let before = load.acked();
+    wait("writes after the first handover", || {
+        (load.acked() >= before + 10).then_some(())
+    });
+    rt.block_on(client.admin_failover(0)).unwrap();
+    let third = ha.leader_among(&[1, 2, 3]);
+    assert_ne!(third, target);
+    let before = load.acked();
+    wait("writes after the second handover", || {
+        (load.acked() >= before + 10).then_some(())
+    });
+    load.finish(&rt, tasks);
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "requests failed across a graceful handover: {failures:?}"
+    );
+    load.check(&rt, &client);
+    assert!(ha.metric(target, "ringfs_master_handovers_total") >= 1);
+}
+
+#[test]
+fn a_promoted_shadow_votes_and_a_whole_cluster_kill_loses_nothing() {
+    let ha = Ha::up(3, 1);
+    let rt = runtime();
+    let client = ha.client(patient());
+    let data = pattern(42, 3 << 20);
+    rt.block_on(async {
+        let mut f = client.writer("/kept", CreateOptions::default()).await?;
+        f.write(&data).await?;
+        f.close().await
+    })
+    .unwrap();
+    let leader = ha.leader_among(&[1, 2, 3]);
+    wait("the shadow to join as a learner", || {
+        let s = ha.status(leader)?;
+        s["learners"].as_array()?.contains(&4.into()).then_some(())
+    });
+    rt.block_on(client.admin_membership(ringfs_wire::msg::MembershipOp::Promote, 4))
+        .unwrap();
+    let voters = ha.status(leader).unwrap()["voters"].clone();
+    assert_eq!(voters, serde_json::json!([1, 2, 3, 4]));
+    rt.block_on(client.mkdir("/after-promotion", false))
+        .unwrap();
+
+    // Every daemon killed at once, then started again from its files.
+    for n in ha.cluster().nodes {
+        let _ = kill_process(Pid::from_raw(n.pid as i32).unwrap(), Signal::KILL);
+    }
+    wait("every daemon to be gone", || {
+        ha.cluster()
+            .nodes
+            .iter()
+            .all(|n| !local::process::is_ours(n.pid, n.kind.program_name(), &n.data_dir))
+            .then_some(())
+    });
+    let opts = UpOptions {
+        dir: ha.dir.clone(),
+        masters: 3,
+        chunkservers: 3,
+        shadows: 1,
+        bin_dir: binary("masterd").parent().map(Path::to_path_buf),
+    };
+    let resumed = local::up(&opts).unwrap_or_else(|e| panic!("resume: {e}"));
+    assert!(resumed.resumed);
+    let client = ha.client(patient());
+    rt.block_on(client.stat("/after-promotion")).unwrap();
+    let back = rt
+        .block_on(async {
+            let r = client.reader("/kept").await?;
+            r.read_at(0, r.len()).await
+        })
+        .unwrap();
+    assert_eq!(sha256(&back), sha256(&data));
+    let leader = ha.leader_among(&[1, 2, 3, 4]);
+    assert_eq!(
+        ha.status(leader).unwrap()["voters"],
+        serde_json::json!([1, 2, 3, 4])
+    );
+}
