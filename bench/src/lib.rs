@@ -11,6 +11,8 @@ pub mod chunkd;
 /// `ringfs-bench cluster`: a `ringfs local` cluster through the client
 /// library against the MooseFS peer and raw fio (issue 5).
 pub mod cluster;
+/// `ringfs-bench failover`: master failover windows (issue 6).
+pub mod failover;
 /// `ringfs-bench meta`: one masterd's namespace throughput, restart time
 /// and memory per file (NNThroughputBenchmark-style).
 pub mod meta;

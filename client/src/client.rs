@@ -312,7 +312,7 @@ impl Client {
     }
 
     /// Hands the leadership over to master `to` (0: the most caught-up
-    /// other voter), without failing a client request (design note 014).
+    /// other voter), without failing a client request (design note 013).
     pub async fn admin_failover(&self, to: u64) -> Result<()> {
         let body = Body::AdminFailover(Box::new(ringfs_wire::msg::AdminFailover { to }));
         match self.master("failover", body).await? {

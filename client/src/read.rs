@@ -196,13 +196,28 @@ impl Reader {
     /// One piece inside one chunk, from the first replica that serves it
     /// intact; once more with fresh locations if none did.
     async fn read_piece(&self, offset: u64, len: u64) -> Result<Vec<u8>> {
+        /// Bound on the location lookups of one piece.
+        const LOCATION_ROUNDS_MAX: u32 = 12;
+        /// Wait before asking again when no replica was listed.
+        const UNLOCATED_PAUSE: Duration = Duration::from_millis(250);
         let chunk_size = self.client.chunk_size_bytes();
         let index = offset / chunk_size;
         let chunk_offset = offset % chunk_size;
         let mut location = self.chunks.chunks.get(index as usize).cloned();
         let mut last_problem = String::from("no replica");
-        for round in 0..2 {
+        // Rounds in which replicas were listed and all failed: two (the
+        // second with fresh locations). Rounds in which the master listed
+        // none wait a little: a master that just took over learns where
+        // chunks are with the chunkservers' next heartbeats.
+        let mut failed_rounds = 0;
+        for round in 0..LOCATION_ROUNDS_MAX {
             if round > 0 {
+                if location
+                    .as_ref()
+                    .is_some_and(|l| l.replicas.as_deref().unwrap_or_default().is_empty())
+                {
+                    tokio::time::sleep(UNLOCATED_PAUSE).await;
+                }
                 // Maybe stale: ask the master again.
                 let fresh = self.client.file_chunks(&self.what, self.attr.inode).await?;
                 location = fresh.chunks.get(index as usize).cloned();
@@ -214,7 +229,13 @@ impl Reader {
                 }
                 return Ok(vec![0; len as usize]);
             };
-            for r in loc.replicas.as_deref().unwrap_or_default() {
+            let replicas = loc.replicas.as_deref().unwrap_or_default();
+            if replicas.is_empty() {
+                last_problem = "the master knows no replica yet".into();
+                self.client.inner.cache.forget(self.attr.inode);
+                continue;
+            }
+            for r in replicas {
                 match self.read_replica(loc, r, chunk_offset, len).await {
                     Ok(data) => return Ok(data),
                     Err((e, bad)) => {
@@ -229,6 +250,10 @@ impl Reader {
                 }
             }
             self.client.inner.cache.forget(self.attr.inode);
+            failed_rounds += 1;
+            if failed_rounds == 2 {
+                break;
+            }
         }
         Err(Error::Corrupt {
             what: format!("{} chunk {index}", self.what),

@@ -1,4 +1,4 @@
-//! Leadership and membership by hand (design note 014): the graceful
+//! Leadership and membership by hand (design note 013): the graceful
 //! handover of `ringfs admin failover [--to ID]`, `admin masters
 //! add|promote|remove`, and the leader's duty of adding the configured
 //! shadows as Raft learners.

@@ -223,6 +223,10 @@ fn addr_of(master: &Master, node: NodeId) -> Option<String> {
         .map(|s| s.listen_addr.clone())
 }
 
+/// How soon a client asks again for a lease whose earlier-term holder could
+/// not be reached to revoke it.
+pub const REVOKE_RETRY: Duration = Duration::from_millis(500);
+
 /// Asks `holder` to drop any lease it holds on `handle`, under this
 /// master's epoch; true once it has.
 async fn revoke(master: &Master, handle: u64, holder: NodeId) -> Result<(), String> {
@@ -320,7 +324,11 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
             // the old leader died between committing a grant and sending
             // it: the holder would answer NotPrimary forever.)
             if let Err(e) = revoke(master, handle, r.primary).await {
-                let retry_after = (duration - leading).min(Duration::from_millis(wall_left));
+                // Asked again at each retry: a holder that registers or
+                // comes back meanwhile is revoked then, not waited out.
+                let retry_after = (duration - leading)
+                    .min(Duration::from_millis(wall_left))
+                    .min(REVOKE_RETRY);
                 return Err(LeaseError::Unavailable {
                     retry_after,
                     why: format!(

@@ -1,4 +1,4 @@
-//! Raft traffic between masters, server side (design note 014): the
+//! Raft traffic between masters, server side (design note 013): the
 //! listener on `peer_addr`.
 //!
 //! Only masters of the config get past the handshake. Each connection is

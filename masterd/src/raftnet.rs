@@ -1,4 +1,4 @@
-//! Raft traffic between masters, client side (design note 014).
+//! Raft traffic between masters, client side (design note 013).
 //!
 //! openraft asks [`PeerNetwork`] for one [`PeerLink`] per replication
 //! stream and per election. A link owns one TCP connection to the target's

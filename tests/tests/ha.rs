@@ -559,7 +559,21 @@ fn a_promoted_shadow_votes_and_a_whole_cluster_kill_loses_nothing() {
         shadows: 1,
         bin_dir: binary("masterd").parent().map(Path::to_path_buf),
     };
-    let resumed = local::up(&opts).unwrap_or_else(|e| panic!("resume: {e}"));
+    // The ports are the config's: another test on this machine may have
+    // taken one meanwhile (free ports are picked by binding and releasing).
+    // `up` resumes again after a failed resume; a few tries, bounded.
+    let mut resumed = local::up(&opts);
+    for _ in 0..3 {
+        match &resumed {
+            Err(e) if e.to_string().contains("exited during start-up") => {
+                eprintln!("resume failed, trying again: {e}");
+                std::thread::sleep(Duration::from_millis(500));
+                resumed = local::up(&opts);
+            }
+            _ => break,
+        }
+    }
+    let resumed = resumed.unwrap_or_else(|e| panic!("resume: {e}"));
     assert!(resumed.resumed);
     let client = ha.client(patient());
     rt.block_on(client.stat("/after-promotion")).unwrap();

@@ -30,6 +30,10 @@ enum Cmd {
     /// 4 KiB small files, against the MooseFS peer and raw fio in the same
     /// run.
     Cluster(ringfs_bench::cluster::Args),
+    /// A `ringfs local` cluster of 3 voters under a create load: leader
+    /// kill -9 windows, graceful handover pauses, lost acknowledged creates,
+    /// and creates/s with 3 voters against 1.
+    Failover(ringfs_bench::failover::Args),
 }
 
 fn main() -> ExitCode {
@@ -38,6 +42,7 @@ fn main() -> ExitCode {
         Cmd::Chunkd(args) => ringfs_bench::chunkd::run(args),
         Cmd::Meta(args) => ringfs_bench::meta::run(args),
         Cmd::Cluster(args) => ringfs_bench::cluster::run(args),
+        Cmd::Failover(args) => ringfs_bench::failover::run(args),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,424 @@
+//! `ringfs-bench failover`: how long the master group is unavailable when
+//! its leader dies or hands over, and what replication costs (issue 6).
+//!
+//! On a `ringfs local` cluster (3 voters, 3 chunkservers) under a steady
+//! create load (`--writers` tasks, each creating empty files in its own
+//! directory, one request at a time, through the client library):
+//!
+//! - `--kills` rounds: after `--settle-ms` of load, `kill -9` of the leader
+//!   (by the PID in cluster.json); the *window* is the time from the kill to
+//!   the first create acknowledged after it. The killed master is started
+//!   again and the next round waits until it has caught up.
+//! - `--handovers` rounds of `admin failover`: the *pause* is the longest
+//!   gap between two acknowledged creates from the start of the handover to
+//!   one second after it returned.
+//! - every acknowledged create is then looked up: a missing one is a lost
+//!   acknowledged mutation.
+//! - creates/s with 3 voters against 1 voter, `--rate-secs` each, on fresh
+//!   clusters.
+//!
+//! Every wait is bounded; only the daemons this bench started are killed,
+//! by PID; the temporary directory is removed. See docs/BENCHMARKS.md.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ringfs_client::local::{self, NodeKind, UpOptions};
+use ringfs_client::masters::RetryPolicy;
+use ringfs_client::{Client, ClientOptions, CreateOptions};
+use ringfs_wire::config::Config;
+use ringfs_wire::msg::MasterRole;
+
+type Res<T> = Result<T, String>;
+
+/// Bound on every wait for the cluster.
+const WAIT: Duration = Duration::from_secs(60);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Leader kills.
+    #[arg(long, default_value_t = 20)]
+    pub kills: usize,
+    /// Graceful handovers.
+    #[arg(long, default_value_t = 10)]
+    pub handovers: usize,
+    /// Concurrent create loops.
+    #[arg(long, default_value_t = 8)]
+    pub writers: usize,
+    /// Load before each kill or handover.
+    #[arg(long, default_value_t = 1000)]
+    pub settle_ms: u64,
+    /// Seconds of creates per voter count for the replication cost.
+    #[arg(long, default_value_t = 10)]
+    pub rate_secs: u64,
+    /// Where the cluster's temporary directory goes (needs O_DIRECT).
+    #[arg(long, default_value = "/var/tmp")]
+    pub dir: PathBuf,
+    /// Directory of masterd and chunkd (default: next to this binary).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+struct Cluster {
+    dir: PathBuf,
+    config: Option<Config>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Err(e) = local::down(&self.dir) {
+            eprintln!("cleanup: {e}");
+        }
+    }
+}
+
+impl Cluster {
+    fn up(work: &Path, name: &str, voters: usize, bin_dir: &Path) -> Res<Cluster> {
+        let dir = work.join(name);
+        let opts = UpOptions {
+            dir: dir.clone(),
+            masters: voters,
+            chunkservers: 3,
+            shadows: 0,
+            bin_dir: Some(bin_dir.to_path_buf()),
+        };
+        // Stopped on drop even if `up` fails half-way.
+        let mut c = Cluster { dir, config: None };
+        local::up(&opts).map_err(|e| format!("ringfs local up: {e}"))?;
+        c.config = Some(Config::load(&c.dir.join(local::CONFIG_FILE)).map_err(|e| e.to_string())?);
+        Ok(c)
+    }
+
+    fn client(&self) -> Res<Client> {
+        Client::new(
+            self.config.as_ref().ok_or("no config")?,
+            ClientOptions {
+                retry: RetryPolicy {
+                    deadline: Duration::from_secs(30),
+                    ..RetryPolicy::default()
+                },
+                ..ClientOptions::default()
+            },
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn master_node(&self, id: u64) -> Res<local::cluster::Node> {
+        local::cluster::Cluster::load(&self.dir)
+            .map_err(|e| e.to_string())?
+            .nodes
+            .into_iter()
+            .find(|n| n.kind == NodeKind::Master && n.id == id)
+            .ok_or_else(|| format!("no master {id}"))
+    }
+
+    fn restart(&self, id: u64, bin_dir: &Path) -> Res<()> {
+        let mut cluster = local::cluster::Cluster::load(&self.dir).map_err(|e| e.to_string())?;
+        let config = cluster.config.display().to_string();
+        let n = cluster
+            .nodes
+            .iter_mut()
+            .find(|n| n.kind == NodeKind::Master && n.id == id)
+            .ok_or_else(|| format!("no master {id}"))?;
+        let args: Vec<String> = vec![
+            "--config".into(),
+            config,
+            "--id".into(),
+            id.to_string(),
+            "--data".into(),
+            n.data_dir.display().to_string(),
+            "--threads".into(),
+            "2".into(),
+        ];
+        n.pid = local::process::spawn(&bin_dir.join("masterd"), &args, &n.log_file)
+            .map_err(|e| format!("restarting master {id}: {e}"))?;
+        cluster.save().map_err(|e| e.to_string())
+    }
+}
+
+/// The leader and every master's (role, applied index), as the leader says.
+async fn leader(client: &Client) -> Res<(u64, Vec<(u64, MasterRole, u64)>)> {
+    let s = client.admin_status().await.map_err(|e| e.to_string())?;
+    let masters = s.masters.unwrap_or_default();
+    let leader = masters
+        .iter()
+        .find(|m| m.role == MasterRole::Leader)
+        .map(|m| m.id)
+        .ok_or("no leader in the status")?;
+    Ok((
+        leader,
+        masters
+            .iter()
+            .map(|m| (m.id, m.role, m.applied_index))
+            .collect(),
+    ))
+}
+
+struct Load {
+    acks: Arc<Mutex<Vec<(Instant, String)>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Bound on creates per writer (memory of the history).
+const CREATES_PER_WRITER_MAX: u64 = 1_000_000;
+
+impl Load {
+    fn start(rt: &tokio::runtime::Runtime, client: &Arc<Client>, writers: usize) -> Res<Load> {
+        for w in 0..writers {
+            rt.block_on(client.mkdir(&format!("/bench/w{w}"), true))
+                .map_err(|e| e.to_string())?;
+        }
+        let acks: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+        let stop: Arc<AtomicBool> = Arc::default();
+        let tasks = (0..writers)
+            .map(|w| {
+                let (client, acks, failures, stop) =
+                    (client.clone(), acks.clone(), failures.clone(), stop.clone());
+                rt.spawn(async move {
+                    for i in 0..CREATES_PER_WRITER_MAX {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let path = format!("/bench/w{w}/f{i}");
+                        let o = CreateOptions {
+                            exclusive: true,
+                            ..CreateOptions::default()
+                        };
+                        match client.create(&path, o).await {
+                            Ok(_) => acks.lock().unwrap().push((Instant::now(), path)),
+                            Err(e) => failures.lock().unwrap().push(format!("{path}: {e}")),
+                        }
+                    }
+                })
+            })
+            .collect();
+        Ok(Load {
+            acks,
+            failures,
+            stop,
+            tasks,
+        })
+    }
+
+    fn count(&self) -> usize {
+        self.acks.lock().unwrap().len()
+    }
+
+    fn first_after(&self, t: Instant) -> Option<Duration> {
+        let acks = self.acks.lock().unwrap();
+        acks.iter()
+            .filter(|(a, _)| *a > t)
+            .map(|(a, _)| *a - t)
+            .min()
+    }
+
+    /// The longest gap between acknowledgements within `[from, to]`.
+    fn longest_gap(&self, from: Instant, to: Instant) -> Duration {
+        let acks = self.acks.lock().unwrap();
+        let mut times: Vec<Instant> = acks
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| *a >= from && *a <= to)
+            .collect();
+        times.sort();
+        let mut gap = times.first().map_or(to - from, |f| *f - from);
+        for w in times.windows(2) {
+            gap = gap.max(w[1] - w[0]);
+        }
+        gap
+    }
+
+    fn stop(self, rt: &tokio::runtime::Runtime) -> (Vec<(Instant, String)>, Vec<String>) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            let _ = rt.block_on(t);
+        }
+        let acks = std::mem::take(&mut *self.acks.lock().unwrap());
+        let failures = std::mem::take(&mut *self.failures.lock().unwrap());
+        (acks, failures)
+    }
+}
+
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) -> Res<()> {
+    let deadline = Instant::now() + WAIT;
+    while !f() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+    format!(
+        "n={} p50={:.0} ms p99={:.0} ms max={:.0} ms",
+        v.len(),
+        at(0.5),
+        at(0.99),
+        v[v.len() - 1]
+    )
+}
+
+async fn lost(client: &Client, acks: &[(Instant, String)], writers: usize) -> Res<usize> {
+    let mut present = BTreeSet::new();
+    for w in 0..writers {
+        let dir = format!("/bench/w{w}");
+        for e in client
+            .list(&dir, 10_000_000)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            present.insert(format!("{dir}/{}", e.name.unwrap_or_default()));
+        }
+    }
+    Ok(acks.iter().filter(|(_, p)| !present.contains(p)).count())
+}
+
+fn creates_per_sec(
+    rt: &tokio::runtime::Runtime,
+    work: &Path,
+    voters: usize,
+    args: &Args,
+    bin_dir: &Path,
+) -> Res<f64> {
+    let cluster = Cluster::up(work, &format!("rate-{voters}"), voters, bin_dir)?;
+    let client = Arc::new(cluster.client()?);
+    let load = Load::start(rt, &client, args.writers)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let (n0, t0) = (load.count(), Instant::now());
+    std::thread::sleep(Duration::from_secs(args.rate_secs));
+    let (n1, t1) = (load.count(), Instant::now());
+    let (_, failures) = load.stop(rt);
+    if !failures.is_empty() {
+        return Err(format!(
+            "creates failed: {:?}",
+            &failures[..failures.len().min(3)]
+        ));
+    }
+    Ok((n1 - n0) as f64 / (t1 - t0).as_secs_f64())
+}
+
+pub fn run(args: Args) -> Res<()> {
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .parent()
+            .ok_or("no binary dir")?
+            .to_path_buf(),
+    };
+    let work = tempfile::Builder::new()
+        .prefix("ringfs-bench-failover-")
+        .tempdir_in(&args.dir)
+        .map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+
+    let cluster = Cluster::up(work.path(), "ha", 3, &bin_dir)?;
+    let client = Arc::new(cluster.client()?);
+    let load = Load::start(&rt, &client, args.writers)?;
+    let mut windows = Vec::new();
+    for round in 0..args.kills {
+        std::thread::sleep(Duration::from_millis(args.settle_ms));
+        let (leader_id, _) = rt.block_on(leader(&client))?;
+        let pid = cluster.master_node(leader_id)?.pid;
+        let killed = Instant::now();
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).ok_or("bad pid")?,
+            rustix::process::Signal::KILL,
+        )
+        .map_err(|e| format!("kill {pid}: {e}"))?;
+        wait_until("a create after the kill", || {
+            load.first_after(killed).is_some()
+        })?;
+        let window = load.first_after(killed).expect("waited for");
+        windows.push(ms(window));
+        eprintln!(
+            "kill {round}: master {leader_id}, window {:.0} ms",
+            ms(window)
+        );
+        cluster.restart(leader_id, &bin_dir)?;
+        wait_until("the killed master to catch up", || {
+            rt.block_on(leader(&client)).is_ok_and(|(_, ms)| {
+                let top = ms.iter().map(|m| m.2).max().unwrap_or(0);
+                ms.iter()
+                    .find(|m| m.0 == leader_id)
+                    .is_some_and(|m| m.1 == MasterRole::Follower && m.2 + 100 >= top)
+            })
+        })?;
+    }
+    let mut pauses = Vec::new();
+    let mut calls = Vec::new();
+    for round in 0..args.handovers {
+        std::thread::sleep(Duration::from_millis(args.settle_ms));
+        let started = Instant::now();
+        rt.block_on(client.admin_failover(0))
+            .map_err(|e| format!("failover: {e}"))?;
+        let returned = Instant::now();
+        std::thread::sleep(Duration::from_secs(1));
+        let pause = load.longest_gap(started, returned + Duration::from_secs(1));
+        pauses.push(ms(pause));
+        calls.push(ms(returned - started));
+        eprintln!(
+            "handover {round}: pause {:.0} ms (call {:.0} ms)",
+            ms(pause),
+            ms(returned - started)
+        );
+    }
+    let (acks, failures) = load.stop(&rt);
+    let lost = rt.block_on(lost(&client, &acks, args.writers))?;
+    drop(client);
+    drop(cluster);
+
+    let one = creates_per_sec(&rt, work.path(), 1, &args, &bin_dir)?;
+    let three = creates_per_sec(&rt, work.path(), 3, &args, &bin_dir)?;
+
+    println!(
+        "failover benchmark ({} writers creating empty files)",
+        args.writers
+    );
+    println!(
+        "  crash failover window (kill -9 of the leader to the next acknowledged create): {}",
+        percentiles(windows)
+    );
+    println!(
+        "  graceful handover pause (longest gap between acknowledged creates): {}",
+        percentiles(pauses)
+    );
+    println!("  graceful handover call: {}", percentiles(calls));
+    println!(
+        "  acknowledged creates: {}, lost: {lost}, failed requests: {}",
+        acks.len(),
+        failures.len()
+    );
+    for f in failures.iter().take(5) {
+        println!("    failed: {f}");
+    }
+    println!(
+        "  creates/s: 1 voter {one:.0}, 3 voters {three:.0}, ratio {:.2}",
+        three / one
+    );
+    if lost > 0 {
+        return Err(format!("{lost} acknowledged creates lost"));
+    }
+    Ok(())
+}
