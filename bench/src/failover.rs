@@ -158,7 +158,8 @@ async fn leader(client: &Client) -> Res<(u64, Vec<(u64, MasterRole, u64)>)> {
 }
 
 struct Load {
-    acks: Arc<Mutex<Vec<(Instant, String)>>>,
+    /// (sent, acknowledged, path) of every acknowledged create.
+    acks: Arc<Mutex<Vec<(Instant, Instant, String)>>>,
     failures: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -173,7 +174,7 @@ impl Load {
             rt.block_on(client.mkdir(&format!("/bench/w{w}"), true))
                 .map_err(|e| e.to_string())?;
         }
-        let acks: Arc<Mutex<Vec<(Instant, String)>>> = Arc::default();
+        let acks: Arc<Mutex<Vec<(Instant, Instant, String)>>> = Arc::default();
         let failures: Arc<Mutex<Vec<String>>> = Arc::default();
         let stop: Arc<AtomicBool> = Arc::default();
         let tasks = (0..writers)
@@ -190,8 +191,9 @@ impl Load {
                             exclusive: true,
                             ..CreateOptions::default()
                         };
+                        let sent = Instant::now();
                         match client.create(&path, o).await {
-                            Ok(_) => acks.lock().unwrap().push((Instant::now(), path)),
+                            Ok(_) => acks.lock().unwrap().push((sent, Instant::now(), path)),
                             Err(e) => failures.lock().unwrap().push(format!("{path}: {e}")),
                         }
                     }
@@ -210,11 +212,13 @@ impl Load {
         self.acks.lock().unwrap().len()
     }
 
+    /// The first acknowledgement of a create sent after `t`: one sent
+    /// before may have been committed before `t`.
     fn first_after(&self, t: Instant) -> Option<Duration> {
         let acks = self.acks.lock().unwrap();
         acks.iter()
-            .filter(|(a, _)| *a > t)
-            .map(|(a, _)| *a - t)
+            .filter(|(sent, _, _)| *sent > t)
+            .map(|(_, a, _)| *a - t)
             .min()
     }
 
@@ -223,7 +227,7 @@ impl Load {
         let acks = self.acks.lock().unwrap();
         let mut times: Vec<Instant> = acks
             .iter()
-            .map(|(a, _)| *a)
+            .map(|(_, a, _)| *a)
             .filter(|a| *a >= from && *a <= to)
             .collect();
         times.sort();
@@ -234,7 +238,8 @@ impl Load {
         gap
     }
 
-    fn stop(self, rt: &tokio::runtime::Runtime) -> (Vec<(Instant, String)>, Vec<String>) {
+    #[allow(clippy::type_complexity)]
+    fn stop(self, rt: &tokio::runtime::Runtime) -> (Vec<(Instant, Instant, String)>, Vec<String>) {
         self.stop.store(true, Ordering::Relaxed);
         for t in self.tasks {
             let _ = rt.block_on(t);
@@ -275,7 +280,7 @@ fn percentiles(mut v: Vec<f64>) -> String {
     )
 }
 
-async fn lost(client: &Client, acks: &[(Instant, String)], writers: usize) -> Res<usize> {
+async fn lost(client: &Client, acks: &[(Instant, Instant, String)], writers: usize) -> Res<usize> {
     let mut present = BTreeSet::new();
     for w in 0..writers {
         let dir = format!("/bench/w{w}");
@@ -287,7 +292,7 @@ async fn lost(client: &Client, acks: &[(Instant, String)], writers: usize) -> Re
             present.insert(format!("{dir}/{}", e.name.unwrap_or_default()));
         }
     }
-    Ok(acks.iter().filter(|(_, p)| !present.contains(p)).count())
+    Ok(acks.iter().filter(|(_, _, p)| !present.contains(p)).count())
 }
 
 fn creates_per_sec(
@@ -356,14 +361,31 @@ pub fn run(args: Args) -> Res<()> {
             "kill {round}: master {leader_id}, window {:.0} ms",
             ms(window)
         );
+        // Its listening ports are free once the process is gone.
+        let node = cluster.master_node(leader_id)?;
+        wait_until("the killed master to exit", || {
+            local::process::reap();
+            !local::process::is_ours(pid, "masterd", &node.data_dir)
+        })?;
         cluster.restart(leader_id, &bin_dir)?;
-        wait_until("the killed master to catch up", || {
-            rt.block_on(leader(&client)).is_ok_and(|(_, ms)| {
+        let mut seen = String::new();
+        let caught_up = wait_until("the killed master to catch up", || {
+            let status = rt.block_on(leader(&client));
+            let ok = status.as_ref().is_ok_and(|(_, ms)| {
                 let top = ms.iter().map(|m| m.2).max().unwrap_or(0);
                 ms.iter()
                     .find(|m| m.0 == leader_id)
-                    .is_some_and(|m| m.1 == MasterRole::Follower && m.2 + 100 >= top)
-            })
+                    .is_some_and(|m| m.1 != MasterRole::Unreachable && m.2 + 1000 >= top)
+            });
+            seen = format!("{status:?}");
+            ok
+        });
+        caught_up.map_err(|e| {
+            let log = cluster
+                .master_node(leader_id)
+                .map(|n| local::process::log_tail(&n.log_file))
+                .unwrap_or_default();
+            format!("{e}; last status: {seen}; master {leader_id} log:\n{log}")
         })?;
     }
     let mut pauses = Vec::new();

@@ -36,7 +36,7 @@ impl Default for RetryPolicy {
             backoff_initial: Duration::from_millis(20),
             // Short: during an election every master may refuse for a few
             // hundred ms, and a long pause would outlast the failover.
-            backoff_max: Duration::from_millis(250),
+            backoff_max: Duration::from_millis(100),
             attempts_max: 200,
         }
     }
