@@ -60,6 +60,16 @@ pub fn not_leader_with(master: &Master, message: &str) -> Body {
     }))
 }
 
+/// `Unavailable`: retry after `retry_after_ms`.
+fn unavailable(message: impl Into<String>, retry_after_ms: u32) -> Body {
+    Body::ErrorReply(Box::new(ErrorReply {
+        code: ErrorCode::Unavailable,
+        message: Some(message.into()),
+        retry_after_ms,
+        ..ErrorReply::default()
+    }))
+}
+
 fn fail(f: Fail) -> Body {
     error(f.code(), f.to_string())
 }
@@ -74,12 +84,7 @@ fn propose_error(master: &Master, e: ProposeError) -> Body {
             ..ErrorReply::default()
         })),
         ProposeError::Stopped(why) => error(ErrorCode::Unavailable, why),
-        ProposeError::Unavailable(why) => Body::ErrorReply(Box::new(ErrorReply {
-            code: ErrorCode::Unavailable,
-            message: Some(why),
-            retry_after_ms: 20,
-            ..ErrorReply::default()
-        })),
+        ProposeError::Unavailable(why) => unavailable(why, 20),
     }
 }
 
@@ -439,12 +444,7 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             }
             match crate::failover::hand_over(master, f.to).await {
                 Ok(_) => stamp_ack(master),
-                Err(why) => Body::ErrorReply(Box::new(ErrorReply {
-                    code: ErrorCode::Unavailable,
-                    message: Some(why),
-                    retry_after_ms: 100,
-                    ..ErrorReply::default()
-                })),
+                Err(why) => unavailable(why, 100),
             }
         }
         Body::AdminMembership(m) => {
@@ -474,12 +474,7 @@ fn lease_ready(master: &Master) -> Option<Body> {
         return Some(not_leader(master));
     }
     if !master.leader_ready() {
-        return Some(Body::ErrorReply(Box::new(ErrorReply {
-            code: ErrorCode::Unavailable,
-            message: Some("a new leader is catching up".into()),
-            retry_after_ms: 10,
-            ..ErrorReply::default()
-        })));
+        return Some(unavailable("a new leader is catching up", 10));
     }
     None
 }
@@ -498,12 +493,7 @@ async fn read_ready(master: &Master, min_applied_index: u64) -> Option<Body> {
         return Some(not_leader(master));
     }
     if leading && let Err(why) = master.linearize().await {
-        return Some(Body::ErrorReply(Box::new(ErrorReply {
-            code: ErrorCode::Unavailable,
-            message: Some(why),
-            retry_after_ms: 20,
-            ..ErrorReply::default()
-        })));
+        return Some(unavailable(why, 20));
     }
     if !master
         .wait_applied(min_applied_index, MIN_APPLIED_WAIT)
