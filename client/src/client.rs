@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::link::Pool;
 use crate::locations::LocationCache;
 use crate::masters::{Masters, RetryPolicy};
+use crate::streams::Streams;
 
 /// Largest data section the client sends or asks for in one frame.
 pub const FRAME_DATA_BYTES_MAX: usize = 16 << 20;
@@ -65,6 +66,7 @@ pub(crate) struct Inner {
     pub chunk_size_bytes: u64,
     client_id: u64,
     seq: AtomicU64,
+    streams: Streams,
 }
 
 /// What `create` should do.
@@ -128,6 +130,7 @@ impl Client {
                 // Zero is the "no request id" value on the wire.
                 client_id: u64::from_le_bytes(id).max(1),
                 seq: AtomicU64::new(1),
+                streams: Streams::new(u64::from_le_bytes(id)),
                 opts,
             }),
         })
@@ -141,7 +144,8 @@ impl Client {
         &self.inner.opts
     }
 
-    /// A fresh idempotency key: retries of one request reuse it.
+    /// A fresh id for a chunkserver request or a pushed buffer (metadata
+    /// mutations take theirs from a stream: [`Client::mutate`]).
     pub(crate) fn next_req(&self) -> RequestId {
         RequestId {
             client_id: self.inner.client_id,
@@ -153,27 +157,44 @@ impl Client {
         self.inner.masters.call(what, &body).await
     }
 
+    /// Sends the metadata mutation `make` builds around its request id,
+    /// retried under that id until answered or the deadline passes, on a
+    /// stream no other mutation uses meanwhile (`streams`).
+    pub(crate) async fn mutate(
+        &self,
+        what: &str,
+        make: impl FnOnce(Option<RequestId>) -> Body,
+    ) -> Result<Body> {
+        let mut stream = self.inner.streams.lease().await;
+        let body = make(Some(stream.next_req()));
+        self.inner.masters.call(what, &body).await
+    }
+
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<Attr> {
-        let body = Body::Mkdir(Box::new(Mkdir {
-            req: Some(self.next_req()),
-            path: Some(path.into()),
-            parents,
-            mode: 0o755,
-            owner: owner(),
-        }));
-        attr_of(path, self.master(path, body).await?)
+        let make = |req| {
+            Body::Mkdir(Box::new(Mkdir {
+                req,
+                path: Some(path.into()),
+                parents,
+                mode: 0o755,
+                owner: owner(),
+            }))
+        };
+        attr_of(path, self.mutate(path, make).await?)
     }
 
     pub async fn create(&self, path: &str, o: CreateOptions) -> Result<Attr> {
-        let body = Body::Create(Box::new(Create {
-            req: Some(self.next_req()),
-            path: Some(path.into()),
-            replication: o.replication,
-            exclusive: o.exclusive,
-            mode: 0o644,
-            owner: owner(),
-        }));
-        let attr = attr_of(path, self.master(path, body).await?)?;
+        let make = |req| {
+            Body::Create(Box::new(Create {
+                req,
+                path: Some(path.into()),
+                replication: o.replication,
+                exclusive: o.exclusive,
+                mode: 0o644,
+                owner: owner(),
+            }))
+        };
+        let attr = attr_of(path, self.mutate(path, make).await?)?;
         self.inner.cache.forget(attr.inode);
         Ok(attr)
     }
@@ -231,13 +252,15 @@ impl Client {
     }
 
     pub async fn rename(&self, src: &str, dst: &str, replace: bool) -> Result<()> {
-        let body = Body::Rename(Box::new(Rename {
-            req: Some(self.next_req()),
-            src: Some(src.into()),
-            dst: Some(dst.into()),
-            replace,
-        }));
-        match self.master(src, body).await? {
+        let make = |req| {
+            Body::Rename(Box::new(Rename {
+                req,
+                src: Some(src.into()),
+                dst: Some(dst.into()),
+                replace,
+            }))
+        };
+        match self.mutate(src, make).await? {
             Body::Ack(_) | Body::AttrReply(_) => Ok(()),
             other => Err(unexpected(src, &other)),
         }
@@ -245,12 +268,14 @@ impl Client {
 
     /// Moves `path` to the trash; returns its trash id.
     pub async fn delete(&self, path: &str, recursive: bool) -> Result<u64> {
-        let body = Body::Delete(Box::new(Delete {
-            req: Some(self.next_req()),
-            path: Some(path.into()),
-            recursive,
-        }));
-        match self.master(path, body).await? {
+        let make = |req| {
+            Body::Delete(Box::new(Delete {
+                req,
+                path: Some(path.into()),
+                recursive,
+            }))
+        };
+        match self.mutate(path, make).await? {
             Body::DeleteReply(r) => Ok(r.trash_id),
             other => Err(unexpected(path, &other)),
         }
@@ -259,11 +284,8 @@ impl Client {
     /// Deletes a trash entry now (its chunks become garbage), instead of
     /// at the end of the retention time.
     pub async fn purge(&self, trash_id: u64) -> Result<()> {
-        let body = Body::Purge(Box::new(Purge {
-            req: Some(self.next_req()),
-            trash_id,
-        }));
-        match self.master("trash", body).await? {
+        let make = |req| Body::Purge(Box::new(Purge { req, trash_id }));
+        match self.mutate("trash", make).await? {
             Body::Ack(_) => Ok(()),
             other => Err(unexpected("trash", &other)),
         }
@@ -276,13 +298,15 @@ impl Client {
         replication: u8,
         recursive: bool,
     ) -> Result<u64> {
-        let body = Body::SetReplication(Box::new(SetReplication {
-            req: Some(self.next_req()),
-            path: Some(path.into()),
-            replication,
-            recursive,
-        }));
-        match self.master(path, body).await? {
+        let make = |req| {
+            Body::SetReplication(Box::new(SetReplication {
+                req,
+                path: Some(path.into()),
+                replication,
+                recursive,
+            }))
+        };
+        match self.mutate(path, make).await? {
             Body::SetReplicationReply(r) => Ok(r.files_changed),
             other => Err(unexpected(path, &other)),
         }
@@ -338,12 +362,14 @@ impl Client {
 
     /// Closes a written file: its length becomes final.
     pub(crate) async fn complete(&self, what: &str, inode: u64, length_bytes: u64) -> Result<Attr> {
-        let body = Body::CompleteFile(Box::new(CompleteFile {
-            req: Some(self.next_req()),
-            inode,
-            length_bytes,
-        }));
-        attr_of(what, self.master(what, body).await?)
+        let make = |req| {
+            Body::CompleteFile(Box::new(CompleteFile {
+                req,
+                inode,
+                length_bytes,
+            }))
+        };
+        attr_of(what, self.mutate(what, make).await?)
     }
 
     pub(crate) async fn get_chunks(
@@ -370,12 +396,8 @@ impl Client {
         inode: u64,
         index: u64,
     ) -> Result<ChunkLocation> {
-        let body = Body::AllocateChunk(Box::new(AllocateChunk {
-            req: Some(self.next_req()),
-            inode,
-            index,
-        }));
-        location_of(what, self.master(what, body).await?)
+        let make = |req| Body::AllocateChunk(Box::new(AllocateChunk { req, inode, index }));
+        location_of(what, self.mutate(what, make).await?)
     }
 
     pub(crate) async fn get_lease(&self, what: &str, handle: u64) -> Result<ChunkLocation> {

@@ -23,6 +23,7 @@ pub mod local;
 pub mod locations;
 pub mod masters;
 pub mod read;
+mod streams;
 pub mod write;
 
 pub use client::{Client, ClientOptions, CreateOptions};

@@ -15,6 +15,7 @@ use ringfs_wire::msg::{
     TrashEntry as WireTrashEntry,
 };
 
+use crate::allocate;
 use crate::lease::{self, LeaseError, Located};
 use crate::metrics;
 use crate::namespace::{Inode, Kind};
@@ -384,7 +385,7 @@ async fn dispatch(master: &Master, body: Body) -> Body {
             if let Some(refusal) = lease_ready(master) {
                 return refusal;
             }
-            match lease::allocate(master, req_of(a.req), a.inode, a.index).await {
+            match allocate::allocate(master, req_of(a.req), a.inode, a.index).await {
                 Ok(located) => location_reply(master, a.index, located),
                 Err(e) => lease_error(master, e),
             }

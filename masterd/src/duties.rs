@@ -416,15 +416,7 @@ fn plan(master: &Master, now: Instant) -> Plan {
         d.clones.len()
     });
     let mut budget = cluster_max.saturating_sub(in_flight);
-    let candidates: Vec<Candidate> = reg
-        .live_servers()
-        .map(|s| Candidate {
-            node: s.node_id,
-            rack: s.rack.clone(),
-            utilisation: s.utilisation(),
-            file_replicas: 0,
-        })
-        .collect();
+    let candidates: Vec<Candidate> = reg.live_servers().map(|s| Candidate::of(s, 0)).collect();
     for (_, _, handle) in short {
         if budget == 0 {
             break;

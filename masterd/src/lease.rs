@@ -18,15 +18,14 @@ use std::time::{Duration, Instant};
 use futures_util::future::join_all;
 use ringfs_wire::ids::LEASE_EXTENSIONS_PER_HEARTBEAT_MAX;
 use ringfs_wire::msg::{
-    Body, BumpVersion, CreateChunk, ErrorCode, GrantLease, LeaseExtension, LeaseHeld, Replica,
-    RevokeLease,
+    Body, BumpVersion, ErrorCode, GrantLease, LeaseExtension, LeaseHeld, Replica, RevokeLease,
 };
 
-use crate::node::{Master, now_ms, now_ns};
-use crate::placement::{self, Candidate};
+use crate::allocate;
+use crate::node::{Master, now_ms};
 use crate::proposer::ProposeError;
 use crate::registry::Location;
-use crate::types::{Done, Fail, NodeId, Op, ReqId};
+use crate::types::{Done, Fail, NodeId, Op};
 
 /// Lease grants serialised per chunk through this many locks.
 const GRANT_LOCKS: usize = 64;
@@ -85,7 +84,7 @@ pub struct Leases {
 }
 
 /// Marks an allocation in progress until dropped.
-struct Allocating<'a> {
+pub(crate) struct Allocating<'a> {
     leases: &'a Leases,
     key: (u64, u64),
 }
@@ -186,11 +185,32 @@ impl Leases {
         since.map_or(u64::MAX, |(_, _, ms)| ms)
     }
 
+    /// Marks chunk `index` of `inode` as being allocated until the mark drops.
+    pub(crate) fn mark_allocating(&self, inode: u64, index: u64) -> Allocating<'_> {
+        self.allocating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry((inode, index))
+            .and_modify(|n| *n += 1)
+            .or_insert(1);
+        Allocating {
+            leases: self,
+            key: (inode, index),
+        }
+    }
+
     fn allocating(&self, inode: u64, index: u64) -> bool {
         self.allocating
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(&(inode, index))
+    }
+
+    /// Serialises grants of `handle`: held while its version may change.
+    pub(crate) async fn grant_turn(&self, handle: u64) -> tokio::sync::MutexGuard<'_, ()> {
+        self.grant_locks[(handle as usize) % GRANT_LOCKS]
+            .lock()
+            .await
     }
 
     /// True while a grant or allocation may be changing the chunk's version.
@@ -205,7 +225,7 @@ impl Leases {
     }
 }
 
-fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
+pub(crate) fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
     let reg = master.registry();
     let s = reg.servers.get(&node)?;
     Some(Replica {
@@ -215,7 +235,7 @@ fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
     })
 }
 
-fn addr_of(master: &Master, node: NodeId) -> Option<String> {
+pub(crate) fn addr_of(master: &Master, node: NodeId) -> Option<String> {
     master
         .registry()
         .servers
@@ -254,9 +274,7 @@ async fn revoke(master: &Master, handle: u64, holder: NodeId) -> Result<(), Stri
 
 /// The current primary lease of `handle`, granting one if none is live.
 pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseError> {
-    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS]
-        .lock()
-        .await;
+    let _turn = master.leases.grant_turn(handle).await;
     master.leases.note_leader(master.epoch(), Instant::now());
     let (version, record, inode, index) = {
         let state = master.shared.read();
@@ -339,11 +357,17 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
             }
         }
     }
+    let mut good = good;
     if good.is_empty() {
-        return Err(LeaseError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            why: format!("no live replica of chunk {handle} at version {version}"),
-        });
+        // Perhaps its allocation committed and the leader died before
+        // creating any replica: then nothing was ever written to it.
+        if let Err(why) = allocate::recreate_unborn(master, handle, version, record).await {
+            return Err(LeaseError::Unavailable {
+                retry_after: Duration::from_secs(1),
+                why: format!("no live replica of chunk {handle} at version {version} ({why})"),
+            });
+        }
+        good = master.registry().good_replicas(handle, version);
     }
     let primary = same_primary.unwrap_or_else(|| pick_primary(master, &good));
     let committed = master
@@ -417,7 +441,7 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
 }
 
 /// Tells `primary` it holds the lease; records it once acknowledged.
-async fn grant(
+pub(crate) async fn grant(
     master: &Master,
     handle: u64,
     version: u64,
@@ -493,187 +517,10 @@ fn pick_primary(master: &Master, good: &[Location]) -> NodeId {
         .unwrap_or(0)
 }
 
-fn unreachable_outcome<T>(other: Done) -> Result<T, LeaseError> {
+pub(crate) fn unreachable_outcome<T>(other: Done) -> Result<T, LeaseError> {
     Err(LeaseError::Unavailable {
         retry_after: Duration::from_millis(100),
         why: format!("unexpected outcome {other:?}"),
-    })
-}
-
-/// Allocates chunk `index` of file `inode` (or finds it, if a concurrent
-/// writer won), creates its replicas and grants the first lease.
-pub async fn allocate(
-    master: &Master,
-    req: ReqId,
-    inode: u64,
-    index: u64,
-) -> Result<Located, LeaseError> {
-    let (goal, existing, file_chunks) = {
-        let state = master.shared.read();
-        let node = state.ns.get(inode).ok_or(Fail::NotFound)?;
-        let file = node.file().ok_or(Fail::IsDirectory)?;
-        let existing = usize::try_from(index)
-            .ok()
-            .and_then(|i| file.chunks.get(i).copied());
-        (node.replication, existing, file.chunks.to_vec())
-    };
-    if let Some(handle) = existing {
-        return get_lease(master, handle).await;
-    }
-    master.leases.note_leader(master.epoch(), Instant::now());
-    let marked = Allocating {
-        leases: &master.leases,
-        key: (inode, index),
-    };
-    master
-        .leases
-        .allocating
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(marked.key)
-        .and_modify(|n| *n += 1)
-        .or_insert(1);
-    let chosen = {
-        let reg = master.registry();
-        let mut per_node: HashMap<NodeId, u64> = HashMap::new();
-        for h in &file_chunks {
-            for l in reg.locations.get(h).into_iter().flatten() {
-                *per_node.entry(l.node).or_default() += 1;
-            }
-        }
-        let candidates: Vec<Candidate> = reg
-            .live_servers()
-            .map(|s| Candidate {
-                node: s.node_id,
-                rack: s.rack.clone(),
-                utilisation: s.utilisation(),
-                file_replicas: per_node.get(&s.node_id).copied().unwrap_or(0),
-            })
-            .collect();
-        placement::choose(&candidates, usize::from(goal), &[], &[])
-    };
-    if chosen.is_empty() {
-        return Err(LeaseError::Unavailable {
-            retry_after: Duration::from_secs(1),
-            why: "no live chunkserver to place a chunk on".into(),
-        });
-    }
-    // A new leader hears from every chunkserver that is alive within one
-    // chunkserver timeout. Until then a short placement most likely means
-    // "not registered yet", and a chunk created short would be acknowledged
-    // with fewer copies than asked for; afterwards it means the cluster
-    // really is short, and the write goes on degraded (re-replication
-    // makes up once servers return).
-    let registration_grace = Duration::from_millis(master.tuning().chunkserver_timeout_ms);
-    if chosen.len() < usize::from(goal)
-        && master.leases.leading_for(Instant::now()) < registration_grace
-    {
-        return Err(LeaseError::Unavailable {
-            retry_after: Duration::from_millis(200),
-            why: format!(
-                "{} of {goal} chunkservers live; waiting for registrations",
-                chosen.len()
-            ),
-        });
-    }
-    if chosen.len() < usize::from(goal) {
-        tracing::warn!(
-            inode,
-            index,
-            placed = chosen.len(),
-            goal,
-            "placing a chunk below its goal: not enough live chunkservers"
-        );
-    }
-    let duration = master.leases.duration;
-    let committed = master
-        .proposer
-        .propose(Op::AllocateChunk {
-            req,
-            inode,
-            index,
-            replicas: chosen.clone(),
-            now_ns: now_ns(),
-            lease_duration_ms: duration.as_millis() as u64,
-        })
-        .await?;
-    let (handle, version) = match committed.outcome? {
-        Done::Chunk { handle, version } => (handle, version),
-        Done::JoinedChunk { handle, .. } => {
-            // Someone else allocated it first: join theirs.
-            drop(marked);
-            return get_lease(master, handle).await;
-        }
-        other => return unreachable_outcome(other),
-    };
-    assert_eq!(version, 1, "a new chunk starts at version 1");
-    let _turn = master.leases.grant_locks[(handle as usize) % GRANT_LOCKS]
-        .lock()
-        .await;
-    let epoch = master.epoch();
-    let creates = chosen.iter().map(|&node| {
-        let body = Body::CreateChunk(Box::new(CreateChunk {
-            epoch,
-            handle,
-            version,
-        }));
-        let addr = addr_of(master, node);
-        async move {
-            match addr {
-                Some(a) => (
-                    node,
-                    master
-                        .cs
-                        .command(&a, &body)
-                        .await
-                        .map_err(|e| e.to_string()),
-                ),
-                None => (node, Err("not registered".to_string())),
-            }
-        }
-    });
-    let mut created = Vec::new();
-    for (node, result) in join_all(creates).await {
-        match result {
-            Ok(()) => created.push(node),
-            Err(e) => {
-                tracing::warn!(handle, node, error = %e, "create chunk failed; re-replication will make up")
-            }
-        }
-    }
-    {
-        let mut reg = master.registry();
-        for &node in &created {
-            let report = ringfs_wire::msg::ChunkReport {
-                handle,
-                version,
-                length_bytes: 0,
-                state: ringfs_wire::msg::ReplicaState::Ok,
-            };
-            reg.heartbeat(
-                node,
-                std::slice::from_ref(&report),
-                &[],
-                &[],
-                Instant::now(),
-            );
-        }
-    }
-    let primary = chosen[0];
-    if !created.contains(&primary) {
-        drop(_turn);
-        drop(marked);
-        // The committed first lease names a primary that has no replica:
-        // the next grant bumps the version and picks a live one.
-        return get_lease(master, handle).await;
-    }
-    let lease = grant(master, handle, version, primary, &created, epoch).await?;
-    let replicas = master.registry().good_replicas(handle, version).to_vec();
-    Ok(Located {
-        handle,
-        version,
-        replicas,
-        lease: Some(lease),
     })
 }
 

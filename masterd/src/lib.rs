@@ -3,6 +3,7 @@
 //! the chunkserver registry, leases, placement, re-replication and GC, on
 //! tokio.
 
+pub mod allocate;
 pub mod checkpoint;
 pub mod chunks;
 pub mod client_api;

@@ -53,6 +53,9 @@ pub struct Metrics {
     pub membership_changes: AtomicU64,
     /// Leases of earlier terms taken back from their holders.
     pub leases_revoked: AtomicU64,
+    /// Chunks whose allocation committed under a leader that died before
+    /// creating them, created by a later leader.
+    pub unborn_chunks_created: AtomicU64,
 }
 
 impl Metrics {
@@ -138,7 +141,12 @@ pub fn render(master: &Master) -> String {
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
     let sh = &master.shared;
-    let counters: [(&str, &str, u64); 18] = [
+    let counters: [(&str, &str, u64); 19] = [
+        (
+            "ringfs_master_unborn_chunks_created_total",
+            "counter",
+            m.unborn_chunks_created.load(Ordering::Relaxed),
+        ),
         (
             "ringfs_master_leases_revoked_total",
             "counter",

@@ -5,6 +5,7 @@
 //! Pure: the caller snapshots the registry into [`Candidate`]s, so the
 //! choice is testable and the registry lock is not held while choosing.
 
+use crate::registry::Chunkserver;
 use crate::types::NodeId;
 
 #[derive(Clone, Debug)]
@@ -15,6 +16,18 @@ pub struct Candidate {
     pub utilisation: f64,
     /// Replicas of the file's chunks this server already holds.
     pub file_replicas: u64,
+}
+
+impl Candidate {
+    /// `server`, holding `file_replicas` of the file's chunks already.
+    pub fn of(server: &Chunkserver, file_replicas: u64) -> Candidate {
+        Candidate {
+            node: server.node_id,
+            rack: server.rack.clone(),
+            utilisation: server.utilisation(),
+            file_replicas,
+        }
+    }
 }
 
 /// Picks up to `count` nodes, none of them in `exclude` (current holders).

@@ -230,6 +230,13 @@ impl Registry {
             .is_some_and(|s| s.liveness != Liveness::Dead)
     }
 
+    /// Live, and its complete chunk report has arrived (not mid-report).
+    pub fn fully_reported(&self, node: NodeId) -> bool {
+        self.servers
+            .get(&node)
+            .is_some_and(|s| s.liveness != Liveness::Dead && s.full_report.is_none())
+    }
+
     /// Replicas that can serve `version`: live servers, state Ok, same version.
     pub fn good_replicas(&self, handle: u64, version: u64) -> Locations {
         self.locations

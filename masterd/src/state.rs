@@ -13,7 +13,9 @@ use crate::types::{Done, Fail, NodeId, Op, Outcome, ReqId};
 
 /// Outcomes remembered per client for retried requests. At least the
 /// requests one connection may have in flight (`server`), since pipelined
-/// requests reach the log in any order.
+/// requests reach the log in any order. The client library sends each
+/// mutation on a stream of its own until answered (`client::streams`), so
+/// a retry is never overtaken by more than this many of its client id.
 pub const REQUEST_WINDOW_PER_CLIENT: usize = 64;
 /// Clients remembered; the least recently seen is forgotten beyond this.
 pub const CLIENTS_MAX: usize = 4_096;

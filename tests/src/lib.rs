@@ -6,6 +6,8 @@
 //! The daemons are the workspace's own binaries, found next to the test
 //! executable (`cargo test --workspace` builds them first).
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -309,10 +311,31 @@ pub fn start_master(env: &Env) -> Daemon {
 
 /// A chunkserver on a fixed port (so restarts keep the address), one data dir.
 pub fn start_chunkd(env: &Env, name: &str, rack: &str) -> Daemon {
-    let listen = format!("127.0.0.1:{}", free_port());
-    let args = vec![
+    start_chunkd_with(env, name, rack, &ChunkdPlumbing::default())
+}
+
+/// How a chunkserver is wired, where a test puts a [`proxy::Proxy`] in a path.
+#[derive(Clone, Debug, Default)]
+pub struct ChunkdPlumbing {
+    /// Config to read instead of the cluster's (e.g. one that reaches the
+    /// master through a proxy).
+    pub config: Option<PathBuf>,
+    /// Data listener (default: a free port).
+    pub listen: Option<String>,
+    /// Address others are told to reach it by (e.g. a proxy to `listen`).
+    pub advertise: Option<String>,
+}
+
+/// Like [`start_chunkd`], wired as `plumbing` says.
+pub fn start_chunkd_with(env: &Env, name: &str, rack: &str, plumbing: &ChunkdPlumbing) -> Daemon {
+    let listen = plumbing
+        .listen
+        .clone()
+        .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
+    let config = plumbing.config.as_ref().unwrap_or(&env.config);
+    let mut args = vec![
         "--config".into(),
-        env.config.display().to_string(),
+        config.display().to_string(),
         "--listen".into(),
         listen,
         "--data".into(),
@@ -322,7 +345,32 @@ pub fn start_chunkd(env: &Env, name: &str, rack: &str) -> Daemon {
         "--cores".into(),
         "1".into(),
     ];
+    if let Some(a) = &plumbing.advertise {
+        args.extend(["--advertise".into(), a.clone()]);
+    }
     Daemon::spawn(binary("chunkd"), args, "chunkd ready", env.dir.path())
+}
+
+/// The body of `GET path` from a daemon's HTTP endpoint, or `None` when it
+/// does not answer within a second.
+pub fn http_get(addr: &str, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().ok()?, Duration::from_secs(1)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text.split_once("\r\n\r\n")?.1.to_string())
+}
+
+/// The value of an unlabelled counter or gauge in a daemon's `/metrics`.
+pub fn metric(http_addr: &str, name: &str) -> u64 {
+    let text = http_get(http_addr, "/metrics").expect("/metrics answers");
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in the metrics of {http_addr}"))
 }
 
 /// Polls `f` until it returns Some, bounded by `limit`.
