@@ -60,6 +60,9 @@ pub struct Args {
     /// Directory of masterd and chunkd (default: next to this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Keep the cluster's directory (logs, data) afterwards, and print it.
+    #[arg(long)]
+    pub keep_dir: bool,
 }
 
 struct Cluster {
@@ -330,8 +333,12 @@ pub fn run(args: Args) -> Res<()> {
     };
     let work = tempfile::Builder::new()
         .prefix("ringfs-bench-failover-")
+        .disable_cleanup(args.keep_dir)
         .tempdir_in(&args.dir)
         .map_err(|e| e.to_string())?;
+    if args.keep_dir {
+        println!("cluster directory (kept): {}", work.path().display());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

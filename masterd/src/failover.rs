@@ -9,8 +9,12 @@
 //! (callers get `Unavailable`, retry in a few ms and land on the new
 //! leader), waits until the target has every entry, stops heartbeating,
 //! tells the other voters to hold their own elections for a while, and
-//! tells the target to campaign as soon as the lease has run out. The
-//! pause is about one `election_timeout_max_ms`; no request fails.
+//! tells the target to campaign. The target campaigns at once, which wins
+//! when the old leader's vote makes a majority (three voters: a leader's
+//! own lease is never refreshed, so it grants once it has led for a lease);
+//! otherwise it campaigns again once the followers' leases have run out.
+//! The pause is a vote round and a commit with three voters, about one
+//! `election_timeout_max_ms` with five; no request fails.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -30,6 +34,9 @@ pub const CATCH_UP_WAIT: Duration = Duration::from_secs(3);
 pub const HOLD_ELECTIONS_MS: u64 = 3000;
 /// Longest wait for the target to win once asked.
 pub const CAMPAIGN_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for the first, immediate campaign (one vote round on a
+/// LAN) before waiting for the leases to run out.
+pub const FAST_CAMPAIGN_WAIT: Duration = Duration::from_millis(100);
 /// Margin over the followers' leader lease before the target campaigns:
 /// the last heartbeat left at most this before the stop.
 pub const LEASE_MARGIN_MS: u64 = 20;
@@ -62,6 +69,7 @@ pub async fn on_handover(master: &Master, from: NodeId, h: Handover) -> Result<(
             last_log_index,
             after_ms,
         } => {
+            let lease_over = Instant::now() + Duration::from_millis(after_ms.min(10_000));
             let mut metrics = master.raft.metrics();
             tokio::time::timeout(
                 CATCH_UP_WAIT,
@@ -70,25 +78,39 @@ pub async fn on_handover(master: &Master, from: NodeId, h: Handover) -> Result<(
             .await
             .map_err(|_| format!("master {} did not reach index {last_log_index}", master.id))?
             .map_err(|e| e.to_string())?;
-            tokio::time::sleep(Duration::from_millis(after_ms.min(10_000))).await;
-            master
-                .raft
-                .trigger()
-                .elect()
-                .await
-                .map_err(|e| e.to_string())?;
-            let me = master.id;
-            tokio::time::timeout(
-                CAMPAIGN_WAIT,
-                metrics.wait_for(|m| m.current_leader == Some(me)),
-            )
-            .await
-            .map_err(|_| format!("master {me} did not win its election in {CAMPAIGN_WAIT:?}"))?
-            .map_err(|e| e.to_string())?;
-            tracing::info!(from, "took over the leadership");
+            // First at once: the old leader grants the vote when its own
+            // lease has run out (openraft refreshes a voter's lease on each
+            // heartbeat it takes, and a leader takes none, so a leader that
+            // has led longer than one lease grants). With three voters
+            // that is a majority; with five, two more are needed, whose
+            // leases run until `lease_over`.
+            if campaign(master, FAST_CAMPAIGN_WAIT).await.is_ok() {
+                tracing::info!(from, "took over the leadership at once");
+                return Ok(());
+            }
+            tokio::time::sleep_until(lease_over.into()).await;
+            campaign(master, CAMPAIGN_WAIT).await?;
+            tracing::info!(from, "took over the leadership once the leases ran out");
             Ok(())
         }
     }
+}
+
+/// Starts an election and waits up to `wait` to win it.
+async fn campaign(master: &Master, wait: Duration) -> Result<(), String> {
+    let me = master.id;
+    master
+        .raft
+        .trigger()
+        .elect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut metrics = master.raft.metrics();
+    tokio::time::timeout(wait, metrics.wait_for(|m| m.current_leader == Some(me)))
+        .await
+        .map_err(|_| format!("master {me} did not win its election in {wait:?}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn voters(master: &Master) -> BTreeMap<NodeId, BasicNode> {
@@ -160,8 +182,17 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
         return Err(format!("master {target} is not a voter"));
     };
     let started = Instant::now();
-    master.proposer.hold(true);
+    // This master starts no election of its own meanwhile either: once the
+    // target campaigns it is no longer leader, and winning back its old
+    // place would leave the target waiting out everyone's lease.
+    master.raft.runtime_config().elect(false);
     let result = async {
+        // Nothing more enters the log from here: a proposal already handed
+        // to Raft would otherwise land after the target's catch-up, and
+        // the old leader refuses to vote for a log shorter than its own.
+        if !master.proposer.hold_and_drain(CATCH_UP_WAIT).await {
+            return Err(format!("proposals did not finish within {CATCH_UP_WAIT:?}"));
+        }
         // Everything taken so far committed and on the target.
         let mut metrics = master.raft.metrics();
         let caught_up = tokio::time::timeout(
@@ -221,6 +252,7 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     }
     .await;
     master.raft.runtime_config().heartbeat(true);
+    master.raft.runtime_config().elect(true);
     master.proposer.hold(false);
     result?;
     // Until this master knows the new leader, it would answer requests

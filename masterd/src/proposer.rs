@@ -68,23 +68,47 @@ pub struct Proposer {
     pub stats: Arc<ProposerStats>,
     /// Set during a leadership handover: new proposals are refused.
     held: Arc<AtomicBool>,
+    /// Slots of proposals handed to Raft and not yet answered.
+    in_flight: Arc<Semaphore>,
 }
 
 impl Proposer {
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUED_OPS_MAX);
         let stats = Arc::new(ProposerStats::default());
-        tokio::spawn(run(raft, rx, stats.clone()));
+        let held = Arc::new(AtomicBool::new(false));
+        let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+        tokio::spawn(run(
+            raft,
+            rx,
+            stats.clone(),
+            held.clone(),
+            in_flight.clone(),
+        ));
         Proposer {
             tx,
             stats,
-            held: Arc::new(AtomicBool::new(false)),
+            held,
+            in_flight,
         }
     }
 
-    /// Refuses (`true`) or takes again (`false`) new proposals.
+    /// Refuses (`true`) or takes again (`false`) new proposals. Holding
+    /// also refuses what is queued and not yet handed to Raft.
     pub fn hold(&self, held: bool) {
         self.held.store(held, Ordering::Release);
+    }
+
+    /// Holds, then waits (up to `wait`) until no proposal handed to Raft
+    /// is unanswered: afterwards the log grows only by entries proposed
+    /// elsewhere (membership changes). True once drained.
+    pub async fn hold_and_drain(&self, wait: Duration) -> bool {
+        self.hold(true);
+        let all = u32::try_from(PROPOSALS_IN_FLIGHT_MAX).expect("a small bound");
+        matches!(
+            tokio::time::timeout(wait, self.in_flight.acquire_many(all)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Commits `op` through the log; returns its outcome once applied.
@@ -108,8 +132,13 @@ impl Proposer {
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerStats>) {
-    let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
+async fn run(
+    raft: Raft,
+    mut rx: mpsc::Receiver<Pending>,
+    stats: Arc<ProposerStats>,
+    held: Arc<AtomicBool>,
+    in_flight: Arc<Semaphore>,
+) {
     while let Some(first) = rx.recv().await {
         // Wait for a slot before collecting: ops that arrive meanwhile join
         // this proposal instead of making their own.
@@ -122,6 +151,14 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, stats: Arc<ProposerSta
                 Ok(p) => batch.push(p),
                 Err(_) => break,
             }
+        }
+        if held.load(Ordering::Acquire) {
+            // Queued before a handover began: the new leader takes them.
+            let err = ProposeError::Unavailable("the leadership is being handed over".into());
+            for p in batch {
+                let _ = p.reply.send(Err(err.clone()));
+            }
+            continue;
         }
         stats.proposals.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);
