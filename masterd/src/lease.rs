@@ -225,7 +225,7 @@ impl Leases {
     }
 }
 
-pub(crate) fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
+fn replica_of(master: &Master, node: NodeId) -> Option<Replica> {
     let reg = master.registry();
     let s = reg.servers.get(&node)?;
     Some(Replica {
