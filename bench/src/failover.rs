@@ -353,6 +353,7 @@ pub fn run(args: Args) -> Res<()> {
         std::thread::sleep(Duration::from_millis(args.settle_ms));
         let (leader_id, _) = rt.block_on(leader(&client))?;
         let pid = cluster.master_node(leader_id)?.pid;
+        let killed_at = std::time::SystemTime::now();
         let killed = Instant::now();
         rustix::process::kill_process(
             rustix::process::Pid::from_raw(pid as i32).ok_or("bad pid")?,
@@ -364,8 +365,12 @@ pub fn run(args: Args) -> Res<()> {
         })?;
         let window = load.first_after(killed).expect("waited for");
         windows.push(ms(window));
+        // Unix time of the kill, to find it in the masters' logs (UTC).
+        let killed_unix_secs = killed_at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         eprintln!(
-            "kill {round}: master {leader_id}, window {:.0} ms",
+            "kill {round}: master {leader_id} at unix {killed_unix_secs:.3}, window {:.0} ms",
             ms(window)
         );
         // Its listening ports are free once the process is gone.

@@ -57,6 +57,9 @@ pub async fn on_handover(master: &Master, from: NodeId, h: Handover) -> Result<(
         Handover::Hold { for_ms } => {
             let for_ms = for_ms.min(HOLD_ELECTIONS_MS);
             master.raft.runtime_config().elect(false);
+            master
+                .elections
+                .hold_until(Instant::now() + Duration::from_millis(for_ms));
             let raft = master.raft.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(for_ms)).await;

@@ -12,6 +12,7 @@ pub use ringfs_client::frames as conn;
 pub mod cscmd;
 pub mod cslink;
 pub mod duties;
+pub mod election;
 pub mod failover;
 pub mod http;
 pub mod lease;

@@ -50,6 +50,10 @@ pub struct Metrics {
     pub fenced: AtomicU64,
     /// Graceful handovers this master led.
     pub handovers: AtomicU64,
+    /// Campaigns started at once because a candidate with a shorter log
+    /// asked for this master's vote after the leader fell silent
+    /// (`election.rs`).
+    pub election_takeovers: AtomicU64,
     pub membership_changes: AtomicU64,
     /// Leases of earlier terms taken back from their holders.
     pub leases_revoked: AtomicU64,
@@ -141,7 +145,7 @@ pub fn render(master: &Master) -> String {
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
     let sh = &master.shared;
-    let counters: [(&str, &str, u64); 19] = [
+    let counters: [(&str, &str, u64); 20] = [
         (
             "ringfs_master_unborn_chunks_created_total",
             "counter",
@@ -173,6 +177,11 @@ pub fn render(master: &Master) -> String {
             "ringfs_master_handovers_total",
             "counter",
             m.handovers.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_election_takeovers_total",
+            "counter",
+            m.election_takeovers.load(Ordering::Relaxed),
         ),
         (
             "ringfs_master_membership_changes_total",

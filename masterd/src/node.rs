@@ -13,9 +13,10 @@ use ringfs_wire::config::{Config, MasterRole as ConfigRole, MasterTuning};
 use ringfs_wire::msg::ReadStamp;
 
 use crate::cscmd::CsClient;
+use crate::election::Elections;
 use crate::lease::Leases;
 use crate::metrics::Metrics;
-use crate::oplog::{OpLog, OpLogStats};
+use crate::oplog::{OpLog, OpLogReader, OpLogStats};
 use crate::proposer::Proposer;
 use crate::raftnet::PeerNetwork;
 use crate::registry::Registry;
@@ -50,6 +51,9 @@ pub struct Master {
     pub leases: Leases,
     pub cs: Arc<CsClient>,
     pub oplog_stats: Arc<OpLogStats>,
+    /// The op log's last ids, read without going through Raft.
+    pub log_reader: OpLogReader,
+    pub elections: Elections,
     pub metrics: Metrics,
     pub duties: Mutex<crate::duties::Duties>,
     /// Identifies heartbeat-carried commands: term in the high 24 bits.
@@ -120,6 +124,7 @@ impl Master {
         let log = OpLog::open(&data_dir.join("oplog"), &tuning)
             .map_err(|e| StartError::OpLog(e.to_string()))?;
         let oplog_stats = log.stats();
+        let log_reader = log.reader();
         let fresh = State::new(
             config.file.chunk_size_bytes,
             config.file.default_replication,
@@ -136,13 +141,21 @@ impl Master {
                 .map(|m| (m.id, BasicNode::new(m.peer_addr.clone())))
                 .collect();
             let voters = members.len();
-            match raft.initialize(members).await {
-                Ok(()) => tracing::info!(id, voters, "initialised a new master group"),
-                // Already initialised: a restart, the usual case.
-                Err(openraft::error::RaftError::APIError(
-                    openraft::error::InitializeError::NotAllowed(_),
-                )) => {}
-                Err(e) => return Err(StartError::Raft(e.to_string())),
+            // A restart, the usual case, has a log or a vote: asking first
+            // keeps openraft from logging its refusal as an ERROR.
+            let initialised = raft
+                .is_initialized()
+                .await
+                .map_err(|e| StartError::Raft(e.to_string()))?;
+            if !initialised {
+                match raft.initialize(members).await {
+                    Ok(()) => tracing::info!(id, voters, "initialised a new master group"),
+                    // A peer's vote or entries arrived since the check.
+                    Err(openraft::error::RaftError::APIError(
+                        openraft::error::InitializeError::NotAllowed(_),
+                    )) => {}
+                    Err(e) => return Err(StartError::Raft(e.to_string())),
+                }
             }
         }
         let proposer = Proposer::start(raft.clone());
@@ -156,6 +169,8 @@ impl Master {
             leases: Leases::new(Duration::from_millis(tuning.lease_duration_ms)),
             cs,
             oplog_stats,
+            log_reader,
+            elections: Elections::default(),
             metrics: Metrics::default(),
             duties: Mutex::new(crate::duties::Duties::default()),
             command_seq: AtomicU64::new(0),

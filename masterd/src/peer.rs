@@ -157,7 +157,13 @@ async fn answer(
     verify_payload(r.block_crcs.as_deref(), data).map_err(|e| (ErrorCode::ChecksumMismatch, e))?;
     match r.rpc {
         RaftRpc::AppendEntries => encode(&master.raft.append_entries(decode(data)?).await),
-        RaftRpc::Vote => encode(&master.raft.vote(decode(data)?).await),
+        RaftRpc::Vote => {
+            let req = decode(data)?;
+            if let Some(why) = crate::election::take_over_instead(master, &req).await {
+                return Err((ErrorCode::Unavailable, why));
+            }
+            encode(&master.raft.vote(req).await)
+        }
         RaftRpc::InstallSnapshot => encode(&master.raft.install_snapshot(decode(data)?).await),
         RaftRpc::TransferLeader => {
             let handover: Handover = decode(data)?;

@@ -2,7 +2,8 @@
 //! started by `ringfs local up` (3 voters, shadows, 3 chunkservers, real
 //! processes on loopback): a leader killed under load, a minority and a
 //! majority lost, a paused leader fenced, a graceful handover under load,
-//! a shadow promoted, every daemon killed at once. Every daemon is stopped
+//! a shadow promoted, every daemon killed at once, the longer log taking
+//! over from a candidate behind it. Every daemon is stopped
 //! by PID when a test ends, passing or failing.
 
 use std::collections::BTreeMap;
@@ -112,8 +113,23 @@ impl Ha {
         kill_process(Pid::from_raw(pid as i32).unwrap(), signal).unwrap();
     }
 
+    /// `kill -9` of master `id`; returns once it is gone.
+    fn kill_master(&self, id: u64) {
+        let m = self.master(id);
+        self.signal(id, Signal::KILL);
+        wait("the killed master to exit", || {
+            local::process::reap();
+            (!local::process::is_ours(m.pid, "masterd", &m.data_dir)).then_some(())
+        });
+    }
+
     /// Starts master `id` again (after a kill) and records its new PID.
     fn restart_master(&self, id: u64) {
+        self.restart_master_with(id, &cluster_config(&self.dir));
+    }
+
+    /// Like `restart_master`, with the config file at `config`.
+    fn restart_master_with(&self, id: u64, config: &str) {
         let mut cluster = self.cluster();
         let n = cluster
             .nodes
@@ -122,7 +138,7 @@ impl Ha {
             .unwrap();
         let args: Vec<String> = [
             "--config",
-            &cluster_config(&self.dir),
+            config,
             "--id",
             &id.to_string(),
             "--data",
@@ -304,6 +320,59 @@ fn leader_killed_under_load_loses_no_acknowledged_write_and_comes_back() {
     wait("the restarted master to catch up", || {
         let s = ha.status(leader)?;
         (s["role"] == "follower" && s["applied_index"].as_u64()? >= commit).then_some(())
+    });
+}
+
+/// A leader dies with its last entry on one follower only, and the other
+/// follower, restarted without that entry, campaigns first: the follower
+/// with the entry takes over at once (`masterd/src/election.rs`) rather
+/// than refusing and waiting for its own timer. The follower ahead runs
+/// with long timeouts (its own config file) so that the order is plain: a
+/// 2.5 s lease and its own campaign 4.5-5 s after the leader's last
+/// heartbeat; the one behind is started 2.6 s after the kill and, with the
+/// default timeouts, campaigns about half a second after it starts.
+#[test]
+fn the_follower_with_the_longer_log_takes_over_from_a_candidate_behind() {
+    let ha = Ha::up(3, 0);
+    let rt = runtime();
+    let client = ha.client(patient());
+    rt.block_on(client.mkdir("/everywhere", false)).unwrap();
+    let leader = ha.leader_among(&[1, 2, 3]);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != leader).collect();
+    let (ahead, behind) = (others[0], others[1]);
+
+    let mut slow = ha.config().file.clone();
+    slow.master.election_timeout_min_ms = 2000;
+    slow.master.election_timeout_max_ms = 2500;
+    let slow_config = ha.dir.join("slow-elections.toml");
+    std::fs::write(&slow_config, slow.to_toml()).unwrap();
+    ha.kill_master(ahead);
+    ha.restart_master_with(ahead, &slow_config.display().to_string());
+    let commit = ha.status(leader).unwrap()["commit_index"].as_u64().unwrap();
+    wait("the restarted follower to catch up", || {
+        let s = ha.status(ahead)?;
+        (s["role"] == "follower" && s["applied_index"].as_u64()? >= commit).then_some(())
+    });
+
+    ha.kill_master(behind);
+    rt.block_on(client.mkdir("/ahead-only", false)).unwrap();
+    ha.kill_master(leader);
+    std::thread::sleep(Duration::from_millis(2600));
+    ha.restart_master(behind);
+
+    let new = ha.leader_among(&[ahead, behind]);
+    assert_eq!(new, ahead, "only the follower with every entry can win");
+    assert_eq!(
+        ha.metric(ahead, "ringfs_master_election_takeovers_total"),
+        1,
+        "the follower ahead campaigned on its own timer, not on the request"
+    );
+    rt.block_on(client.stat("/ahead-only")).unwrap();
+    rt.block_on(client.mkdir("/after", false)).unwrap();
+    ha.restart_master(leader);
+    wait("the old leader to follow", || {
+        let s = ha.status(leader)?;
+        (s["role"] == "follower").then_some(())
     });
 }
 

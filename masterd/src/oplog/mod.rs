@@ -507,13 +507,9 @@ impl OpLog {
 
     fn log_state(&self) -> LogState<TypeConfig> {
         let mem = self.shared.lock();
-        let last = match (mem.last_log_id, mem.purged) {
-            (Some(l), Some(p)) if p.index >= l.index => Some(p),
-            (l, p) => l.or(p),
-        };
         LogState {
             last_purged_log_id: mem.purged,
-            last_log_id: last,
+            last_log_id: mem.last_or_purged(),
         }
     }
 }
@@ -551,6 +547,14 @@ fn read_err(e: OpLogError) -> StorageError {
 
 fn write_err(e: OpLogError) -> StorageError {
     StorageIOError::write_logs(AnyError::new(&e)).into()
+}
+
+impl OpLogReader {
+    /// The id of the last entry appended (durable or not), or of the last
+    /// purged one when that is later: what openraft calls the last log id.
+    pub fn last_log_id(&self) -> Option<LogId> {
+        self.shared.lock().last_or_purged()
+    }
 }
 
 impl RaftLogReader<TypeConfig> for OpLogReader {

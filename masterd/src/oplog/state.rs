@@ -80,6 +80,15 @@ impl Mem {
         after_last.max(after_purged)
     }
 
+    /// The last appended entry's id, or the last purged one's when that is
+    /// not older (a log purged up to its end by a snapshot).
+    pub fn last_or_purged(&self) -> Option<LogId> {
+        match (self.last_log_id, self.purged) {
+            (Some(l), Some(p)) if p.index >= l.index => Some(p),
+            (l, p) => l.or(p),
+        }
+    }
+
     /// Drops written entries from the front of the cache while it is over
     /// its bounds. An entry put in by command `seq <= written_seq` has
     /// been written by that command, and any later rewrite of its index
