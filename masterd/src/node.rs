@@ -94,7 +94,9 @@ fn raft_config(t: &MasterTuning) -> Result<openraft::Config, StartError> {
         // checkpoint interval, so that if the newest checkpoint turns out
         // damaged, the previous one plus the log still reach the present;
         // the slack lets a lagging follower catch up from the log.
-        max_in_snapshot_log_to_keep: t.checkpoint_every_records.saturating_add(10_000),
+        max_in_snapshot_log_to_keep: t
+            .checkpoint_every_records
+            .saturating_add(t.log_kept_behind_checkpoint_records),
         ..Default::default()
     };
     config

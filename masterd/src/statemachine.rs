@@ -32,6 +32,9 @@ pub struct Shared {
     pub checkpoint_last_ms: AtomicU64,
     pub checkpoint_last_bytes: AtomicU64,
     pub checkpoint_last_index: AtomicU64,
+    /// Checkpoints installed from the leader (a follower too far behind
+    /// for the log).
+    pub checkpoints_received: AtomicU64,
     /// The newest published checkpoint: the snapshot openraft may ask for.
     current: Mutex<Option<(PathBuf, CheckpointMeta)>>,
 }
@@ -45,6 +48,7 @@ impl Shared {
             checkpoint_last_ms: AtomicU64::new(0),
             checkpoint_last_bytes: AtomicU64::new(0),
             checkpoint_last_index: AtomicU64::new(0),
+            checkpoints_received: AtomicU64::new(0),
             current: Mutex::new(None),
         })
     }
@@ -307,6 +311,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.shared
             .applied_index
             .store(self.last_applied.map_or(0, |l| l.index), Ordering::Release);
+        self.shared
+            .checkpoints_received
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(
+            last_log_id = ?self.last_applied,
+            "installed a checkpoint from the leader"
+        );
         Ok(())
     }
 

@@ -3,7 +3,7 @@
 //! processes on loopback): a leader killed under load, a minority and a
 //! majority lost, a paused leader fenced, a graceful handover under load,
 //! a shadow promoted, every daemon killed at once, the longer log taking
-//! over from a candidate behind it. Every daemon is stopped
+//! over from a candidate behind it, a follower caught up by a checkpoint. Every daemon is stopped
 //! by PID when a test ends, passing or failing.
 
 use std::collections::BTreeMap;
@@ -27,6 +27,8 @@ struct Ha {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     config: Option<Config>,
+    masters: usize,
+    shadows: usize,
 }
 
 impl Drop for Ha {
@@ -56,14 +58,69 @@ impl Ha {
             _tmp: tmp,
             config: None,
             dir,
+            masters,
+            shadows,
         };
-        local::up(&opts).unwrap_or_else(|e| panic!("up: {e}"));
+        // Free ports are picked by binding and releasing, so another test
+        // may take one before a daemon binds it: start afresh, a few times.
+        let mut started = local::up(&opts);
+        for _ in 0..3 {
+            match &started {
+                Err(e) if e.to_string().contains("exited during start-up") => {
+                    eprintln!("up failed, trying again: {e}");
+                    let _ = local::down(&ha.dir);
+                    let _ = std::fs::remove_dir_all(&ha.dir);
+                    started = local::up(&opts);
+                }
+                _ => break,
+            }
+        }
+        started.unwrap_or_else(|e| panic!("up: {e}"));
         ha.config = Some(Config::load(&ha.dir.join(local::CONFIG_FILE)).unwrap());
         ha
     }
 
     fn config(&self) -> &Config {
         self.config.as_ref().unwrap()
+    }
+
+    /// `ringfs local up` on this directory again: every daemon is started
+    /// from its files (after `down` or a kill of them all).
+    fn resume(&self) {
+        let opts = UpOptions {
+            dir: self.dir.clone(),
+            masters: self.masters,
+            chunkservers: 3,
+            shadows: self.shadows,
+            bin_dir: binary("masterd").parent().map(Path::to_path_buf),
+        };
+        // The ports are the config's: another test on this machine may have
+        // taken one meanwhile (free ports are picked by binding and releasing).
+        // `up` resumes again after a failed resume; a few tries, bounded.
+        let mut resumed = local::up(&opts);
+        for _ in 0..3 {
+            match &resumed {
+                Err(e) if e.to_string().contains("exited during start-up") => {
+                    eprintln!("resume failed, trying again: {e}");
+                    std::thread::sleep(Duration::from_millis(500));
+                    resumed = local::up(&opts);
+                }
+                _ => break,
+            }
+        }
+        let resumed = resumed.unwrap_or_else(|e| panic!("resume: {e}"));
+        assert!(resumed.resumed);
+    }
+
+    /// Stops the cluster, changes the tuning in its config file and starts
+    /// it again with it.
+    fn retune(&mut self, change: impl FnOnce(&mut ringfs_wire::config::MasterTuning)) {
+        local::down(&self.dir).unwrap();
+        let mut file = self.config().file.clone();
+        change(&mut file.master);
+        std::fs::write(self.dir.join(local::CONFIG_FILE), file.to_toml()).unwrap();
+        self.config = Some(Config::load(&self.dir.join(local::CONFIG_FILE)).unwrap());
+        self.resume();
     }
 
     fn cluster(&self) -> local::cluster::Cluster {
@@ -111,6 +168,22 @@ impl Ha {
     fn signal(&self, id: u64, signal: Signal) {
         let pid = self.master(id).pid;
         kill_process(Pid::from_raw(pid as i32).unwrap(), signal).unwrap();
+    }
+
+    /// Waits for `f` on master `id`; on a timeout, the panic shows the
+    /// tail of that master's log.
+    fn wait_on<T>(&self, id: u64, what: &str, mut f: impl FnMut(&Ha) -> Option<T>) -> T {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(v) = f(self) {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                let log = local::process::log_tail(&self.master(id).log_file);
+                panic!("timed out waiting for {what}; master {id} log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// `kill -9` of master `id`; returns once it is gone.
@@ -349,7 +422,7 @@ fn the_follower_with_the_longer_log_takes_over_from_a_candidate_behind() {
     ha.kill_master(ahead);
     ha.restart_master_with(ahead, &slow_config.display().to_string());
     let commit = ha.status(leader).unwrap()["commit_index"].as_u64().unwrap();
-    wait("the restarted follower to catch up", || {
+    ha.wait_on(ahead, "the restarted follower to catch up", |ha| {
         let s = ha.status(ahead)?;
         (s["role"] == "follower" && s["applied_index"].as_u64()? >= commit).then_some(())
     });
@@ -374,6 +447,60 @@ fn the_follower_with_the_longer_log_takes_over_from_a_candidate_behind() {
         let s = ha.status(leader)?;
         (s["role"] == "follower").then_some(())
     });
+}
+
+/// A follower down while the leader checkpoints and purges its log past
+/// the follower's last entry catches up from a checkpoint transfer
+/// (openraft's `install_snapshot` of the checkpoint file), not the log.
+#[test]
+fn a_follower_behind_the_purged_log_catches_up_from_a_checkpoint() {
+    let mut ha = Ha::up(3, 0);
+    ha.retune(|t| {
+        t.checkpoint_every_records = 50;
+        t.log_kept_behind_checkpoint_records = 0;
+    });
+    let rt = runtime();
+    let client = ha.client(patient());
+    rt.block_on(client.mkdir("/d", false)).unwrap();
+    let leader = ha.leader_among(&[1, 2, 3]);
+    let behind = if leader == 1 { 2 } else { 1 };
+    ha.kill_master(behind);
+    let dirs = 300;
+    rt.block_on(async {
+        for i in 0..dirs {
+            client.mkdir(&format!("/d/{i}"), false).await?;
+        }
+        Ok::<_, ringfs_client::Error>(())
+    })
+    .unwrap();
+    assert!(ha.metric(leader, "ringfs_master_checkpoints_total") >= 2);
+
+    ha.restart_master(behind);
+    let (commit, want) = {
+        let s = ha.status(leader).unwrap();
+        (
+            s["commit_index"].as_u64().unwrap(),
+            s["directories"].clone(),
+        )
+    };
+    ha.wait_on(behind, "the follower to catch up", |ha| {
+        let s = ha.status(behind)?;
+        (s["role"] == "follower" && s["applied_index"].as_u64()? >= commit).then_some(())
+    });
+    // One or more: a transfer that started while the follower was down
+    // is retried with the checkpoint it started with, then a newer one.
+    assert!(
+        ha.metric(behind, "ringfs_master_checkpoints_received_total") >= 1,
+        "caught up without a checkpoint transfer"
+    );
+    assert_eq!(ha.status(behind).unwrap()["directories"], want);
+    // It votes and applies like any follower afterwards.
+    rt.block_on(client.mkdir("/after", false)).unwrap();
+    ha.kill_master(leader);
+    let new = ha.leader_among(&[1, 2, 3]);
+    assert_ne!(new, leader);
+    rt.block_on(client.stat("/d/299")).unwrap();
+    rt.block_on(client.stat("/after")).unwrap();
 }
 
 fn raw_stat(ha: &Ha, id: u64, path: &str) -> Body {
@@ -602,29 +729,7 @@ fn a_promoted_shadow_votes_and_a_whole_cluster_kill_loses_nothing() {
             .all(|n| !local::process::is_ours(n.pid, n.kind.program_name(), &n.data_dir))
             .then_some(())
     });
-    let opts = UpOptions {
-        dir: ha.dir.clone(),
-        masters: 3,
-        chunkservers: 3,
-        shadows: 1,
-        bin_dir: binary("masterd").parent().map(Path::to_path_buf),
-    };
-    // The ports are the config's: another test on this machine may have
-    // taken one meanwhile (free ports are picked by binding and releasing).
-    // `up` resumes again after a failed resume; a few tries, bounded.
-    let mut resumed = local::up(&opts);
-    for _ in 0..3 {
-        match &resumed {
-            Err(e) if e.to_string().contains("exited during start-up") => {
-                eprintln!("resume failed, trying again: {e}");
-                std::thread::sleep(Duration::from_millis(500));
-                resumed = local::up(&opts);
-            }
-            _ => break,
-        }
-    }
-    let resumed = resumed.unwrap_or_else(|e| panic!("resume: {e}"));
-    assert!(resumed.resumed);
+    ha.resume();
     let client = ha.client(patient());
     rt.block_on(client.stat("/after-promotion")).unwrap();
     let back = rt

@@ -84,6 +84,11 @@ pub struct MasterTuning {
     pub trash_retention_secs: u64,
     /// Checkpoint after this many log records.
     pub checkpoint_every_records: u64,
+    /// Log records kept behind the newest checkpoint beyond one checkpoint
+    /// interval: a follower at most this far behind catches up from the
+    /// log; one further behind gets the checkpoint (a transfer of the
+    /// whole file).
+    pub log_kept_behind_checkpoint_records: u64,
     pub rereplication_per_chunkserver_max: u32,
     pub rereplication_cluster_max: u32,
 }
@@ -101,6 +106,7 @@ impl Default for MasterTuning {
             group_commit_max_bytes: 4 << 20,
             trash_retention_secs: 24 * 3600,
             checkpoint_every_records: 1_000_000,
+            log_kept_behind_checkpoint_records: 10_000,
             rereplication_per_chunkserver_max: 4,
             rereplication_cluster_max: 64,
         }
