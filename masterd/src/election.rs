@@ -24,7 +24,10 @@
 //! id (so it learns of no greater log). openraft never sees that request;
 //! it would have refused it without any change of state (a shorter log is
 //! refused before the vote is looked at), so leaving it out changes nothing
-//! else. While the leader is heard, or during a handover's hold, or when
+//! else; and a vote withheld is never a safety question in Raft, only one
+//! of liveness (our log's last id can run ahead of openraft's for the
+//! moment of a truncation, and then a vote is withheld that openraft might
+//! have granted). While the leader is heard, or during a handover's hold, or when
 //! the terms are far apart, the request goes to openraft as before.
 
 use std::sync::Mutex;
@@ -53,6 +56,11 @@ impl Elections {
     pub fn hold_until(&self, until: Instant) {
         let mut held = self.held_until.lock().unwrap_or_else(|e| e.into_inner());
         *held = Some(held.map_or(until, |h| h.max(until)));
+    }
+
+    /// Takes back this master's own hold (its handover ended).
+    pub fn release(&self) {
+        *self.held_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     fn held(&self, now: Instant) -> bool {
@@ -277,5 +285,8 @@ mod tests {
         e.hold_until(t0 + Duration::from_secs(1));
         assert!(e.held(t0 + Duration::from_secs(2)));
         assert!(!e.held(t0 + Duration::from_secs(3)));
+        e.hold_until(t0 + Duration::from_secs(3));
+        e.release();
+        assert!(!e.held(t0));
     }
 }

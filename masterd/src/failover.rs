@@ -37,6 +37,9 @@ pub const CAMPAIGN_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for the first, immediate campaign (one vote round on a
 /// LAN) before waiting for the leases to run out.
 pub const FAST_CAMPAIGN_WAIT: Duration = Duration::from_millis(100);
+/// Bound on the leader's own hold of takeovers during its handover (the
+/// catch-up, the drain and both campaigns fit); released when it ends.
+pub const HANDOVER_HOLD_MAX: Duration = Duration::from_secs(30);
 /// Margin over the followers' leader lease before the target campaigns:
 /// the last heartbeat left at most this before the stop.
 pub const LEASE_MARGIN_MS: u64 = 20;
@@ -189,6 +192,8 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     // target campaigns it is no longer leader, and winning back its old
     // place would leave the target waiting out everyone's lease.
     master.raft.runtime_config().elect(false);
+    // openraft's switch stops its timer, not a takeover (`election.rs`).
+    master.elections.hold_until(started + HANDOVER_HOLD_MAX);
     let result = async {
         // Nothing more enters the log from here: a proposal already handed
         // to Raft would otherwise land after the target's catch-up, and
@@ -256,6 +261,7 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     .await;
     master.raft.runtime_config().heartbeat(true);
     master.raft.runtime_config().elect(true);
+    master.elections.release();
     master.proposer.hold(false);
     result?;
     // Until this master knows the new leader, it would answer requests
