@@ -523,6 +523,18 @@ fn raw_stat(ha: &Ha, id: u64, path: &str) -> Body {
     .body
 }
 
+/// A `Mkdir` straight to one master's client port, with no redirect.
+fn raw_mkdir(conn: &mut ringfs_client::conn::Conn, path: &str) -> ringfs_client::conn::Response {
+    conn.call(
+        &Body::Mkdir(Box::new(ringfs_wire::msg::Mkdir {
+            path: Some(path.into()),
+            ..Default::default()
+        })),
+        &[],
+    )
+    .unwrap()
+}
+
 #[test]
 fn a_minority_down_is_survived_a_majority_down_refuses_writes_and_shadows_still_read() {
     let ha = Ha::up(3, 1);
@@ -569,15 +581,7 @@ fn a_minority_down_is_survived_a_majority_down_refuses_writes_and_shadows_still_
         Duration::from_secs(10),
     )
     .unwrap();
-    let reply = conn
-        .call(
-            &Body::Mkdir(Box::new(ringfs_wire::msg::Mkdir {
-                path: Some("/from-shadow".into()),
-                ..Default::default()
-            })),
-            &[],
-        )
-        .unwrap();
+    let reply = raw_mkdir(&mut conn, "/from-shadow");
     match reply.body {
         Body::ErrorReply(e) => {
             assert_eq!(e.code, ErrorCode::ReadOnlyShadow, "{e:?}");
@@ -617,15 +621,7 @@ fn a_paused_leader_cannot_commit_or_serve_stale_reads_once_replaced() {
     // with requests before it hears of the new term.
     ha.signal(old, Signal::CONT);
     let mut mkdir_conn = connect().unwrap();
-    let write = mkdir_conn
-        .call(
-            &Body::Mkdir(Box::new(ringfs_wire::msg::Mkdir {
-                path: Some("/from-old-leader".into()),
-                ..Default::default()
-            })),
-            &[],
-        )
-        .unwrap();
+    let write = raw_mkdir(&mut mkdir_conn, "/from-old-leader");
     match write.body {
         Body::ErrorReply(e) => assert!(
             matches!(e.code, ErrorCode::NotLeader | ErrorCode::Unavailable),
