@@ -24,12 +24,16 @@ use crate::dio::{self, AlignedBuf, DioAlign, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::groupsync::GroupSync;
 use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
+use crate::openfiles::{ChunkFiles, OpenFiles, OpenSlot};
 use crate::rangelock::RangeLock;
 use crate::store;
 
 const BLOCK: u64 = BLOCK_BYTES as u64;
 /// Most records one log batch takes; the rest wait for the next batch.
 const BATCH_RECORDS_MAX: usize = 256;
+/// Attempts to reopen a chunk's files while compactions keep replacing its
+/// meta file under the reopen (each attempt is two opens).
+const REOPEN_ATTEMPTS_MAX: usize = 4;
 
 /// A data dir as one core's store sees it.
 pub struct DataDir {
@@ -96,8 +100,9 @@ pub struct ChunkSummary {
 /// The bytes of the last, partially filled block, as verified on disk: an
 /// append extends its CRC and writes its head sector again without
 /// reading it back. Only the bytes are kept (a 4 KiB file's chunk keeps
-/// 4 KiB, not a 64 KiB block image, for as long as it stays open).
-struct Tail {
+/// 4 KiB, not a 64 KiB block image), and only while the chunk is open
+/// (`crate::openfiles`).
+pub(crate) struct Tail {
     block: u64,
     bytes: Vec<u8>,
 }
@@ -108,7 +113,6 @@ struct Mem {
     state: ChunkState,
     crcs: Vec<u32>,
     data_file_id: u64,
-    tail: Option<Tail>,
     /// Last seq handed to a Write record; the next gets +1.
     last_seq: u64,
     /// Last seq whose Write record is durable in the log.
@@ -130,7 +134,6 @@ struct Mem {
 }
 
 struct LogState {
-    file: Rc<compio::fs::File>,
     /// Next batch offset, relative to the log region.
     next_offset: u64,
     /// How much of the log region the file holds (zeros past the last
@@ -149,7 +152,11 @@ pub struct Chunk {
     pub handle: u64,
     pub dir: Rc<DataDir>,
     layout: MetaLayout,
-    data: compio::fs::File,
+    /// The core's bounded set of open chunks, and this chunk's place in it:
+    /// the files are opened on demand (`files`).
+    open: Rc<OpenFiles>,
+    open_id: u64,
+    slot: Rc<OpenSlot>,
     mem: RefCell<Mem>,
     locks: RangeLock,
     log: RefCell<LogState>,
@@ -177,6 +184,22 @@ pub enum Order {
 pub(crate) struct DataFile {
     pub file: compio::fs::File,
     pub allocated_bytes: u64,
+}
+
+/// Where the next batch of a chunk's meta log goes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LogEnd {
+    /// Offset in the log region.
+    pub offset: u64,
+    pub next_batch_seq: u64,
+}
+
+impl LogEnd {
+    /// The log of a meta file just written with no batches.
+    pub const EMPTY: LogEnd = LogEnd {
+        offset: 0,
+        next_batch_seq: 1,
+    };
 }
 
 /// A mutation with its place in the order; finish it with
@@ -240,18 +263,29 @@ impl Chunk {
     /// Wraps files already opened and recovered (see `store`).
     pub(crate) fn from_parts(
         dir: Rc<DataDir>,
+        open: &Rc<OpenFiles>,
         base: &MetaBase,
         replayed: meta::Replayed,
         data: DataFile,
         meta_file: compio::fs::File,
-        scan_end_offset: u64,
-        next_batch_seq: u64,
+        log_end: LogEnd,
     ) -> Chunk {
         let DataFile {
             file: data,
             allocated_bytes,
         } = data;
         let layout = base.layout();
+        let written_end = log_written_end(&meta_file, &layout);
+        let (open_id, slot) = open.new_slot();
+        open.install(
+            open_id,
+            &slot,
+            ChunkFiles {
+                data,
+                meta: meta_file,
+            },
+            false,
+        );
         assert_eq!(
             replayed.crcs.len() as u64,
             block_count(replayed.length_bytes),
@@ -261,14 +295,15 @@ impl Chunk {
             handle: base.handle,
             dir,
             layout,
-            data,
+            open: open.clone(),
+            open_id,
+            slot,
             mem: RefCell::new(Mem {
                 version: replayed.version,
                 length: replayed.length_bytes,
                 state: replayed.state,
                 crcs: replayed.crcs,
                 data_file_id: base.data_file_id,
-                tail: None,
                 last_seq: replayed.last_seq,
                 last_logged_seq: replayed.last_seq,
                 not_durable: BTreeSet::new(),
@@ -280,10 +315,9 @@ impl Chunk {
             }),
             locks: RangeLock::new(),
             log: RefCell::new(LogState {
-                written_end: log_written_end(&meta_file, &layout),
-                file: Rc::new(meta_file),
-                next_offset: scan_end_offset,
-                next_batch_seq,
+                written_end,
+                next_offset: log_end.offset,
+                next_batch_seq: log_end.next_batch_seq,
                 pending: Vec::new(),
                 next_record_id: 0,
                 done_below: 0,
@@ -299,12 +333,77 @@ impl Chunk {
         }
     }
 
+    /// The chunk's open files, reopened by name if the core closed them
+    /// (`crate::openfiles`). The clone keeps the descriptors open for as
+    /// long as the caller holds it, even if the chunk is closed meanwhile.
+    pub(crate) async fn files(&self) -> ChunkResult<ChunkFiles> {
+        if let Some(files) = self.open.get(self.open_id, &self.slot) {
+            return Ok(files);
+        }
+        for _ in 0..REOPEN_ATTEMPTS_MAX {
+            if self.deleted.get() {
+                return Err(ChunkError::NotFound(self.handle));
+            }
+            let generation = self.slot.meta_generation();
+            let data_path = self.dir.data_path(self.handle, self.data_file_id());
+            let meta_path = self.dir.meta_path(self.handle);
+            let data = dio::open_direct(&data_path, false, false)
+                .await
+                .map_err(|e| self.reopen_error(&data_path, e))?;
+            let meta = dio::open_direct(&meta_path, false, true)
+                .await
+                .map_err(|e| self.reopen_error(&meta_path, e))?;
+            // A compaction that renamed a new meta file over the path while
+            // we opened it has installed that file itself; ours may be the
+            // replaced one, whose appends recovery would never see.
+            if self.slot.meta_generation() == generation && !self.deleted.get() {
+                return Ok(self.open.install(
+                    self.open_id,
+                    &self.slot,
+                    ChunkFiles { data, meta },
+                    true,
+                ));
+            }
+            if let Some(files) = self.open.get(self.open_id, &self.slot) {
+                return Ok(files);
+            }
+        }
+        Err(ChunkError::Busy(format!(
+            "chunk {:#x}: its meta file kept being replaced while it was reopened",
+            self.handle
+        )))
+    }
+
+    /// The data file for a scrub pass: the open one, or one opened for the
+    /// pass alone, so scrubbing every chunk in turn neither reorders nor
+    /// floods the core's open set.
+    async fn data_file_for_scan(&self) -> ChunkResult<compio::fs::File> {
+        if let Some(files) = self.slot.files() {
+            return Ok(files.data);
+        }
+        if self.deleted.get() {
+            return Err(ChunkError::NotFound(self.handle));
+        }
+        let path = self.dir.data_path(self.handle, self.data_file_id());
+        dio::open_direct(&path, false, false)
+            .await
+            .map_err(|e| self.reopen_error(&path, e))
+    }
+
+    fn reopen_error(&self, path: &std::path::Path, e: std::io::Error) -> ChunkError {
+        if self.deleted.get() {
+            ChunkError::NotFound(self.handle)
+        } else {
+            ChunkError::io(format!("reopening {}", path.display()), e)
+        }
+    }
+
     /// Makes `[0, end)` of the data file allocated (see `store::next_allocation`).
-    fn ensure_allocated(&self, end: u64) -> ChunkResult<()> {
+    fn ensure_allocated(&self, data: &compio::fs::File, end: u64) -> ChunkResult<()> {
         let have = self.allocated_bytes.get();
         let want = store::next_allocation(have, end, self.layout.chunk_size_bytes);
         if want > have {
-            store::grow_allocation(&self.data, have, want, || {
+            store::grow_allocation(data, have, want, || {
                 format!("chunk {:#x} to {want} bytes", self.handle)
             })?;
             self.allocated_bytes.set(want);
@@ -342,8 +441,12 @@ impl Chunk {
         self.mem.borrow().verified_at
     }
 
+    /// The replica is gone (deleted or replaced): nothing more is served
+    /// from it and its files are closed (at once, or by the last operation
+    /// still using them), so a deleted file's space is freed.
     pub fn mark_deleted(&self) {
         self.deleted.set(true);
+        self.open.forget(self.open_id, &self.slot);
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -449,6 +552,10 @@ impl Chunk {
                 mem.length,
             )
         };
+        let files = match self.files().await {
+            Ok(f) => f,
+            Err(e) => return (Err(e), bufs),
+        };
         let align = self.dir.align.offset_align_bytes as u64;
         let mut used = Vec::with_capacity(bufs.len());
         let mut at = start;
@@ -458,7 +565,7 @@ impl Chunk {
             let io_len = align_up(piece, align) as usize;
             buf.set_len_bytes(0);
             let compio::BufResult(r, slice) =
-                self.data.read_exact_at(buf.slice(0..io_len), at).await;
+                files.data.read_exact_at(buf.slice(0..io_len), at).await;
             let mut buf = slice.into_inner();
             if let Err(e) = r {
                 bufs.push(buf);
@@ -527,6 +634,10 @@ impl Chunk {
                 mem.length,
             )
         };
+        let data = match self.data_file_for_scan().await {
+            Ok(d) => d,
+            Err(e) => return (Err(e), scratch),
+        };
         let align = self.dir.align.offset_align_bytes as u64;
         let per_io = (scratch.capacity() as u64 / BLOCK).max(1);
         let mut block = first;
@@ -536,10 +647,8 @@ impl Chunk {
             let end = ((block + n) * BLOCK).min(length);
             let io_len = align_up(end - start, align) as usize;
             scratch.set_len_bytes(0);
-            let compio::BufResult(r, slice) = self
-                .data
-                .read_exact_at(scratch.slice(0..io_len), start)
-                .await;
+            let compio::BufResult(r, slice) =
+                data.read_exact_at(scratch.slice(0..io_len), start).await;
             scratch = slice.into_inner();
             if let Err(e) = r {
                 return (
@@ -755,7 +864,8 @@ impl Chunk {
             return Ok(());
         }
         // Zeros past the length: allocated space reads as zeros.
-        self.ensure_allocated(size)?;
+        let data = self.files().await?.data;
+        self.ensure_allocated(&data, size)?;
         let first_block = length / BLOCK;
         let crcs = self.zero_extension_crcs(length, size);
         let seq = self
@@ -801,8 +911,12 @@ impl Chunk {
         end: u64,
         data: WriteData,
     ) -> Result<(u64, u64, Vec<AlignedBuf>), (ChunkError, Vec<AlignedBuf>)> {
+        let files = match self.files().await {
+            Ok(f) => f,
+            Err(e) => return Err((e, data.bufs)),
+        };
         // Before anything is logged: a full disk refuses the write cleanly.
-        if let Err(e) = self.ensure_allocated(end) {
+        if let Err(e) = self.ensure_allocated(&files.data, end) {
             return Err((e, data.bufs));
         }
         let old_length = self.length();
@@ -886,7 +1000,10 @@ impl Chunk {
                         (image, prefix)
                     }
                     (true, None) => {
-                        match self.read_verified_block(block, old_in_block, align).await {
+                        match self
+                            .read_verified_block(&files.data, block, old_in_block, align)
+                            .await
+                        {
                             Ok(image) => {
                                 let prefix = (lo == old_in_block)
                                     .then(|| self.mem.borrow().crcs[block as usize]);
@@ -966,12 +1083,14 @@ impl Chunk {
         };
         // 2. The data.
         let mut failure = None;
-        let results =
-            futures_util::future::join_all(writes.into_iter().map(|(at, buf)| async move {
-                let compio::BufResult(r, buf) = (&self.data).write_all_at(buf, at).await;
+        let results = futures_util::future::join_all(writes.into_iter().map(|(at, buf)| {
+            let mut data = &files.data;
+            async move {
+                let compio::BufResult(r, buf) = data.write_all_at(buf, at).await;
                 (r, buf)
-            }))
-            .await;
+            }
+        }))
+        .await;
         for (r, buf) in results {
             if let Err(e) = r {
                 failure.get_or_insert(e);
@@ -982,7 +1101,7 @@ impl Chunk {
             }
         }
         if let Some(e) = failure {
-            self.mem.borrow_mut().tail = None;
+            self.slot.tail.borrow_mut().take();
             self.finish_applying();
             self.mark_corrupt().await;
             return Err((
@@ -997,14 +1116,14 @@ impl Chunk {
     }
 
     fn take_tail_if(&self, block: u64, old_in_block: u64) -> Option<AlignedBuf> {
-        let mut mem = self.mem.borrow_mut();
-        let matches = matches!(&mem.tail, Some(t) if t.block == block)
-            && mem.length == block * BLOCK + old_in_block;
+        let length = self.mem.borrow().length;
+        let mut cached = self.slot.tail.borrow_mut();
+        let matches = matches!(&*cached, Some(t) if t.block == block)
+            && length == block * BLOCK + old_in_block;
         if !matches {
             return None;
         }
-        let tail = mem
-            .tail
+        let tail = cached
             .take()
             .filter(|t| t.bytes.len() as u64 == old_in_block)?;
         let mut image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
@@ -1014,14 +1133,14 @@ impl Chunk {
 
     async fn read_verified_block(
         &self,
+        data: &compio::fs::File,
         block: u64,
         old_in_block: u64,
         align: u64,
     ) -> ChunkResult<AlignedBuf> {
         let image = AlignedBuf::zeroed(BLOCK_BYTES, self.dir.align.mem_align_bytes);
         let io_len = align_up(old_in_block, align) as usize;
-        let compio::BufResult(r, slice) = self
-            .data
+        let compio::BufResult(r, slice) = data
             .read_exact_at(image.slice(0..io_len), block * BLOCK)
             .await;
         let image = slice.into_inner();
@@ -1052,9 +1171,12 @@ impl Chunk {
         // (or a rewrite of that block, which always supplies a new image)
         // replaces it. A tail that does not end where the data now ends (a
         // concurrent write reached further) is dropped: the next append
-        // reads that block back instead.
+        // reads that block back instead. A chunk closed meanwhile keeps
+        // none: closing is what frees an idle chunk's tail.
         if tail.is_some() || new_length != mem.length {
-            mem.tail = tail.filter(|t| t.block * BLOCK + t.bytes.len() as u64 == new_length);
+            *self.slot.tail.borrow_mut() = tail
+                .filter(|t| t.block * BLOCK + t.bytes.len() as u64 == new_length)
+                .filter(|_| self.slot.is_open());
         }
         mem.length = new_length;
         drop(mem);
@@ -1074,7 +1196,7 @@ impl Chunk {
     /// Waits for an fdatasync of the data file that started after this
     /// call: concurrent writers share one.
     async fn sync_data(&self) -> ChunkResult<()> {
-        let data = &self.data;
+        let data = self.files().await?.data;
         match self.sync.sync(|| data.sync_data()).await {
             Ok(()) => Ok(()),
             Err(why) => {
@@ -1171,7 +1293,7 @@ impl Chunk {
     }
 
     async fn write_one_batch(&self) {
-        let (records, last_id, file, offset, batch_seq) = {
+        let (records, last_id, offset, batch_seq) = {
             let mut log = self.log.borrow_mut();
             assert!(!log.writing);
             if log.pending.is_empty() {
@@ -1190,17 +1312,9 @@ impl Chunk {
             }
             drop(mem);
             records.extend(batch.into_iter().map(|(_, r)| r));
-            (
-                records,
-                last_id,
-                log.file.clone(),
-                log.next_offset,
-                log.next_batch_seq,
-            )
+            (records, last_id, log.next_offset, log.next_batch_seq)
         };
-        let result = self
-            .write_batch_bytes(&records, file, offset, batch_seq)
-            .await;
+        let result = self.write_batch_bytes(&records, offset, batch_seq).await;
         {
             let mut log = self.log.borrow_mut();
             log.writing = false;
@@ -1234,18 +1348,19 @@ impl Chunk {
     async fn write_batch_bytes(
         &self,
         records: &[LogRecord],
-        file: Rc<compio::fs::File>,
         offset: u64,
         batch_seq: u64,
     ) -> ChunkResult<()> {
         let bytes = meta::encoded_batch_bytes(records) as u64;
-        let (file, offset, batch_seq) = if offset + bytes > self.layout.log_bytes {
+        let (offset, batch_seq) = if offset + bytes > self.layout.log_bytes {
             self.compact().await?;
             let log = self.log.borrow();
-            (log.file.clone(), log.next_offset, log.next_batch_seq)
+            (log.next_offset, log.next_batch_seq)
         } else {
-            (file, offset, batch_seq)
+            (offset, batch_seq)
         };
+        // After any compaction: its new meta file is the one installed.
+        let file = self.files().await?.meta;
         if offset + bytes > self.layout.log_bytes {
             return Err(ChunkError::Internal(format!(
                 "a log batch of {bytes} bytes does not fit in an empty log of {}",
@@ -1270,7 +1385,7 @@ impl Chunk {
         let mut buf = AlignedBuf::zeroed(write_len as usize, self.dir.align.mem_align_bytes);
         buf.full_mut()[..encoded.len()].copy_from_slice(&encoded);
         buf.set_len_bytes(write_len as usize);
-        let compio::BufResult(r, _) = (&*file)
+        let compio::BufResult(r, _) = (&file)
             .write_all_at(buf, self.layout.log_offset + offset)
             .await;
         r.map_err(|e| {
@@ -1302,8 +1417,8 @@ impl Chunk {
         }
         // The data of every logged write must be durable before the log
         // that describes it goes away.
-        self.data
-            .sync_data()
+        let data = self.files().await?.data;
+        data.sync_data()
             .await
             .map_err(|e| ChunkError::io("fdatasync before compaction", e))?;
         let base = {
@@ -1327,7 +1442,9 @@ impl Chunk {
         let file = write_meta_file(&self.dir, &base).await?;
         let mut log = self.log.borrow_mut();
         log.written_end = log_written_end(&file, &self.layout);
-        log.file = Rc::new(file);
+        if !self.deleted.get() {
+            self.open.replace_meta(self.open_id, &self.slot, data, file);
+        }
         log.next_offset = 0;
         log.next_batch_seq = 1;
         Ok(())
@@ -1372,8 +1489,18 @@ impl Chunk {
         .await
     }
 
+    /// Syncs the data file if it is open (a closed chunk has nothing
+    /// unsynced: every write is synced before it is acknowledged).
     pub async fn close(&self) {
-        let _ = self.data.sync_data().await;
+        if let Some(files) = self.open.get(self.open_id, &self.slot) {
+            let _ = files.data.sync_data().await;
+        }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.open.forget(self.open_id, &self.slot);
     }
 }
 

@@ -11,7 +11,7 @@ use compio::io::AsyncWriteAtExt;
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 use ringfs_wire::msg::{Body, CloneChunk, CloneRead};
 
-use crate::chunk::{Chunk, DataFile, write_meta_file};
+use crate::chunk::{Chunk, DataFile, LogEnd, write_meta_file};
 use crate::dio::align_up;
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase};
@@ -81,7 +81,15 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
         file: data,
         allocated_bytes: allocated,
     };
-    let chunk = Chunk::from_parts(dir.clone(), &base, replayed, data, meta_file, 0, 1);
+    let chunk = Chunk::from_parts(
+        dir.clone(),
+        &core.store.open,
+        &base,
+        replayed,
+        data,
+        meta_file,
+        LogEnd::EMPTY,
+    );
     if let Some(replaced) = core.store.install(chunk)
         && Rc::ptr_eq(&replaced.dir, &dir)
     {

@@ -22,6 +22,7 @@ use crate::groupsync::GroupSync;
 use crate::identity;
 use crate::meta;
 use crate::node::{Node, Settings};
+use crate::openfiles;
 use crate::peer::PeerPool;
 use crate::pool::BufferPool;
 use crate::server;
@@ -143,6 +144,13 @@ impl Daemon {
         let cpus = allowed_cpus();
         if settings.cores == 0 {
             settings.cores = cpus.len().max(1);
+        }
+        if settings.open_chunks_max == 0 {
+            let open_files_max = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+                .current
+                .unwrap_or(u64::MAX);
+            let per_core = openfiles::open_chunks_per_core(open_files_max, settings.cores);
+            settings.open_chunks_max = (per_core as u64).saturating_mul(settings.cores as u64);
         }
         if settings.buffer_bytes == 0
             || !settings
@@ -363,7 +371,14 @@ fn core_thread(
             .map(|d| d.align.mem_align_bytes)
             .max()
             .unwrap_or(4096);
-        let store = Store::new(dirs, settings.chunk_size_bytes, meta::DEFAULT_LOG_BYTES);
+        let store = Store::new(
+            dirs,
+            settings.chunk_size_bytes,
+            meta::DEFAULT_LOG_BYTES,
+            usize::try_from(settings.open_chunks_max / settings.cores as u64)
+                .unwrap_or(usize::MAX)
+                .max(1),
+        );
         let mut stats = RecoveryStats::default();
         for f in &found {
             if let Err(e) = store.recover(f, &mut stats).await {
@@ -427,6 +442,7 @@ async fn housekeeping(core: Rc<Core>) {
         core.metrics()
             .set_buffer_pool_free_buffers(core.pool.free_buffers() as u64);
         core.node.publish_core_counts(core.id, &core.store);
+        core.metrics().set_open_files(core.store.open.stats());
         let expired = core.pushes.expire(Instant::now());
         if expired > 0 {
             tracing::info!(core = core.id, expired, "dropped unclaimed pushed data");

@@ -22,6 +22,7 @@ pub mod masterlink;
 pub mod meta;
 pub mod metrics;
 pub mod node;
+pub mod openfiles;
 pub mod ops;
 pub mod peer;
 pub mod pool;

@@ -97,6 +97,7 @@ fn run(args: Args) -> Result<(), String> {
         masters: file.masters.iter().map(|m| m.client_addr.clone()).collect(),
         heartbeat_interval: Duration::from_millis(file.master.heartbeat_interval_ms.max(10)),
         bench_skip_read_verify: args.bench_skip_read_verify,
+        open_chunks_max: tuning.open_chunks_max,
     };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,
@@ -146,7 +147,6 @@ fn raise_open_files_limit() {
     let now = getrlimit(Resource::Nofile).current;
     tracing::info!(
         open_files_max = now,
-        chunks_max = now.map(|n| n / 2),
-        "open-files limit: each chunk keeps two files open"
+        "open-files limit (bounds the chunks kept open, two files each)"
     );
 }

@@ -200,6 +200,9 @@ pub struct CoreMetrics {
     scrub_verified_bytes: AtomicU64,
     recovery_recomputed_blocks: AtomicU64,
     handoffs: AtomicU64,
+    open_chunks: AtomicU64,
+    chunk_reopens: AtomicU64,
+    chunk_closes: AtomicU64,
     // Signed: a close counted before its open (never expected) must show
     // as a visible -1, not as 2^64 - 1.
     connections_open: AtomicI64,
@@ -218,6 +221,9 @@ impl CoreMetrics {
             scrub_verified_bytes: AtomicU64::new(0),
             recovery_recomputed_blocks: AtomicU64::new(0),
             handoffs: AtomicU64::new(0),
+            open_chunks: AtomicU64::new(0),
+            chunk_reopens: AtomicU64::new(0),
+            chunk_closes: AtomicU64::new(0),
             connections_open: AtomicI64::new(0),
         }
     }
@@ -273,6 +279,14 @@ impl CoreMetrics {
     /// Blocks whose CRC was recomputed by start-up recovery.
     pub fn blocks_recomputed_at_recovery(&self, n: u64) {
         self.recovery_recomputed_blocks.fetch_add(n, Relaxed);
+    }
+
+    /// This core's open chunks and its running counts of reopens and
+    /// closes (`crate::openfiles`), published by housekeeping.
+    pub fn set_open_files(&self, s: crate::openfiles::OpenFilesStats) {
+        self.open_chunks.store(s.open_chunks, Relaxed);
+        self.chunk_reopens.store(s.reopens, Relaxed);
+        self.chunk_closes.store(s.closes, Relaxed);
     }
 
     /// A request this core received was passed to the core owning its chunk.
@@ -411,6 +425,9 @@ impl Metrics {
                 &mut t.recovery_recomputed_blocks,
                 &core.recovery_recomputed_blocks,
             );
+            add(&mut t.open_chunks, &core.open_chunks);
+            add(&mut t.chunk_reopens, &core.chunk_reopens);
+            add(&mut t.chunk_closes, &core.chunk_closes);
             t.connections_open = t
                 .connections_open
                 .wrapping_add(core.connections_open.load(Relaxed));
@@ -581,6 +598,21 @@ impl Metrics {
             "Blocks whose CRC32C start-up recovery recomputed.",
             t.recovery_recomputed_blocks,
         );
+        w.gauge(
+            "open_chunks",
+            "Chunks whose files are open (bounded per core; idle ones are closed).",
+            t.open_chunks,
+        );
+        w.counter(
+            "chunk_reopens_total",
+            "Chunks whose files were opened again after being closed for the bound.",
+            t.chunk_reopens,
+        );
+        w.counter(
+            "chunk_closes_total",
+            "Chunks whose files were closed to stay within the bound.",
+            t.chunk_closes,
+        );
     }
 
     /// The main totals, summed over cores, for `/status`.
@@ -621,6 +653,9 @@ impl Metrics {
             "corrupt_chunks": t.corrupt_chunks,
             "highest_epoch": t.highest_epoch,
             "recovery_recomputed_blocks_total": t.recovery_recomputed_blocks,
+            "open_chunks": t.open_chunks,
+            "chunk_reopens_total": t.chunk_reopens,
+            "chunk_closes_total": t.chunk_closes,
             "scrub": {
                 "verified_bytes_total": t.scrub_verified_bytes,
                 "unverified_beyond_period_bytes": t.scrub_unverified_beyond_period_bytes,
@@ -650,6 +685,9 @@ struct Totals {
     buffer_pool_wait_ns: u64,
     scrub_verified_bytes: u64,
     recovery_recomputed_blocks: u64,
+    open_chunks: u64,
+    chunk_reopens: u64,
+    chunk_closes: u64,
     connections_open: i64,
     /// Per core, index = core id.
     handoffs: Vec<u64>,

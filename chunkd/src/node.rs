@@ -40,6 +40,9 @@ pub struct Settings {
     /// Benchmark-only: skip verifying block CRCs on reads (never on writes
     /// or in the scrubber). Off unless a flag says so.
     pub bench_skip_read_verify: bool,
+    /// Chunks whose files stay open, over all cores (0: as many as the
+    /// open-files limit allows; resolved by `Daemon::start`).
+    pub open_chunks_max: u64,
 }
 
 /// A replica state change the masters must hear about.

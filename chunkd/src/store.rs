@@ -13,10 +13,11 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::io::AsyncReadAtExt;
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 
-use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, write_meta_file};
+use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, LogEnd, write_meta_file};
 use crate::dio::{self, AlignedBuf, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase, MetaLayout};
+use crate::openfiles::OpenFiles;
 
 pub const CHUNKS_DIR: &str = "chunks";
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -136,6 +137,8 @@ pub struct RecoveryStats {
 
 pub struct Store {
     pub dirs: Vec<Rc<DataDir>>,
+    /// This core's open chunk files, bounded.
+    pub open: Rc<OpenFiles>,
     chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
     creating: RefCell<HashSet<u64>>,
     next_dir: std::cell::Cell<usize>,
@@ -144,9 +147,15 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(dirs: Vec<Rc<DataDir>>, chunk_size_bytes: u64, log_bytes: u32) -> Store {
+    pub fn new(
+        dirs: Vec<Rc<DataDir>>,
+        chunk_size_bytes: u64,
+        log_bytes: u32,
+        open_chunks_max: usize,
+    ) -> Store {
         Store {
             dirs,
+            open: Rc::new(OpenFiles::new(open_chunks_max)),
             chunks: RefCell::new(BTreeMap::new()),
             creating: RefCell::new(HashSet::new()),
             next_dir: std::cell::Cell::new(0),
@@ -189,7 +198,7 @@ impl Store {
     /// the chunk (it is then simply absent: the master re-replicates).
     pub async fn recover(&self, found: &FoundChunk, stats: &mut RecoveryStats) -> ChunkResult<()> {
         let dir = self.dirs[found.dir_index].clone();
-        match recover_chunk(&dir, found, stats).await {
+        match recover_chunk(&dir, &self.open, found, stats).await {
             Ok(chunk) => {
                 let mut chunks = self.chunks.borrow_mut();
                 if let Some(other) = chunks.get(&found.handle) {
@@ -297,7 +306,13 @@ impl Store {
             allocated_bytes: 0,
         };
         Ok(Chunk::from_parts(
-            dir, &base, replayed, data, meta_file, 0, 1,
+            dir,
+            &self.open,
+            &base,
+            replayed,
+            data,
+            meta_file,
+            LogEnd::EMPTY,
         ))
     }
 
@@ -422,6 +437,7 @@ pub(crate) fn grow_allocation(
 /// docs/design/006-chunk-meta-file.md.
 async fn recover_chunk(
     dir: &Rc<DataDir>,
+    open: &Rc<OpenFiles>,
     found: &FoundChunk,
     stats: &mut RecoveryStats,
 ) -> ChunkResult<Chunk> {
@@ -535,6 +551,7 @@ async fn recover_chunk(
         .map_err(|e| ChunkError::io(format!("opening {}", found.meta_path.display()), e))?;
     let chunk = Chunk::from_parts(
         dir.clone(),
+        open,
         &base,
         replayed,
         DataFile {
@@ -542,8 +559,10 @@ async fn recover_chunk(
             allocated_bytes: allocated,
         },
         meta_file,
-        scan.end_offset,
-        scan.next_batch_seq,
+        LogEnd {
+            offset: scan.end_offset,
+            next_batch_seq: scan.next_batch_seq,
+        },
     );
     if needs_compaction {
         chunk.compact().await?;

@@ -124,6 +124,11 @@ pub struct ChunkserverTuning {
     pub buffer_bytes: u32,
     /// Pushed data waiting for its mutation, per core.
     pub push_buffer_max_bytes: u64,
+    /// Chunks whose two files stay open, over all cores; the least recently
+    /// used are closed beyond it and reopened on their next use. 0: as many
+    /// as the open-files limit allows (a quarter of it, at most 8192, is
+    /// kept for sockets and the rest).
+    pub open_chunks_max: u64,
 }
 
 impl Default for ChunkserverTuning {
@@ -133,6 +138,7 @@ impl Default for ChunkserverTuning {
             buffer_pool_buffers_per_core: 64,
             buffer_bytes: 1 << 20,
             push_buffer_max_bytes: 256 << 20,
+            open_chunks_max: 0,
         }
     }
 }

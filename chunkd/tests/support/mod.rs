@@ -75,6 +75,28 @@ buffer_bytes = 1048576
         Chunkd::start(self, data, extra)
     }
 
+    /// Starts chunkd with both its soft and hard open-files limits at
+    /// `open_files` (so it cannot raise them); restarts keep the limit.
+    pub fn start_limited(&self, data: &[PathBuf], extra: &[&str], open_files: u32) -> Chunkd {
+        Chunkd::start_at(
+            self.config.clone(),
+            data,
+            extra,
+            "127.0.0.1:0",
+            self.dir.path(),
+            Some(open_files),
+        )
+    }
+
+    /// Adds `line` to the config's `[chunkserver]` table (the file's last).
+    pub fn add_chunkserver_tuning(&self, line: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.trim_end().ends_with("buffer_bytes = 1048576"));
+        text.push_str(line);
+        text.push('\n');
+        std::fs::write(&self.config, text).unwrap();
+    }
+
     pub fn conn(&self, addr: &str, kind: PeerKind) -> Conn {
         Conn::connect(addr, &self.key, CLUSTER, kind, TIMEOUT).unwrap()
     }
@@ -89,6 +111,7 @@ pub struct Chunkd {
     pub stderr_path: PathBuf,
     config: PathBuf,
     extra: Vec<String>,
+    open_files_limit: Option<u32>,
 }
 
 impl Chunkd {
@@ -99,6 +122,7 @@ impl Chunkd {
             extra,
             "127.0.0.1:0",
             env.dir.path(),
+            None,
         )
     }
 
@@ -108,11 +132,23 @@ impl Chunkd {
         extra: &[&str],
         listen: &str,
         logdir: &Path,
+        open_files_limit: Option<u32>,
     ) -> Chunkd {
         let dirs: Vec<String> = data.iter().map(|d| d.display().to_string()).collect();
         let stderr_path = logdir.join(format!("chunkd-{}-{}.log", std::process::id(), rand_u64()));
         let stderr = std::fs::File::create(&stderr_path).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_chunkd"))
+        let mut command = match open_files_limit {
+            None => Command::new(env!("CARGO_BIN_EXE_chunkd")),
+            Some(n) => {
+                // The shell sets the limit and becomes chunkd (same PID).
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(env!("CARGO_BIN_EXE_chunkd"));
+                c
+            }
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .arg("--listen")
@@ -158,6 +194,7 @@ impl Chunkd {
             stderr_path,
             config,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            open_files_limit,
         }
     }
 
@@ -205,6 +242,7 @@ impl Chunkd {
                     &extra,
                     &self.addr,
                     env.dir.path(),
+                    self.open_files_limit,
                 )
             }));
             match r {
