@@ -13,7 +13,7 @@
 //!   own `RequestId` client id, one request in flight per connection
 //!   (`ringfs_client::conn::Conn` is lock-step: it has no public send or
 //!   tagged receive, so queue depth is more connections, not pipelining);
-//! - per phase: ops/s over the phase's wall clock, p50/p99/p999 latency at
+//! - per phase: ops/s over the phase's wall clock, p50/p99/p999/max latency at
 //!   the client (hdrhistogram), and from `/metrics` deltas the op-log
 //!   records per fsync, ops per fsync and ops per proposal, plus the CPU of
 //!   the master and of the bench;
@@ -753,6 +753,7 @@ impl PhaseOut {
             (P50, us(0.50)),
             (P99, us(0.99)),
             (P999, us(0.999)),
+            (MAX, self.hist.max() as f64 / 1000.0),
         ];
         if let (Some(a), Some(b)) = (&self.before, &self.after) {
             let d = |name: &str| b.get(name) - a.get(name);
@@ -1246,6 +1247,7 @@ const OPS_S: &str = "ops/s";
 const P50: &str = "p50 us";
 const P99: &str = "p99 us";
 const P999: &str = "p999 us";
+const MAX: &str = "max us";
 const REC_FSYNC: &str = "rec/fsync";
 const OPS_FSYNC: &str = "ops/fsync";
 const OPS_PROP: &str = "ops/prop";
@@ -1254,8 +1256,8 @@ const SRV_CORES: &str = "srv cores";
 const CLI_CORES: &str = "cli cores";
 const ERRORS: &str = "errors";
 const BUSY: &str = "busy";
-const COLUMNS: [&str; 10] = [
-    OPS_S, P50, P99, P999, REC_FSYNC, OPS_FSYNC, OPS_PROP, SRV_CORES, CLI_CORES, ERRORS,
+const COLUMNS: [&str; 11] = [
+    OPS_S, P50, P99, P999, MAX, REC_FSYNC, OPS_FSYNC, OPS_PROP, SRV_CORES, CLI_CORES, ERRORS,
 ];
 
 const READY_S: &str = "ready s";
@@ -1306,12 +1308,13 @@ fn brief(m: &[(&'static str, f64)]) -> String {
             .map_or("-".into(), |(_, v)| num(*v))
     };
     format!(
-        "{:>8} ops/s  p50 {:>7} us  p99 {:>7} us  p999 {:>7} us  rec/fsync {:>6}  ops/fsync {:>6}  \
+        "{:>8} ops/s  p50 {:>7} us  p99 {:>7} us  p999 {:>7} us  max {:>7} us  rec/fsync {:>6}  ops/fsync {:>6}  \
          ops/prop {:>6}  srv {:>5} cores  cli {:>5} cores",
         get(OPS_S),
         get(P50),
         get(P99),
         get(P999),
+        get(MAX),
         get(REC_FSYNC),
         get(OPS_FSYNC),
         get(OPS_PROP),

@@ -7,6 +7,8 @@
 
 use std::collections::HashMap;
 
+use crate::shardmap::ShardMap;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChunkMeta {
     pub version: u64,
@@ -37,7 +39,9 @@ pub const LEASE_RECORDS_MAX: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct ChunkTable {
-    pub chunks: HashMap<u64, ChunkMeta>,
+    /// Sharded: one growth of a 10 M-entry table would stall the apply
+    /// path (`crate::shardmap`).
+    pub chunks: ShardMap<ChunkMeta>,
     pub leases: HashMap<u64, LeaseRecord>,
 }
 

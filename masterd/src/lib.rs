@@ -26,6 +26,7 @@ pub mod proposer;
 pub mod raftnet;
 pub mod registry;
 pub mod server;
+pub mod shardmap;
 pub mod state;
 pub mod statemachine;
 pub mod types;

@@ -15,6 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use compact_str::CompactString;
 use smallvec::SmallVec;
 
+use crate::shardmap::ShardMap;
 use crate::types::{FILE_CHUNKS_MAX, Fail, NAME_BYTES_MAX, OWNER_BYTES_MAX, PATH_BYTES_MAX};
 
 pub const ROOT_INODE: u64 = 1;
@@ -117,7 +118,9 @@ fn valid_name(name: &str) -> Result<(), Fail> {
 /// The namespace tables. Counters live in [`crate::state::State`].
 #[derive(Clone, Debug)]
 pub struct Namespace {
-    pub inodes: HashMap<u64, Inode>,
+    /// Sharded: growing a 10 M-entry `HashMap` at once stalled the apply
+    /// path for seconds (`crate::shardmap`).
+    pub inodes: ShardMap<Inode>,
     pub trash: BTreeMap<u64, TrashEntry>,
     pub owners: Vec<String>,
     owner_index: HashMap<String, u32>,
@@ -128,7 +131,7 @@ pub struct Namespace {
 impl Namespace {
     pub fn new(default_replication: u8) -> Namespace {
         let mut ns = Namespace {
-            inodes: HashMap::new(),
+            inodes: ShardMap::new(),
             trash: BTreeMap::new(),
             owners: Vec::new(),
             owner_index: HashMap::new(),

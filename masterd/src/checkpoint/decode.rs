@@ -22,6 +22,7 @@ use super::CheckpointMeta;
 use super::format::*;
 use crate::chunks::{ChunkMeta, ChunkTable, LeaseRecord};
 use crate::namespace::{ChunkList, File, Inode, Kind, OWNERS_MAX, ROOT_INODE, TrashEntry};
+use crate::shardmap::ShardMap;
 use crate::state::{
     CLIENTS_MAX, ClientWindow, Counters, NODES_MAX, REQUEST_WINDOW_PER_CLIENT, State,
 };
@@ -60,7 +61,7 @@ struct Small {
 }
 
 struct Inodes {
-    map: HashMap<u64, Inode>,
+    map: ShardMap<Inode>,
     /// The largest owner index used, with the inode and file offset that
     /// used it, so the owners cross-check is O(1).
     max_owner: Option<(u32, u64, u64)>,
@@ -145,7 +146,7 @@ pub fn decode_with(bytes: &[u8], parallel: bool) -> Result<(State, CheckpointMet
     }
     for (parent, at, children) in dirents {
         let err = |what: String| DecodeError::new(Part::Assembly(Section::Dirents), at, what);
-        if let Some((name, child)) = children.iter().find(|(_, c)| !inodes.map.contains_key(*c)) {
+        if let Some((name, child)) = children.iter().find(|(_, c)| !inodes.map.contains_key(c)) {
             return Err(err(format!(
                 "entry {name:?} of directory {parent} names missing inode {child}"
             )));
@@ -532,7 +533,7 @@ fn decode_inodes(s: Sec<'_>, chunks: Sec<'_>) -> Result<Inodes, DecodeError> {
     let recs = s.fixed::<INODE_BYTES>(u64::MAX)?;
     let handles = chunks.fixed::<HANDLE_BYTES>(u64::MAX)?;
     let mut handles = handles.iter();
-    let mut map = HashMap::with_capacity(recs.len());
+    let mut map = ShardMap::with_capacity(recs.len());
     let mut max_owner: Option<(u32, u64, u64)> = None;
     let mut prev = None;
     let mut handles_used = 0usize;
@@ -658,7 +659,7 @@ fn decode_dirents(s: Sec<'_>) -> Result<Vec<DirGroup>, DecodeError> {
 
 fn decode_chunk_table(s: Sec<'_>, l: Sec<'_>) -> Result<ChunkTable, DecodeError> {
     let recs = s.fixed::<CHUNK_BYTES>(u64::MAX)?;
-    let mut chunks = HashMap::with_capacity(recs.len());
+    let mut chunks = ShardMap::with_capacity(recs.len());
     let mut prev = None;
     for (i, r) in recs.iter().enumerate() {
         let at = i * CHUNK_BYTES;
