@@ -117,6 +117,11 @@ async fn run(args: Args) -> Result<(), String> {
     tokio::spawn(masterd::server::accept_loop(master.clone(), listener));
     tokio::spawn(masterd::http::serve(master.clone(), http_listener));
     tokio::spawn(masterd::duties::run(master.clone()));
+    tokio::spawn(masterd::statemachine::checkpoint_by_ops(
+        master.raft.clone(),
+        master.shared.clone(),
+        master.tuning().checkpoint_every_ops,
+    ));
     // Say "ready" once a leader is known (for a single voter, itself; a
     // shadow, once the leader has added it), so
     // the first request is not refused with NotLeader, and, on the leader,

@@ -145,7 +145,7 @@ pub fn render(master: &Master) -> String {
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
     let sh = &master.shared;
-    let counters: [(&str, &str, u64); 21] = [
+    let counters: [(&str, &str, u64); 22] = [
         (
             "ringfs_master_unborn_chunks_created_total",
             "counter",
@@ -237,6 +237,11 @@ pub fn render(master: &Master) -> String {
             "ringfs_master_checkpoints_received_total",
             "counter",
             sh.checkpoints_received.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_ops_since_checkpoint",
+            "gauge",
+            sh.ops_since_checkpoint(),
         ),
         (
             "ringfs_master_checkpoint_last_bytes",

@@ -62,6 +62,7 @@ pub struct Options {
     pub chunkserver_timeout_ms: u64,
     pub trash_retention_secs: u64,
     pub checkpoint_every_records: u64,
+    pub checkpoint_every_ops: u64,
 }
 
 impl Default for Options {
@@ -74,6 +75,7 @@ impl Default for Options {
             chunkserver_timeout_ms: 3_000,
             trash_retention_secs: 3_600,
             checkpoint_every_records: 1_000_000,
+            checkpoint_every_ops: 1_000_000,
         }
     }
 }
@@ -122,6 +124,7 @@ heartbeat_interval_ms = {hb}
 chunkserver_timeout_ms = {cst}
 trash_retention_secs = {trash}
 checkpoint_every_records = {ckpt}
+checkpoint_every_ops = {ckpt_ops}
 
 [chunkserver]
 buffer_pool_buffers_per_core = 24
@@ -134,6 +137,7 @@ buffer_bytes = 1048576
                 cst = o.chunkserver_timeout_ms,
                 trash = o.trash_retention_secs,
                 ckpt = o.checkpoint_every_records,
+                ckpt_ops = o.checkpoint_every_ops,
             ),
         )
         .unwrap();

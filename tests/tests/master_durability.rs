@@ -106,3 +106,51 @@ fn clean_restart_keeps_everything_and_sigterm_exits_zero() {
     c.restore(t, "").unwrap();
     assert!(c.stat("/x/y/f").is_ok());
 }
+
+#[test]
+fn checkpoints_follow_applied_ops_when_records_carry_batches() {
+    // The record-count policy is out of reach; only the op count can
+    // trigger a checkpoint. Eight writers put several ops in a record.
+    let opts = Options {
+        checkpoint_every_records: 1_000_000_000,
+        checkpoint_every_ops: 400,
+        ..Options::default()
+    };
+    let env = Env::new(&opts);
+    let mut m = start_master(&env);
+    let http = m.field("http");
+    env.client().mkdir("/d", false).unwrap();
+    // Two waves of 8 x 60 creates, each past the op count: each wave ends
+    // in a checkpoint of its own (the count is checked every second).
+    for wave in 1..=2u64 {
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let mut c = env.client();
+                std::thread::spawn(move || {
+                    for i in 0..60 {
+                        c.create(&format!("/d/v{wave}-w{w}-{i}")).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while metric(&http, "ringfs_master_checkpoints_total") < wave {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "wave {wave}: no checkpoint by op count (ops since the last: {}); master log:\n{}",
+                metric(&http, "ringfs_master_ops_since_checkpoint"),
+                m.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert!(metric(&http, "ringfs_master_ops_since_checkpoint") < 400);
+    }
+    // The restart loads the newest one and replays what follows it.
+    m.kill9();
+    m.restart();
+    let listed = env.client().list("/d").unwrap();
+    assert_eq!(listed.len(), 2 * 8 * 60);
+}

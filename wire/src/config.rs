@@ -84,6 +84,10 @@ pub struct MasterTuning {
     pub trash_retention_secs: u64,
     /// Checkpoint after this many log records.
     pub checkpoint_every_records: u64,
+    /// Also checkpoint once this many ops were applied since the last
+    /// checkpoint (a record holds a batch of ops): bounds the replay of a
+    /// restart.
+    pub checkpoint_every_ops: u64,
     /// Log records kept behind the newest checkpoint beyond one checkpoint
     /// interval: a follower at most this far behind catches up from the
     /// log; one further behind gets the checkpoint (a transfer of the
@@ -106,6 +110,7 @@ impl Default for MasterTuning {
             group_commit_max_bytes: 4 << 20,
             trash_retention_secs: 24 * 3600,
             checkpoint_every_records: 1_000_000,
+            checkpoint_every_ops: 1_000_000,
             log_kept_behind_checkpoint_records: 10_000,
             rereplication_per_chunkserver_max: 4,
             rereplication_cluster_max: 64,
@@ -429,6 +434,7 @@ impl ConfigFile {
                 "master.checkpoint_every_records",
                 t.checkpoint_every_records,
             ),
+            ("master.checkpoint_every_ops", t.checkpoint_every_ops),
             (
                 "master.rereplication_per_chunkserver_max",
                 u64::from(t.rereplication_per_chunkserver_max),
