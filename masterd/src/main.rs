@@ -121,6 +121,7 @@ async fn run(args: Args) -> Result<(), String> {
         master.raft.clone(),
         master.shared.clone(),
         master.tuning().checkpoint_every_ops,
+        master.tuning().log_kept_behind_checkpoint_records,
     ));
     // Say "ready" once a leader is known (for a single voter, itself; a
     // shadow, once the leader has added it), so

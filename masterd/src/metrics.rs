@@ -320,6 +320,7 @@ pub fn status_json(master: &Master) -> String {
         "applied_index": master.shared.applied_index.load(Ordering::Relaxed),
         "last_log_index": metrics.last_log_index,
         "snapshot_index": metrics.snapshot.map(|l| l.index),
+        "purged_index": metrics.purged.map(|l| l.index),
         "files": files,
         "directories": dirs,
         "chunkservers": chunkservers,

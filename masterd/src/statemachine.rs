@@ -367,17 +367,42 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 pub const CHECKPOINT_BY_OPS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Asks Raft for a checkpoint whenever `every_ops` ops were applied since
-/// the newest one. openraft's own policy counts log entries, and one entry
-/// carries a whole batch (50 ops at 256 clients in `ringfs-bench meta`):
-/// at 10 M files that policy never fired, and a restart replayed 20 M ops
-/// for 144 s. Replay time follows ops, so this bounds it. Runs on every
-/// master: each checkpoints its own state.
-pub async fn checkpoint_by_ops(raft: crate::types::Raft, shared: Arc<Shared>, every_ops: u64) {
+/// the newest one, and purges the log behind the previous checkpoint.
+///
+/// openraft's own policy counts log entries, and one entry carries a whole
+/// batch (50 ops at 256 clients in `ringfs-bench meta`): at 10 M files that
+/// policy never fired, and a restart opened 2 GiB of log and replayed 20 M
+/// ops, for 144 s. Replay time follows ops, so this bounds it. The log is
+/// then purged up to the previous checkpoint, less `kept_behind_records`
+/// for lagging followers: openraft keeps a fixed `checkpoint_every_records`
+/// entries instead, which at 50 ops each is the whole log. The previous
+/// checkpoint plus the log still reach the present if the newest one turns
+/// out damaged. Runs on every master: each checkpoints its own state.
+pub async fn checkpoint_by_ops(
+    raft: crate::types::Raft,
+    shared: Arc<Shared>,
+    every_ops: u64,
+    kept_behind_records: u64,
+) {
     assert!(every_ops > 0, "validated by the config");
     let mut tick = tokio::time::interval(CHECKPOINT_BY_OPS_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut newest = shared.checkpoint_last_index.load(Ordering::Relaxed);
     loop {
         tick.tick().await;
+        let now_newest = shared.checkpoint_last_index.load(Ordering::Relaxed);
+        if now_newest > newest {
+            let upto = newest.saturating_sub(kept_behind_records);
+            newest = now_newest;
+            // openraft purges only what a checkpoint covers, later and in
+            // order with its replication.
+            if upto > 0
+                && let Err(e) = raft.trigger().purge_log(upto).await
+            {
+                tracing::warn!("could not purge the op log: {e}");
+                return;
+            }
+        }
         if shared.ops_since_checkpoint() < every_ops {
             continue;
         }

@@ -63,6 +63,7 @@ pub struct Options {
     pub trash_retention_secs: u64,
     pub checkpoint_every_records: u64,
     pub checkpoint_every_ops: u64,
+    pub log_kept_behind_checkpoint_records: u64,
 }
 
 impl Default for Options {
@@ -76,6 +77,7 @@ impl Default for Options {
             trash_retention_secs: 3_600,
             checkpoint_every_records: 1_000_000,
             checkpoint_every_ops: 1_000_000,
+            log_kept_behind_checkpoint_records: 10_000,
         }
     }
 }
@@ -125,6 +127,7 @@ chunkserver_timeout_ms = {cst}
 trash_retention_secs = {trash}
 checkpoint_every_records = {ckpt}
 checkpoint_every_ops = {ckpt_ops}
+log_kept_behind_checkpoint_records = {kept}
 
 [chunkserver]
 buffer_pool_buffers_per_core = 24
@@ -138,6 +141,7 @@ buffer_bytes = 1048576
                 trash = o.trash_retention_secs,
                 ckpt = o.checkpoint_every_records,
                 ckpt_ops = o.checkpoint_every_ops,
+                kept = o.log_kept_behind_checkpoint_records,
             ),
         )
         .unwrap();

@@ -114,6 +114,7 @@ fn checkpoints_follow_applied_ops_when_records_carry_batches() {
     let opts = Options {
         checkpoint_every_records: 1_000_000_000,
         checkpoint_every_ops: 400,
+        log_kept_behind_checkpoint_records: 0,
         ..Options::default()
     };
     let env = Env::new(&opts);
@@ -148,6 +149,27 @@ fn checkpoints_follow_applied_ops_when_records_carry_batches() {
         }
         assert!(metric(&http, "ringfs_master_ops_since_checkpoint") < 400);
     }
+    // With the second checkpoint, the log behind the first one goes: the
+    // first checkpoint plus the log still reach the present.
+    let first_checkpoint_index = {
+        let mut names: Vec<String> = std::fs::read_dir(env.path("master1").join("checkpoints"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".ckpt"))
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        // checkpoint-<index:020>-<term:020>.ckpt
+        names[0]["checkpoint-".len().."checkpoint-".len() + 20]
+            .parse::<u64>()
+            .unwrap()
+    };
+    wait_for(TIMEOUT, "the log purged up to the first checkpoint", || {
+        let status = http_get(&http, "/status")?;
+        let v: serde_json::Value = serde_json::from_str(&status).ok()?;
+        (v["purged_index"].as_u64()? >= first_checkpoint_index).then_some(())
+    });
     // The restart loads the newest one and replays what follows it.
     m.kill9();
     m.restart();
