@@ -78,14 +78,7 @@ buffer_bytes = 1048576
     /// Starts chunkd with both its soft and hard open-files limits at
     /// `open_files` (so it cannot raise them); restarts keep the limit.
     pub fn start_limited(&self, data: &[PathBuf], extra: &[&str], open_files: u32) -> Chunkd {
-        Chunkd::start_at(
-            self.config.clone(),
-            data,
-            extra,
-            "127.0.0.1:0",
-            self.dir.path(),
-            Some(open_files),
-        )
+        Chunkd::start_with_limit(self, data, extra, Some(open_files))
     }
 
     /// Adds `line` to the config's `[chunkserver]` table (the file's last).
@@ -116,13 +109,22 @@ pub struct Chunkd {
 
 impl Chunkd {
     pub fn start(env: &Env, data: &[PathBuf], extra: &[&str]) -> Chunkd {
+        Self::start_with_limit(env, data, extra, None)
+    }
+
+    fn start_with_limit(
+        env: &Env,
+        data: &[PathBuf],
+        extra: &[&str],
+        open_files_limit: Option<u32>,
+    ) -> Chunkd {
         Self::start_at(
             env.config.clone(),
             data,
             extra,
             "127.0.0.1:0",
             env.dir.path(),
-            None,
+            open_files_limit,
         )
     }
 
