@@ -621,6 +621,44 @@ mod tests {
         }
     }
 
+    /// The forest rules, the slow and obvious way: follow each child's
+    /// parent chain; more steps than entries means a cycle.
+    fn forest_reference(edges: &[(u64, u64)]) -> bool {
+        let mut parent = std::collections::BTreeMap::new();
+        for &(c, p) in edges {
+            if parent.insert(c, p).is_some() {
+                return false;
+            }
+        }
+        if parent.contains_key(&ROOT_INODE) {
+            return false;
+        }
+        parent.keys().all(|&start| {
+            let mut at = start;
+            for _ in 0..=edges.len() {
+                match parent.get(&at) {
+                    Some(&p) => at = p,
+                    None => return true,
+                }
+            }
+            false
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn forest_check_agrees_with_the_reference(
+            distinct in proptest::collection::btree_map(1u64..60, 1u64..60, 0..40),
+            extra in proptest::collection::vec((1u64..60, 1u64..60), 0..2),
+        ) {
+            // Mostly distinct children (cycles and roots are what vary),
+            // sometimes a child twice.
+            let mut edges: Vec<(u64, u64)> = distinct.into_iter().chain(extra).collect();
+            let want = forest_reference(&edges);
+            proptest::prop_assert_eq!(check_forest(&mut edges).is_ok(), want);
+        }
+    }
+
     #[test]
     fn forest_rules() {
         assert!(check_forest(&mut []).is_ok());
