@@ -88,10 +88,11 @@ pub struct MasterTuning {
     /// checkpoint (a record holds a batch of ops): bounds the replay of a
     /// restart.
     pub checkpoint_every_ops: u64,
-    /// Log records kept behind the newest checkpoint beyond one checkpoint
-    /// interval: a follower at most this far behind catches up from the
-    /// log; one further behind gets the checkpoint (a transfer of the
-    /// whole file).
+    /// Log records kept behind the previous checkpoint (openraft's own
+    /// purge keeps them behind the newest, beyond `checkpoint_every_records`;
+    /// whichever purges more wins): a follower at most this far behind
+    /// catches up from the log; one further behind gets the checkpoint (a
+    /// transfer of the whole file).
     pub log_kept_behind_checkpoint_records: u64,
     pub rereplication_per_chunkserver_max: u32,
     pub rereplication_cluster_max: u32,
