@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ringfs_client::local::{self, NodeKind, UpOptions};
 use ringfs_client::masters::RetryPolicy;
 use ringfs_client::{Client, ClientOptions, CreateOptions};
-use ringfs_tests::{binary, http_get, metric, pattern, runtime, sha256};
+use ringfs_tests::{binary, http_get, metric, pattern, runtime, sha256, wait_for};
 use ringfs_wire::config::Config;
 use ringfs_wire::msg::{Body, ErrorCode, PeerKind, Stat};
 use rustix::process::{Pid, Signal, kill_process};
@@ -231,15 +231,8 @@ fn cluster_config(dir: &Path) -> String {
     dir.join(local::CONFIG_FILE).display().to_string()
 }
 
-fn wait<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_for(WAIT, what, f)
 }
 
 fn patient() -> RetryPolicy {
