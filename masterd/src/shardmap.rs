@@ -56,8 +56,7 @@ impl<V> ShardMap<V> {
     }
 
     fn shard(&self, key: u64) -> usize {
-        // The top bits of a SipHash of the key (SHARDS is a power of two).
-        (self.pick.hash_one(key) >> (64 - SHARDS.trailing_zeros())) as usize
+        shard_of(&self.pick, key)
     }
 
     pub fn len(&self) -> usize {
@@ -119,6 +118,72 @@ impl<V> ShardMap<V> {
     pub fn largest_shard_len(&self) -> usize {
         self.shards.iter().map(HashMap::len).max().unwrap_or(0)
     }
+}
+
+/// Builds a [`ShardMap`] from many entries with distinct keys, part by
+/// part (checkpoint loads).
+///
+/// Inserting 10 M entries one by one into a 1 GiB table is a cache and TLB
+/// miss per insert: a checkpoint load of 10 M inodes spent 7 s there. The
+/// builder first appends each entry to its part's staging vector (1,024
+/// sequential write streams), then builds each part from its vector while
+/// the part (about 1 MiB at 10 M entries) stays in cache. A part's staging
+/// vector is freed as soon as its table is built, so the peak memory is
+/// about one copy of the entries, not two.
+pub struct ShardMapBuilder<V> {
+    staged: Vec<Vec<(u64, V)>>,
+    pick: RandomState,
+    len: usize,
+}
+
+impl<V> ShardMapBuilder<V> {
+    /// `expected_len` sizes the staging vectors; more entries are fine.
+    pub fn with_capacity(expected_len: usize) -> Self {
+        let per_shard = expected_len.div_ceil(SHARDS);
+        let per_shard = per_shard + per_shard / 8;
+        ShardMapBuilder {
+            staged: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
+            pick: RandomState::new(),
+            len: 0,
+        }
+    }
+
+    /// Adds an entry. Keys must be distinct: `finish` asserts it.
+    pub fn push(&mut self, key: u64, value: V) {
+        let s = shard_of(&self.pick, key);
+        self.staged[s].push((key, value));
+        self.len += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn finish(self) -> ShardMap<V> {
+        let mut shards = Vec::with_capacity(SHARDS);
+        for part in self.staged {
+            let n = part.len();
+            // A little room to grow, as with_capacity gives a fresh map.
+            let mut map = HashMap::with_capacity(n + n / 8);
+            map.extend(part);
+            assert_eq!(map.len(), n, "ShardMapBuilder was given a key twice");
+            shards.push(map);
+        }
+        ShardMap {
+            shards: shards.into_boxed_slice(),
+            pick: self.pick,
+            len: self.len,
+        }
+    }
+}
+
+fn shard_of(pick: &RandomState, key: u64) -> usize {
+    // The top bits of a SipHash of the key (SHARDS is a power of two).
+    (pick.hash_one(key) >> (64 - SHARDS.trailing_zeros())) as usize
 }
 
 impl<'a, V> IntoIterator for &'a ShardMap<V> {
@@ -187,6 +252,37 @@ mod tests {
             want.sort_unstable();
             prop_assert_eq!(all, want);
         }
+    }
+
+    proptest! {
+        #[test]
+        fn the_builder_makes_the_map_inserts_make(keys in proptest::collection::btree_set(any::<u64>(), 0..3000)) {
+            let mut b = ShardMapBuilder::with_capacity(keys.len() / 2);
+            for &k in &keys {
+                b.push(k, k ^ 0x5a5a);
+            }
+            prop_assert_eq!(b.len(), keys.len());
+            let mut built = b.finish();
+            prop_assert_eq!(built.len(), keys.len());
+            for &k in &keys {
+                prop_assert_eq!(built.get(&k), Some(&(k ^ 0x5a5a)));
+            }
+            let mut all: Vec<u64> = built.iter().map(|(k, _)| *k).collect();
+            all.sort_unstable();
+            prop_assert_eq!(all, keys.iter().copied().collect::<Vec<_>>());
+            // It goes on as an ordinary map.
+            built.insert(u64::MAX, 1);
+            prop_assert_eq!(built.len(), keys.len() + usize::from(!keys.contains(&u64::MAX)));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "given a key twice")]
+    fn the_builder_refuses_a_key_twice() {
+        let mut b = ShardMapBuilder::with_capacity(2);
+        b.push(7, ());
+        b.push(7, ());
+        b.finish();
     }
 
     #[test]

@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use masterd::checkpoint::format::{
-    FOOTER_ENTRY_BYTES, HEADER_BYTES, HEADER_CRC_OFFSET, Header, TRAILER_BYTES, decode_footer,
+    DIRENT_FIXED_BYTES, FOOTER_ENTRY_BYTES, HEADER_BYTES, HEADER_CRC_OFFSET, Header, TRAILER_BYTES,
+    decode_footer,
 };
 use masterd::checkpoint::{
     self, CheckpointError, CheckpointMeta, CheckpointOptions, Checkpointer, Part, SECTIONS,
@@ -567,6 +568,52 @@ fn reseal(bytes: &mut [u8]) -> Option<()> {
     let crc = crc32c(&bytes[footer_at..t + 4]);
     bytes[t + 4..t + 8].copy_from_slice(&crc.to_le_bytes());
     Some(())
+}
+
+/// A directory entry that names no inode is refused, wherever it sits:
+/// the decoder finds it by merging the sorted children with the inode
+/// numbers, not by a lookup per entry, so every position is tried.
+#[test]
+fn an_entry_naming_a_missing_inode_is_refused_with_its_name() {
+    // A gap in the inode numbers: a file made and purged.
+    let mut state = rich_state();
+    let gone = create(&mut state, "/gone", "bob", 0, 60_000);
+    create(&mut state, "/after-gone", "bob", 0, 60_001);
+    assert_eq!(state.ns.unlink(ROOT_INODE, "gone", 0), Some(gone));
+    state.ns.purge_subtree(gone);
+    let good = encode(&state, &meta(3)).expect("encode");
+    let (_, offset, len) = layout(&good)
+        .into_iter()
+        .find(|(s, _, _)| *s == Section::Dirents)
+        .expect("dirents");
+    let (start, end) = (offset as usize, (offset + len) as usize);
+    let mut entries = Vec::new();
+    let mut at = start;
+    while at < end {
+        let name_len = u16::from_le_bytes([good[at + 16], good[at + 17]]) as usize;
+        let name = String::from_utf8(good[at + DIRENT_FIXED_BYTES..][..name_len].to_vec())
+            .expect("utf-8 name");
+        entries.push((at, name));
+        at += DIRENT_FIXED_BYTES + name_len;
+    }
+    assert_eq!(at, end);
+    assert!(entries.len() > 10, "{} entries", entries.len());
+    // Below every inode number, above all, and between two of them.
+    for missing in [0, gone, u64::MAX - 1] {
+        for (at, name) in &entries {
+            let mut bad = good.clone();
+            bad[at + 8..at + 16].copy_from_slice(&missing.to_le_bytes());
+            reseal(&mut bad).expect("reseal");
+            let e = decode(&bad).expect_err("a missing child is refused");
+            assert_eq!(e.part, Part::Assembly(Section::Dirents), "{e}");
+            let msg = e.to_string();
+            assert!(
+                msg.contains(&format!("entry {name:?}"))
+                    && msg.contains(&format!("missing inode {missing}")),
+                "{msg}"
+            );
+        }
+    }
 }
 
 #[test]
