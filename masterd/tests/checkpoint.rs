@@ -616,6 +616,29 @@ fn an_entry_naming_a_missing_inode_is_refused_with_its_name() {
     }
 }
 
+/// The encoder checks the same rule with the same merge: a state whose
+/// directory names an inode that is not in the table is not written.
+#[test]
+fn a_state_naming_a_missing_inode_is_not_encoded() {
+    // The dangling entry's inode number between two others, or the last.
+    for (name, drop_first) in [("aaa", true), ("zzz", true), ("mmm", false)] {
+        let mut state = rich_state();
+        let first = create(&mut state, &format!("/{name}"), "bob", 0, 60_000);
+        let second = create(&mut state, &format!("/{name}-2"), "bob", 0, 60_001);
+        let gone = if drop_first { first } else { second };
+        assert!(state.ns.inodes.remove(&gone).is_some());
+        match encode(&state, &meta(3)) {
+            Err(e) => assert!(
+                e.to_string().contains(&format!(
+                    "directory {ROOT_INODE} names missing inode {gone}"
+                )),
+                "{e}"
+            ),
+            Ok(_) => panic!("a state with a dangling entry {name:?} was encoded"),
+        }
+    }
+}
+
 #[test]
 fn random_damage_behind_valid_crcs_never_panics() {
     let good = encode(&rich_state(), &meta(3)).expect("encode");

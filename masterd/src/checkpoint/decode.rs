@@ -159,7 +159,9 @@ pub fn decode_with(bytes: &[u8], parallel: bool) -> Result<(State, CheckpointMet
     // inode section's ascending numbers. (A hash lookup per entry was 6 s
     // at 10 M entries, one cache miss each.)
     let inode_recs = sec(Section::Inodes).bytes.as_chunks::<INODE_BYTES>().0;
-    if let Some((child, parent)) = first_missing_child(&dirents.edges, inode_recs) {
+    if let Some((child, parent)) =
+        first_missing_child(&dirents.edges, inode_recs.iter().map(|r| le64(r, 0)))
+    {
         let (at, name) = dirents
             .groups
             .iter()
@@ -201,20 +203,6 @@ pub fn decode_with(bytes: &[u8], parallel: bool) -> Result<(State, CheckpointMet
         last_membership: small.membership,
     };
     Ok((state, meta))
-}
-
-/// The first (child, parent) edge whose child is not among the inode
-/// records. `edges` is sorted by child; the records' inode numbers
-/// ascend (`decode_inodes` checked both).
-fn first_missing_child(edges: &[(u64, u64)], inodes: &[[u8; INODE_BYTES]]) -> Option<(u64, u64)> {
-    let mut inos = inodes.iter().map(|r| le64(r, 0)).peekable();
-    for &(child, parent) in edges {
-        while inos.next_if(|&ino| ino < child).is_some() {}
-        if inos.peek() != Some(&child) {
-            return Some((child, parent));
-        }
-    }
-    None
 }
 
 /// A scoped thread, or the job's result when no thread could be made (a

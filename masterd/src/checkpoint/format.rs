@@ -556,6 +556,24 @@ pub fn check_forest(edges: &mut [(u64, u64)]) -> Result<(), String> {
     Ok(())
 }
 
+/// The first (child, parent) of `edges` whose child is not in `inodes`.
+/// `edges` is sorted by child (as `check_forest` leaves it) and `inodes`
+/// ascends: one merge, no lookups, since a hash lookup per entry is a
+/// cache miss each at 10 M entries (seconds in all).
+pub fn first_missing_child(
+    edges: &[(u64, u64)],
+    inodes: impl Iterator<Item = u64>,
+) -> Option<(u64, u64)> {
+    let mut inos = inodes.peekable();
+    for &(child, parent) in edges {
+        while inos.next_if(|&ino| ino < child).is_some() {}
+        if inos.peek() != Some(&child) {
+            return Some((child, parent));
+        }
+    }
+    None
+}
+
 pub fn le16(b: &[u8], at: usize) -> u16 {
     let mut x = [0u8; 2];
     x.copy_from_slice(&b[at..at + 2]);
