@@ -1459,12 +1459,15 @@ fn print_summary(summary: &[Summary], rounds: usize, files: u64) {
         "(ops/fsync is the design's records/fsync)",
     );
     if let Some(s) = find(RESTART, CAUGHT_UP_S) {
+        let at_target_size = files >= 10_000_000;
         show(
             &format!("restart of {files} files, s to caught up"),
             s.cell(),
-            "",
+            if at_target_size { "<= 10" } else { "" },
         );
-        if let Some(per_m) = find(RESTART, S_PER_M_FILES).and_then(Summary::median) {
+        if !at_target_size
+            && let Some(per_m) = find(RESTART, S_PER_M_FILES).and_then(Summary::median)
+        {
             show(
                 "EXTRAPOLATED (linear) restart of 10M files, s",
                 num(per_m * 10.0),
