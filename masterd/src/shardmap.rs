@@ -89,6 +89,16 @@ impl<V> ShardMap<V> {
         old
     }
 
+    /// The value of `key`, inserted with `make` first if absent.
+    pub fn get_or_insert_with(&mut self, key: u64, make: impl FnOnce() -> V) -> &mut V {
+        let s = self.shard(key);
+        let part = &mut self.shards[s];
+        if !part.contains_key(&key) {
+            self.len += 1;
+        }
+        part.entry(key).or_insert_with(make)
+    }
+
     pub fn remove(&mut self, key: &u64) -> Option<V> {
         let s = self.shard(*key);
         let old = self.shards[s].remove(key);
@@ -214,6 +224,7 @@ mod tests {
     #[derive(Clone, Debug)]
     enum Step {
         Insert(u64, u32),
+        GetOrInsert(u64, u32),
         Remove(u64),
         Retain(u32),
     }
@@ -221,6 +232,7 @@ mod tests {
     fn step() -> impl Strategy<Value = Step> {
         prop_oneof![
             (0u64..500, any::<u32>()).prop_map(|(k, v)| Step::Insert(k, v)),
+            (0u64..500, any::<u32>()).prop_map(|(k, v)| Step::GetOrInsert(k, v)),
             (0u64..500).prop_map(Step::Remove),
             (1u32..5).prop_map(Step::Retain),
         ]
@@ -234,6 +246,13 @@ mod tests {
             for s in steps {
                 match s {
                     Step::Insert(k, v) => prop_assert_eq!(ours.insert(k, v), model.insert(k, v)),
+                    Step::GetOrInsert(k, v) => {
+                        let ours = ours.get_or_insert_with(k, || v);
+                        *ours = ours.wrapping_add(1);
+                        let model = model.entry(k).or_insert(v);
+                        *model = model.wrapping_add(1);
+                        prop_assert_eq!(*ours, *model);
+                    }
                     Step::Remove(k) => prop_assert_eq!(ours.remove(&k), model.remove(&k)),
                     Step::Retain(m) => {
                         ours.retain(|_, v| *v % m != 0);
