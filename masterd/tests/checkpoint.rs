@@ -786,62 +786,13 @@ fn only_the_newest_two_are_kept() {
 /// 1 000 directories of 1 000 single-chunk files, built straight into the
 /// tables (applying a million Creates would dominate the test).
 fn million_files() -> State {
-    const DIRS: u64 = 1_000;
-    const FILES_PER_DIR: u64 = 1_000;
-    let mut s = State::new(CHUNK, 3);
-    let owner = s.ns.intern_owner("bench");
-    let mut next = ROOT_INODE + 1;
-    let mut handle = 1;
-    for d in 0..DIRS {
-        let dir = next;
-        next += 1;
-        s.ns.insert(
-            dir,
-            Inode {
-                parent: 0,
-                mtime_ns: d as i64,
-                ctime_ns: d as i64,
-                mode: 0o755,
-                owner,
-                replication: 3,
-                kind: Kind::Dir(Box::default()),
-            },
-        );
-        s.ns.link(ROOT_INODE, &format!("dir-{d:04}"), dir, 0);
-        for f in 0..FILES_PER_DIR {
-            let ino = next;
-            next += 1;
-            s.ns.insert(
-                ino,
-                Inode {
-                    parent: 0,
-                    mtime_ns: ino as i64,
-                    ctime_ns: ino as i64,
-                    mode: 0o644,
-                    owner,
-                    replication: 3,
-                    kind: Kind::File(File {
-                        length_bytes: 1 << 20,
-                        complete: true,
-                        chunks: [handle].into_iter().collect(),
-                    }),
-                },
-            );
-            s.ns.link(dir, &format!("part-{f:05}.parquet"), ino, 0);
-            s.chunks.insert(
-                handle,
-                ChunkMeta {
-                    version: 1,
-                    inode: ino,
-                    index: 0,
-                },
-            );
-            handle += 1;
-        }
-    }
-    s.counters.next_inode = next;
-    s.counters.next_handle = handle;
-    s
+    built_namespace(
+        1_000,
+        1_000,
+        true,
+        |d| format!("dir-{d:04}"),
+        |_, f| format!("part-{f:05}.parquet"),
+    )
 }
 
 #[test]
@@ -876,16 +827,19 @@ fn a_million_files_with_fork() {
     assert_eq!(loaded.digest(), digest);
 }
 
-/// `ringfs-bench meta --files 10000000`'s namespace (100,000 directories
-/// of 100 files, empty or of one chunk each), built straight into the
-/// tables.
-fn ten_million_files(one_chunk_each: bool) -> (State, u64) {
-    const DIRS: u64 = 100_000;
-    const FILES_PER_DIR: u64 = 100;
+/// `dirs` directories under the root of `files_per_dir` files each, empty
+/// or of one 1 MiB chunk, built straight into the tables.
+fn built_namespace(
+    dirs: u64,
+    files_per_dir: u64,
+    one_chunk_each: bool,
+    dir_name: impl Fn(u64) -> String,
+    file_name: impl Fn(u64, u64) -> String,
+) -> State {
     let mut s = State::new(CHUNK, 3);
     let owner = s.ns.intern_owner("bench");
     let mut next = ROOT_INODE + 1;
-    for d in 0..DIRS {
+    for d in 0..dirs {
         let dir = next;
         next += 1;
         s.ns.insert(
@@ -900,11 +854,14 @@ fn ten_million_files(one_chunk_each: bool) -> (State, u64) {
                 kind: Kind::Dir(Box::default()),
             },
         );
-        s.ns.link(ROOT_INODE, &format!("d{d}"), dir, 0);
-        for f in 0..FILES_PER_DIR {
+        s.ns.link(ROOT_INODE, &dir_name(d), dir, 0);
+        for f in 0..files_per_dir {
             let ino = next;
             next += 1;
-            let mut file = File::default();
+            let mut file = File {
+                complete: true,
+                ..File::default()
+            };
             if one_chunk_each {
                 let handle = s.counters.next_handle;
                 s.counters.next_handle += 1;
@@ -931,11 +888,25 @@ fn ten_million_files(one_chunk_each: bool) -> (State, u64) {
                     kind: Kind::File(file),
                 },
             );
-            s.ns.link(dir, &format!("f{}", f * DIRS + d), ino, 0);
+            s.ns.link(dir, &file_name(d, f), ino, 0);
         }
     }
     s.counters.next_inode = next;
-    (s, DIRS)
+    s
+}
+
+/// `ringfs-bench meta --files 10000000`'s namespace: 100,000 directories
+/// `d<j>` of 100 files, file `i` in directory `i % 100,000` as `f<i>`.
+const TEN_MILLION_DIRS: u64 = 100_000;
+
+fn ten_million_files(one_chunk_each: bool) -> State {
+    built_namespace(
+        TEN_MILLION_DIRS,
+        100,
+        one_chunk_each,
+        |d| format!("d{d}"),
+        |d, f| format!("f{}", f * TEN_MILLION_DIRS + d),
+    )
 }
 
 /// The parts of a 10 M-file restart, in process: checkpoint encode, load,
@@ -949,7 +920,8 @@ fn ten_million_files(one_chunk_each: bool) -> (State, u64) {
 fn ten_million_files_encode_load_and_apply() {
     let dir = tmpdir();
     let t = Instant::now();
-    let (state, dirs) = ten_million_files(false);
+    let state = ten_million_files(false);
+    let dirs = TEN_MILLION_DIRS;
     eprintln!("10M files: built in {:?}", t.elapsed());
     let digest = state.digest();
     let t = Instant::now();
@@ -1033,7 +1005,7 @@ fn ten_million_single_chunk_files_memory() {
     use ringfs_wire::msg::ReplicaState;
     let files = 10_000_000.0;
     let before = resident_bytes();
-    let (state, _) = ten_million_files(true);
+    let state = ten_million_files(true);
     let with_tables = resident_bytes();
     assert_eq!(state.ns.files, 10_000_000);
     assert_eq!(state.chunks.chunks.len(), 10_000_000);
