@@ -16,6 +16,7 @@
 //! deterministic order (checkpoints, digests) sort.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
 
 /// Parts per map: each holds ~1/1,024 of the entries. An empty part costs
@@ -92,11 +93,13 @@ impl<V> ShardMap<V> {
     /// The value of `key`, inserted with `make` first if absent.
     pub fn get_or_insert_with(&mut self, key: u64, make: impl FnOnce() -> V) -> &mut V {
         let s = self.shard(key);
-        let part = &mut self.shards[s];
-        if !part.contains_key(&key) {
-            self.len += 1;
+        match self.shards[s].entry(key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(v) => {
+                self.len += 1;
+                v.insert(make())
+            }
         }
-        part.entry(key).or_insert_with(make)
     }
 
     pub fn remove(&mut self, key: &u64) -> Option<V> {
