@@ -802,10 +802,7 @@ fn a_million_files_with_fork() {
     let state = million_files();
     eprintln!("1M files: built in {:?}", t.elapsed());
     let digest = state.digest();
-    let rss_mib = fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| s.split(' ').nth(1)?.parse::<u64>().ok())
-        .map_or(0, |pages| (pages * 4096) >> 20);
+    let rss_mib = resident_bytes() >> 20;
     let t = Instant::now();
     let pending = Checkpointer::start(dir.path(), &state, &meta(1_000_000)).expect("start");
     let start_call = t.elapsed();
