@@ -5,9 +5,10 @@
 //! A mutation goes: lock its blocks → compute the new CRCs (reading and
 //! verifying a partial block only when it is not the cached tail) → append
 //! its Write record to the log (group-committed, O_DSYNC) → write the data
-//! → update the in-memory table and unlock → fdatasync the data file
-//! (group-committed) → acknowledge. Log before data is what lets recovery
-//! tell a torn, unacknowledged write from corruption.
+//! (O_DSYNC) → update the in-memory table and unlock → acknowledge. Log
+//! before data is what lets recovery tell a torn, unacknowledged write from
+//! corruption; inside a durable Intent (note 015) recovery already treats
+//! the blocks as torn-or-not, so the data goes out alongside the record.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeSet;
@@ -23,6 +24,7 @@ use ringfs_wire::checksum::{BLOCK_BYTES, block_count, crc32c, crc32c_extend};
 use crate::dio::{self, AlignedBuf, DioAlign, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::groupsync::GroupSync;
+use crate::intent::{self, BlockSet};
 use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
 use crate::openfiles::{ChunkFiles, OpenFiles, OpenSlot};
 use crate::rangelock::RangeLock;
@@ -131,6 +133,11 @@ struct Mem {
     reserved_end: u64,
     /// For the scrubber: when every block was last verified.
     verified_at: Instant,
+    /// Blocks the durable log holds open Intents for (note 015).
+    intent_on_disk: BlockSet,
+    /// Blocks a write may send data to before its record is durable: open
+    /// in the durable log and in any batch in flight that restates them.
+    intent_durable: BlockSet,
 }
 
 struct LogState {
@@ -161,8 +168,6 @@ pub struct Chunk {
     locks: RangeLock,
     log: RefCell<LogState>,
     log_event: Event,
-    /// fdatasyncs of the data file, shared by concurrent writers.
-    sync: GroupSync,
     applying_event: Event,
     serial_event: Event,
     deleted: Cell<bool>,
@@ -275,6 +280,8 @@ impl Chunk {
             allocated_bytes,
         } = data;
         let layout = base.layout();
+        let chunk_blocks = u32::try_from(block_count(layout.chunk_size_bytes))
+            .expect("a checked base's chunk has at most 16384 blocks");
         let written_end = log_written_end(&meta_file, &layout);
         let (open_id, slot) = open.new_slot();
         open.install(
@@ -312,6 +319,8 @@ impl Chunk {
                 verified_at: Instant::now(),
                 ordered_serial: 0,
                 reserved_end: 0,
+                intent_on_disk: BlockSet::new(chunk_blocks),
+                intent_durable: BlockSet::new(chunk_blocks),
             }),
             locks: RangeLock::new(),
             log: RefCell::new(LogState {
@@ -325,7 +334,6 @@ impl Chunk {
                 failed: None,
             }),
             log_event: Event::new(),
-            sync: GroupSync::new(),
             applying_event: Event::new(),
             serial_event: Event::new(),
             deleted: Cell::new(false),
@@ -347,7 +355,7 @@ impl Chunk {
             let generation = self.slot.meta_generation();
             let data_path = self.dir.data_path(self.handle, self.data_file_id());
             let meta_path = self.dir.meta_path(self.handle);
-            let data = dio::open_direct(&data_path, false, false)
+            let data = dio::open_direct(&data_path, false, true)
                 .await
                 .map_err(|e| self.reopen_error(&data_path, e))?;
             let meta = dio::open_direct(&meta_path, false, true)
@@ -843,10 +851,10 @@ impl Chunk {
             .await;
         drop(guard);
         match r {
+            // The data file is O_DSYNC: written is durable.
             Ok((seq, new_length, bufs)) => {
-                let r = self.sync_data().await;
                 self.mem.borrow_mut().not_durable.remove(&seq);
-                (r.map(|_| new_length), bufs)
+                (Ok(new_length), bufs)
             }
             Err((e, bufs)) => (Err(e), bufs),
         }
@@ -868,16 +876,15 @@ impl Chunk {
         self.ensure_allocated(&data, size)?;
         let first_block = length / BLOCK;
         let crcs = self.zero_extension_crcs(length, size);
-        let seq = self
-            .log_write_record(
-                ticket.version,
-                length,
-                size - length,
-                size,
-                first_block,
-                crcs.clone(),
-            )
-            .await?;
+        let (seq, record_id) = self.queue_write_record(
+            ticket.version,
+            length,
+            size - length,
+            size,
+            first_block,
+            crcs.clone(),
+        )?;
+        self.wait_logged(record_id).await?;
         self.apply_crcs(first_block, &crcs, size, None);
         self.mem.borrow_mut().not_durable.remove(&seq);
         Ok(())
@@ -1061,19 +1068,26 @@ impl Chunk {
             last_block_of(end)
         );
 
-        // 1. The log record, durable before any data byte moves.
-        let seq = match self
-            .log_write_record(
-                version,
-                offset,
-                end - offset,
-                new_length,
-                first_block,
-                crcs.clone(),
-            )
-            .await
-        {
-            Ok(seq) => seq,
+        // 1. The log record. Inside a durable Intent the data goes out with
+        // it; otherwise the record, with an Intent for the blocks ahead, is
+        // durable before any data byte moves.
+        let data_first = (offset / BLOCK) as u32;
+        let data_blocks = (last_block_of(end) + 1) as u32 - data_first;
+        let under_intent = self
+            .mem
+            .borrow()
+            .intent_durable
+            .covers(data_first, data_blocks);
+        let queued = self.queue_write_record(
+            version,
+            offset,
+            end - offset,
+            new_length,
+            first_block,
+            crcs.clone(),
+        );
+        let (seq, record_id) = match queued {
+            Ok(v) => v,
             Err(e) => {
                 if fast {
                     returned.extend(writes.into_iter().map(|(_, b)| b));
@@ -1081,16 +1095,30 @@ impl Chunk {
                 return Err((e, returned));
             }
         };
-        // 2. The data.
-        let mut failure = None;
-        let results = futures_util::future::join_all(writes.into_iter().map(|(at, buf)| {
-            let mut data = &files.data;
-            async move {
-                let compio::BufResult(r, buf) = data.write_all_at(buf, at).await;
-                (r, buf)
+        let write_data = |writes: Vec<(u64, AlignedBuf)>| {
+            futures_util::future::join_all(writes.into_iter().map(|(at, buf)| {
+                let mut data = &files.data;
+                async move {
+                    let compio::BufResult(r, buf) = data.write_all_at(buf, at).await;
+                    (r, buf)
+                }
+            }))
+        };
+        // 2. The data (O_DSYNC: durable when written).
+        let (logged, results) = if under_intent {
+            futures_util::future::join(self.wait_logged(record_id), write_data(writes)).await
+        } else {
+            match self.wait_logged(record_id).await {
+                Ok(()) => (Ok(()), write_data(writes).await),
+                Err(e) => {
+                    if fast {
+                        returned.extend(writes.into_iter().map(|(_, b)| b));
+                    }
+                    return Err((e, returned));
+                }
             }
-        }))
-        .await;
+        };
+        let mut failure = None;
         for (r, buf) in results {
             if let Err(e) = r {
                 failure.get_or_insert(e);
@@ -1099,6 +1127,13 @@ impl Chunk {
             if fast {
                 returned.push(buf);
             }
+        }
+        if let Err(e) = logged {
+            // Data went out under an Intent but its record failed: the
+            // blocks may hold bytes no CRC describes.
+            self.slot.tail.borrow_mut().take();
+            self.mark_corrupt().await;
+            return Err((e, returned));
         }
         if let Some(e) = failure {
             self.slot.tail.borrow_mut().take();
@@ -1109,8 +1144,8 @@ impl Chunk {
                 returned,
             ));
         }
-        // 3. Visible to reads (not yet durable: reads of unacknowledged
-        // data are allowed, as in GFS).
+        // 3. Visible to reads (durable, but not yet acknowledged by every
+        // replica: such reads are allowed, as in GFS).
         self.apply_crcs(first_block, &crcs, new_length, new_tail);
         Ok((seq, new_length, returned))
     }
@@ -1193,22 +1228,9 @@ impl Chunk {
 
     // ----------------------------------------------------------- durability
 
-    /// Waits for an fdatasync of the data file that started after this
-    /// call: concurrent writers share one.
-    async fn sync_data(&self) -> ChunkResult<()> {
-        let data = self.files().await?.data;
-        match self.sync.sync(|| data.sync_data()).await {
-            Ok(()) => Ok(()),
-            Err(why) => {
-                // The data may or may not be on disk: nothing more is served
-                // from this replica until it is re-replicated.
-                self.mark_corrupt().await;
-                Err(ChunkError::Internal(format!("fdatasync failed: {why}")))
-            }
-        }
-    }
-
-    async fn log_write_record(
+    /// Takes the next seq and queues its Write record in one synchronous
+    /// step, so records reach the log in seq order. Returns (seq, record id).
+    fn queue_write_record(
         &self,
         version: u64,
         offset: u64,
@@ -1216,14 +1238,10 @@ impl Chunk {
         new_length: u64,
         first_block: u64,
         crcs: Vec<u32>,
-    ) -> ChunkResult<u64> {
+    ) -> ChunkResult<(u64, u64)> {
         let first_block =
             u32::try_from(first_block).map_err(|_| ChunkError::Internal("block index".into()))?;
-        let seq = {
-            let mut mem = self.mem.borrow_mut();
-            mem.last_seq += 1;
-            mem.last_seq
-        };
+        let seq = self.mem.borrow().last_seq + 1;
         let record = LogRecord::Write {
             seq,
             version,
@@ -1233,25 +1251,35 @@ impl Chunk {
             first_block,
             crcs,
         };
-        self.log_append(record).await?;
-        Ok(seq)
+        let id = self.log_queue(record)?;
+        self.mem.borrow_mut().last_seq = seq;
+        Ok((seq, id))
     }
 
-    /// Appends `record` to the log and waits until it is durable. The first
-    /// waiter with nothing in flight writes a batch of everything pending.
+    /// Appends `record` to the log and waits until it is durable.
     async fn log_append(&self, record: LogRecord) -> ChunkResult<()> {
-        let id = {
-            let mut log = self.log.borrow_mut();
-            if let Some(f) = &log.failed {
-                return Err(ChunkError::Internal(format!(
-                    "meta log failed earlier: {f}"
-                )));
-            }
-            let id = log.next_record_id;
-            log.next_record_id += 1;
-            log.pending.push((id, record));
-            id
-        };
+        let id = self.log_queue(record)?;
+        self.wait_logged(id).await
+    }
+
+    /// Queues `record` for the next batch; returns its id for `wait_logged`.
+    fn log_queue(&self, record: LogRecord) -> ChunkResult<u64> {
+        let mut log = self.log.borrow_mut();
+        if let Some(f) = &log.failed {
+            return Err(ChunkError::Internal(format!(
+                "meta log failed earlier: {f}"
+            )));
+        }
+        let id = log.next_record_id;
+        log.next_record_id += 1;
+        log.pending.push((id, record));
+        Ok(id)
+    }
+
+    /// Waits until the record `id` (and every record queued before it) is
+    /// durable. The first waiter with nothing in flight writes a batch of
+    /// everything pending.
+    async fn wait_logged(&self, id: u64) -> ChunkResult<()> {
         loop {
             {
                 let log = self.log.borrow();
@@ -1274,54 +1302,101 @@ impl Chunk {
         }
     }
 
-    /// Logs the durable watermark if it moved and the chunk is idle, so a
-    /// restart does not re-read blocks whose writes were acknowledged long
-    /// ago. Called by the housekeeping tick, not on the write path.
+    /// When the chunk is idle, logs the durable watermark if it moved and
+    /// closes its Intents, so a restart does not re-read blocks whose
+    /// writes were acknowledged long ago. Called by the housekeeping tick,
+    /// not on the write path.
     pub async fn settle(&self) -> ChunkResult<()> {
-        let watermark = {
+        let durable = {
             let mut mem = self.mem.borrow_mut();
             let log = self.log.borrow();
+            // Idle: no record waits for the log and no data write is in
+            // flight (a write counts in `applying` from its record's batch
+            // to its CRC update, and its data completes in between).
             let idle = mem.applying == 0 && log.pending.is_empty() && !log.writing;
-            let watermark = mem.durable_watermark();
-            if !idle || watermark <= mem.announced_durable || mem.state == ChunkState::Corrupt {
+            // A failed log takes no more batches (its tail may be torn).
+            if !idle || mem.state == ChunkState::Corrupt || log.failed.is_some() {
                 return Ok(());
             }
-            mem.announced_durable = watermark;
-            watermark
+            let watermark = mem.durable_watermark();
+            if watermark > mem.announced_durable {
+                mem.announced_durable = watermark;
+                Some(watermark)
+            } else if !mem.intent_on_disk.is_empty() {
+                None
+            } else {
+                return Ok(());
+            }
         };
-        self.log_append(LogRecord::Durable { seq: watermark }).await
+        match durable {
+            Some(seq) => self.log_append(LogRecord::Durable { seq }).await,
+            // A batch of no records: it closes the Intents (no write in it
+            // predicts any), still synchronously after the idle check.
+            None => {
+                self.write_one_batch().await;
+                match &self.log.borrow().failed {
+                    Some(f) => Err(ChunkError::Internal(format!("meta log write failed: {f}"))),
+                    None => Ok(()),
+                }
+            }
+        }
     }
 
     async fn write_one_batch(&self) {
-        let (records, last_id, offset, batch_seq) = {
+        let (records, last_id, offset, batch_seq, next_intents) = {
             let mut log = self.log.borrow_mut();
             assert!(!log.writing);
-            if log.pending.is_empty() {
+            let intents_open = !self.mem.borrow().intent_on_disk.is_empty();
+            if log.pending.is_empty() && !intents_open {
                 return;
             }
             log.writing = true;
             let take = log.pending.len().min(BATCH_RECORDS_MAX);
             let batch: Vec<(u64, LogRecord)> = log.pending.drain(..take).collect();
-            let last_id = batch.last().map(|(id, _)| *id).unwrap_or(0);
+            // None: a batch that only restates the Intents (`settle`).
+            let last_id = batch.last().map(|(id, _)| *id);
             let mut records: Vec<LogRecord> = Vec::with_capacity(batch.len() + 1);
             let mut mem = self.mem.borrow_mut();
+            assert!(
+                mem.intent_on_disk.covers_all_of(&mem.intent_durable),
+                "writes may use only Intents the durable log holds open"
+            );
             let watermark = mem.durable_watermark();
             if watermark > mem.announced_durable {
                 records.push(LogRecord::Durable { seq: watermark });
                 mem.announced_durable = watermark;
             }
-            drop(mem);
             records.extend(batch.into_iter().map(|(_, r)| r));
-            (records, last_id, log.next_offset, log.next_batch_seq)
+            // Restate the open Intents as those this batch's writes predict
+            // (note 015). Until it is durable, writes may only use blocks
+            // open both before and after it.
+            let mut next = self.predicted_intents(&records);
+            if !log.pending.is_empty() {
+                // Records left for a later batch (over BATCH_RECORDS_MAX)
+                // may belong to writes whose data already went out under
+                // the current Intents: those stay open until they are logged.
+                next.union_with(&mem.intent_durable);
+            }
+            if next != mem.intent_on_disk {
+                records.push(LogRecord::IntentsClosed);
+                records.extend(next.intent_records());
+            }
+            mem.intent_durable.retain_only(&next);
+            drop(mem);
+            (records, last_id, log.next_offset, log.next_batch_seq, next)
         };
         let result = self.write_batch_bytes(&records, offset, batch_seq).await;
         {
             let mut log = self.log.borrow_mut();
             log.writing = false;
-            log.done_below = last_id + 1;
+            if let Some(id) = last_id {
+                log.done_below = id + 1;
+            }
             match result {
                 Ok(()) => {
                     let mut mem = self.mem.borrow_mut();
+                    mem.intent_durable = next_intents.clone();
+                    mem.intent_on_disk = next_intents;
                     for r in &records {
                         match r {
                             LogRecord::Write { seq, .. } => {
@@ -1335,7 +1410,9 @@ impl Chunk {
                                 mem.reserved_end = mem.length;
                             }
                             LogRecord::State { state } => mem.state = *state,
-                            LogRecord::Durable { .. } => {}
+                            LogRecord::Durable { .. }
+                            | LogRecord::Intent { .. }
+                            | LogRecord::IntentsClosed => {}
                         }
                     }
                 }
@@ -1343,6 +1420,21 @@ impl Chunk {
             }
         }
         self.log_event.notify_all();
+    }
+
+    /// The blocks the next write of each stream in `records` would touch if
+    /// it continued where its Write ended, as long again.
+    fn predicted_intents(&self, records: &[LogRecord]) -> BlockSet {
+        let size = self.layout.chunk_size_bytes;
+        let mut next = BlockSet::new(block_count(size) as u32);
+        for r in records {
+            if let LogRecord::Write { offset, length, .. } = *r
+                && let Some((first, count)) = intent::predicted(offset, length, size)
+            {
+                next.insert(first, count);
+            }
+        }
+        next
     }
 
     async fn write_batch_bytes(
@@ -1421,13 +1513,18 @@ impl Chunk {
         data.sync_data()
             .await
             .map_err(|e| ChunkError::io("fdatasync before compaction", e))?;
-        let base = {
+        let (base, intents) = {
             let mut mem = self.mem.borrow_mut();
             // Records still pending (not yet in the log) hold seqs above
             // `last_logged_seq`; they go into the fresh log after this base.
+            // Data writes under a durable Intent may be in flight with
+            // their records among them, their CRCs not in this base: the
+            // new file carries those Intents in its first batch, so their
+            // blocks stay unsettled until their records are logged again.
+            let intents = mem.intent_on_disk.intent_records();
             mem.not_durable.clear();
             mem.announced_durable = mem.last_logged_seq;
-            MetaBase {
+            let base = MetaBase {
                 handle: self.handle,
                 chunk_size_bytes: self.layout.chunk_size_bytes,
                 data_file_id: mem.data_file_id,
@@ -1437,16 +1534,17 @@ impl Chunk {
                 base_seq: mem.last_logged_seq,
                 log_bytes: self.layout.log_bytes as u32,
                 crcs: mem.crcs.clone(),
-            }
+            };
+            (base, intents)
         };
-        let file = write_meta_file(&self.dir, &base).await?;
+        let (file, log_end) = write_meta_file(&self.dir, &base, &intents).await?;
         let mut log = self.log.borrow_mut();
         log.written_end = log_written_end(&file, &self.layout);
         if !self.deleted.get() {
             self.open.replace_meta(self.open_id, &self.slot, data, file);
         }
-        log.next_offset = 0;
-        log.next_batch_seq = 1;
+        log.next_offset = log_end.offset;
+        log.next_batch_seq = log_end.next_batch_seq;
         Ok(())
     }
 
@@ -1566,20 +1664,41 @@ fn log_written_end(file: &compio::fs::File, layout: &MetaLayout) -> u64 {
     })
 }
 
+/// Writes `base`, and `first_batch` as the log's first batch when it is not
+/// empty, to a temporary name, then renames it into place and syncs the
+/// dir. Returns the file and where its log's next batch goes.
 pub(crate) async fn write_meta_file(
     dir: &DataDir,
     base: &MetaBase,
-) -> ChunkResult<compio::fs::File> {
+    first_batch: &[LogRecord],
+) -> ChunkResult<(compio::fs::File, LogEnd)> {
     let layout = base.layout();
-    let encoded = base
+    let mut encoded = base
         .encode()
         .map_err(|e| ChunkError::Internal(format!("encoding meta of {:#x}: {e}", base.handle)))?;
+    assert_eq!(encoded.len() as u64, layout.log_offset);
+    let log_end = if first_batch.is_empty() {
+        LogEnd::EMPTY
+    } else {
+        for record in first_batch {
+            record.check(&layout).map_err(|e| {
+                ChunkError::Internal(format!("first batch of {:#x}: {e}", base.handle))
+            })?;
+        }
+        meta::encode_batch(1, first_batch, &mut encoded);
+        LogEnd {
+            offset: encoded.len() as u64 - layout.log_offset,
+            next_batch_seq: 2,
+        }
+    };
     // The base and the first stretch of the log; the log's later pages
     // are written (with zeros ahead) as batches reach them, so a small
     // chunk's meta file stays small. Recovery reads missing pages as zeros.
-    let first_log = LOG_FIRST_WRITE_BYTES.min(layout.log_bytes);
+    let first_log = LOG_FIRST_WRITE_BYTES
+        .min(layout.log_bytes)
+        .max(log_end.offset);
     let file_bytes = layout.log_offset + first_log;
-    assert!(encoded.len() as u64 <= layout.log_offset && file_bytes <= layout.file_bytes);
+    assert!(encoded.len() as u64 <= file_bytes && file_bytes <= layout.file_bytes);
     let mut buf = AlignedBuf::zeroed(file_bytes as usize, dir.align.mem_align_bytes);
     buf.full_mut()[..encoded.len()].copy_from_slice(&encoded);
     buf.set_len_bytes(file_bytes as usize);
@@ -1597,5 +1716,5 @@ pub(crate) async fn write_meta_file(
         .await
         .map_err(|e| ChunkError::io(ctx("renaming"), e))?;
     dir.sync_chunks_dir().await?;
-    Ok(file)
+    Ok((file, log_end))
 }

@@ -75,7 +75,7 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
         old.mark_deleted();
         remove_chunk_files(&old.dir, old.handle, old.data_file_id()).await?;
     }
-    let meta_file = write_meta_file(&dir, &base).await?;
+    let (meta_file, _) = write_meta_file(&dir, &base, &[]).await?;
     let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
     let data = DataFile {
         file: data,

@@ -236,6 +236,7 @@ impl Daemon {
                     stats.quarantined += ready.stats.quarantined;
                     stats.unsettled_blocks_checked += ready.stats.unsettled_blocks_checked;
                     stats.blocks_recomputed += ready.stats.blocks_recomputed;
+                    stats.bytes_zeroed += ready.stats.bytes_zeroed;
                     stats.compacted += ready.stats.compacted;
                 }
                 Ok(Err(e)) => failure = Some(e),

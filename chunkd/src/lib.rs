@@ -17,6 +17,7 @@ pub mod error;
 pub mod groupsync;
 pub mod http;
 pub mod identity;
+pub mod intent;
 pub mod lease;
 pub mod masterlink;
 pub mod meta;

@@ -108,7 +108,7 @@ fn run(args: Args) -> Result<(), String> {
     let daemon = Daemon::start(settings, config.key.clone())?;
     let r = &daemon.recovery;
     println!(
-        "chunkd ready listen={} http={} node={} cores={} chunks={} recomputed_blocks={} quarantined={}",
+        "chunkd ready listen={} http={} node={} cores={} chunks={} recomputed_blocks={} quarantined={} zeroed_bytes={}",
         daemon.listen,
         daemon
             .http
@@ -119,6 +119,7 @@ fn run(args: Args) -> Result<(), String> {
         r.chunks,
         r.blocks_recomputed,
         r.quarantined,
+        r.bytes_zeroed,
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();

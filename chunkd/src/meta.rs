@@ -41,6 +41,8 @@ const KIND_WRITE: u8 = 1;
 const KIND_DURABLE: u8 = 2;
 const KIND_VERSION: u8 = 3;
 const KIND_STATE: u8 = 4;
+const KIND_INTENT: u8 = 5;
+const KIND_INTENTS_CLOSED: u8 = 6;
 
 /// Replica state of a chunk; the numbering is the wire's `ReplicaState`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -315,6 +317,18 @@ pub enum LogRecord {
     State {
         state: ChunkState,
     },
+    /// Data writes to blocks `first_block..first_block + block_count` may
+    /// land before their Write records are durable (note 015): until an
+    /// `IntentsClosed`, recovery treats these blocks as unsettled, and
+    /// rewrites as zeros whatever lies past the chunk's length in them.
+    Intent {
+        first_block: u32,
+        block_count: u32,
+    },
+    /// Every data write issued under an earlier Intent has completed, is
+    /// durable and has its Write record earlier in the log: those Intents
+    /// no longer apply.
+    IntentsClosed,
 }
 
 impl LogRecord {
@@ -322,6 +336,21 @@ impl LogRecord {
     /// record. A writer calls this before logging a record, because a
     /// record that breaks them makes the whole chunk untrusted at recovery.
     pub fn check(&self, layout: &MetaLayout) -> Result<(), RecordError> {
+        if let LogRecord::Intent {
+            first_block,
+            block_count: count,
+        } = *self
+        {
+            let chunk_blocks = block_count(layout.chunk_size_bytes);
+            if count == 0 || u64::from(first_block) + u64::from(count) > chunk_blocks {
+                return Err(RecordError::IntentBeyondChunk {
+                    first_block,
+                    block_count: count,
+                    chunk_blocks,
+                });
+            }
+            return Ok(());
+        }
         let LogRecord::Write {
             offset,
             length,
@@ -385,6 +414,8 @@ impl LogRecord {
             LogRecord::Durable { .. } => KIND_DURABLE,
             LogRecord::Version { .. } => KIND_VERSION,
             LogRecord::State { .. } => KIND_STATE,
+            LogRecord::Intent { .. } => KIND_INTENT,
+            LogRecord::IntentsClosed => KIND_INTENTS_CLOSED,
         };
         let body_bytes = u32::try_from(self.body_bytes())
             .expect("a record fits in a batch, and a batch in a 16 MiB log region");
@@ -414,6 +445,15 @@ impl LogRecord {
             LogRecord::Durable { seq } => out.extend_from_slice(&seq.to_le_bytes()),
             LogRecord::Version { version } => out.extend_from_slice(&version.to_le_bytes()),
             LogRecord::State { state } => out.push(state.to_u8()),
+            LogRecord::Intent {
+                first_block,
+                block_count,
+            } => {
+                out.extend_from_slice(&first_block.to_le_bytes());
+                out.extend_from_slice(&block_count.to_le_bytes());
+            }
+            // Eight reserved zero bytes.
+            LogRecord::IntentsClosed => {}
         }
         out.resize(start + body_bytes as usize, 0);
     }
@@ -658,6 +698,22 @@ fn decode_record(layout: &MetaLayout, rest: &[u8]) -> Result<(LogRecord, usize),
                 }
             }
         }
+        KIND_INTENT | KIND_INTENTS_CLOSED => {
+            if body.len() != SMALL_BODY_BYTES {
+                return Err(wrong_size(SMALL_BODY_BYTES as u64));
+            }
+            if kind == KIND_INTENT {
+                LogRecord::Intent {
+                    first_block: u32_at(body, 0),
+                    block_count: u32_at(body, 4),
+                }
+            } else {
+                if body.iter().any(|&b| b != 0) {
+                    return Err(RecordError::PaddingNotZero);
+                }
+                LogRecord::IntentsClosed
+            }
+        }
         other => return Err(RecordError::UnknownKind(other)),
     };
     record.check(layout)?;
@@ -677,10 +733,15 @@ pub struct Replayed {
     /// Highest Durable seq, at least the base's `base_seq`: every Write
     /// folded into a base was durable when the base was written.
     pub durable_seq: u64,
-    /// Blocks whose CRC was last set by a Write above `durable_seq`, sorted
-    /// and distinct: their data may not have reached the disk, so the
-    /// chunkserver re-reads them and recomputes a CRC that does not match.
+    /// Blocks below the length whose CRC was last set by a Write above
+    /// `durable_seq`, or that an open Intent covers; sorted and distinct:
+    /// their data may not match their CRC, so the chunkserver re-reads them
+    /// and recomputes a CRC that does not match.
     pub unsettled_blocks: Vec<u32>,
+    /// Blocks covered by an Intent not followed by an `IntentsClosed`,
+    /// sorted and distinct, also past the length: bytes past the length in
+    /// them may hold an unacknowledged write and must be zeroed.
+    pub open_intent_blocks: Vec<u32>,
 }
 
 /// Folds `records` (in log order) into `base`. Besides the per-record rules
@@ -698,7 +759,10 @@ pub fn replay(base: &MetaBase, records: &[LogRecord]) -> Result<Replayed, MetaEr
         last_seq: base.base_seq,
         durable_seq: base.base_seq,
         unsettled_blocks: Vec::new(),
+        open_intent_blocks: Vec::new(),
     };
+    // Blocks of open Intents, over the whole chunk.
+    let mut open_intent = vec![false; block_count(layout.chunk_size_bytes) as usize];
     // Seq of the Write that last set each block's CRC; 0 is the base, which
     // is never above durable_seq.
     let mut set_by = vec![0u64; r.crcs.len()];
@@ -707,11 +771,29 @@ pub fn replay(base: &MetaBase, records: &[LogRecord]) -> Result<Replayed, MetaEr
             .check(&layout)
             .and_then(|()| r.apply(record, &mut set_by))
             .map_err(|problem| MetaError::Replay { index, problem })?;
+        match *record {
+            LogRecord::Intent {
+                first_block,
+                block_count,
+            } => {
+                // check() bounded the range by the chunk's blocks.
+                let first = first_block as usize;
+                open_intent[first..first + block_count as usize].fill(true);
+            }
+            LogRecord::IntentsClosed => open_intent.fill(false),
+            _ => {}
+        }
     }
     r.unsettled_blocks = set_by
         .iter()
         .enumerate()
-        .filter(|&(_, &seq)| seq > r.durable_seq)
+        .filter(|&(block, &seq)| seq > r.durable_seq || open_intent[block])
+        .map(|(block, _)| block as u32)
+        .collect();
+    r.open_intent_blocks = open_intent
+        .iter()
+        .enumerate()
+        .filter(|&(_, &open)| open)
         .map(|(block, _)| block as u32)
         .collect();
     Ok(r)
@@ -774,6 +856,7 @@ impl Replayed {
                 self.version = *version;
             }
             LogRecord::State { state } => self.state = *state,
+            LogRecord::Intent { .. } | LogRecord::IntentsClosed => {}
         }
         Ok(())
     }
@@ -925,6 +1008,14 @@ pub enum RecordError {
     VersionBackwards { version: u64, current: u64 },
     #[error("Durable seq {seq} is beyond the last Write seq {last_seq}")]
     DurableAhead { seq: u64, last_seq: u64 },
+    #[error(
+        "Intent for blocks {first_block}..{first_block}+{block_count} is empty or beyond the chunk's {chunk_blocks} blocks"
+    )]
+    IntentBeyondChunk {
+        first_block: u32,
+        block_count: u32,
+        chunk_blocks: u64,
+    },
 }
 
 /// Callers pass offsets inside bytes whose length they checked.

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use compio::buf::{IntoInner, IoBuf};
-use compio::io::AsyncReadAtExt;
+use compio::io::{AsyncReadAt, AsyncReadAtExt, AsyncWriteAtExt};
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 
 use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, LogEnd, write_meta_file};
@@ -131,6 +131,8 @@ pub struct RecoveryStats {
     pub chunks: u64,
     pub quarantined: u64,
     pub unsettled_blocks_checked: u64,
+    /// Bytes past a chunk's length rewritten as zeros (open Intents).
+    pub bytes_zeroed: u64,
     pub blocks_recomputed: u64,
     pub compacted: u64,
 }
@@ -299,7 +301,7 @@ impl Store {
             log_bytes: self.log_bytes,
             crcs: Vec::new(),
         };
-        let meta_file = write_meta_file(&dir, &base).await?;
+        let (meta_file, _) = write_meta_file(&dir, &base, &[]).await?;
         let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
         let data = DataFile {
             file: data,
@@ -373,19 +375,20 @@ pub(crate) fn random_nonzero() -> ChunkResult<u64> {
     }
 }
 
-/// Creates an empty data file. Space is allocated as data arrives
-/// ([`grow_allocation`]), so a small file's chunk takes what it holds, not
-/// a whole chunk. Not synced here: the directory fsync that makes the
-/// chunk's meta file durable covers the new entry, the file is empty, and
-/// every acknowledged write fdatasyncs it; recovery recreates an empty
-/// chunk's data file if a crash lost it anyway.
+/// Creates an empty data file, O_DIRECT|O_DSYNC like every data file a
+/// chunk writes through (a write is durable when it completes). Space is
+/// allocated as data arrives ([`grow_allocation`]), so a small file's
+/// chunk takes what it holds, not a whole chunk. Not synced here: the
+/// directory fsync that makes the chunk's meta file durable covers the new
+/// entry, the file is empty, and every write to it is O_DSYNC; recovery
+/// recreates an empty chunk's data file if a crash lost it anyway.
 pub(crate) async fn create_data_file(
     dir: &DataDir,
     handle: u64,
     data_file_id: u64,
 ) -> ChunkResult<compio::fs::File> {
     let path = dir.data_path(handle, data_file_id);
-    dio::open_direct(&path, true, false)
+    dio::open_direct(&path, true, true)
         .await
         .map_err(|e| ChunkError::io(format!("creating {}", path.display()), e))
 }
@@ -480,14 +483,14 @@ async fn recover_chunk(
             "empty chunk without its data file: recreated"
         );
     }
-    let data = dio::open_direct(&data_path, create, false)
+    let data = dio::open_direct(&data_path, create, true)
         .await
         .map_err(|e| ChunkError::io(format!("opening {}", data_path.display()), e))?;
     let size = std::fs::metadata(&data_path)
         .map_err(|e| ChunkError::io(format!("stat {}", data_path.display()), e))?
         .len();
     // Every acknowledged byte lies inside the durable allocation (the
-    // fdatasync before an acknowledgement also made the size durable). A
+    // O_DSYNC write before an acknowledgement also made the size durable). A
     // shorter file means the last, unacknowledged, write grew it and the
     // crash lost the growth: allocate again (zeros) and let the unsettled
     // blocks below take CRCs that match what is there.
@@ -534,6 +537,24 @@ async fn recover_chunk(
         }
     }
     stats.blocks_recomputed += recomputed;
+    // Past the length, an open Intent's blocks may hold an unacknowledged
+    // write whose record never reached the log; holes and pads count on
+    // zeros there.
+    let zeroed = zero_past_length(
+        &data,
+        &replayed.open_intent_blocks,
+        replayed.length_bytes,
+        allocated,
+        dir.align,
+    )
+    .await
+    .map_err(|e| {
+        ChunkError::io(
+            format!("zeroing past the length of {}", data_path.display()),
+            e,
+        )
+    })?;
+    stats.bytes_zeroed += zeroed;
     if recomputed > 0 {
         tracing::warn!(
             handle = base.handle,
@@ -544,8 +565,10 @@ async fn recover_chunk(
     // A torn tail (non-zero bytes where the next batch goes) or recomputed
     // CRCs: start a fresh base, so the next batch never sits beside stale
     // bytes and the recomputed CRCs are durable.
-    let needs_compaction =
-        recomputed > 0 || !scan.tail_zeroed || !replayed.unsettled_blocks.is_empty();
+    let needs_compaction = recomputed > 0
+        || !scan.tail_zeroed
+        || !replayed.unsettled_blocks.is_empty()
+        || !replayed.open_intent_blocks.is_empty();
     let meta_file = dio::open_direct(&found.meta_path, false, true)
         .await
         .map_err(|e| ChunkError::io(format!("opening {}", found.meta_path.display()), e))?;
@@ -570,6 +593,66 @@ async fn recover_chunk(
     }
     Ok(chunk)
 }
+
+/// Writes zeros over every byte at or past `length` (and below
+/// `allocated`) of `blocks`, in runs of at most `ZERO_RUN_BYTES`. The
+/// data file is O_DSYNC, so they are durable on return. Returns the
+/// bytes written.
+async fn zero_past_length(
+    data: &compio::fs::File,
+    blocks: &[u32],
+    length: u64,
+    allocated: u64,
+    align: crate::dio::DioAlign,
+) -> std::io::Result<u64> {
+    const BLOCK: u64 = BLOCK_BYTES as u64;
+    let sector = align.offset_align_bytes as u64;
+    // Byte ranges to zero, sector aligned: a partial sector at the length
+    // keeps its bytes below the length, so it is read and rewritten.
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for &block in blocks {
+        let start = (u64::from(block) * BLOCK).max(length);
+        let end = ((u64::from(block) + 1) * BLOCK).min(allocated);
+        if start >= end {
+            continue;
+        }
+        match ranges.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => ranges.push((start, end)),
+        }
+    }
+    let mut written = 0;
+    let mut file = data;
+    let mut buf = AlignedBuf::zeroed(ZERO_RUN_BYTES as usize, align.mem_align_bytes);
+    for (start, end) in ranges {
+        let mut at = crate::dio::align_down(start, sector);
+        while at < end {
+            let n = (end - at).min(ZERO_RUN_BYTES);
+            let io_len = align_up(n, sector);
+            buf.set_len_bytes(0);
+            buf.zero_from(0);
+            if at < start {
+                // The sector holding the length: keep the bytes below it.
+                // A file cut short inside it reads short: the rest is zeros.
+                let compio::BufResult(r, slice) =
+                    data.read_at(buf.slice(0..sector as usize), at).await;
+                buf = slice.into_inner();
+                r?;
+                buf.zero_from((start - at) as usize);
+            }
+            buf.set_len_bytes(io_len as usize);
+            let compio::BufResult(r, b) = file.write_all_at(buf, at).await;
+            buf = b;
+            r?;
+            written += io_len;
+            at += io_len;
+        }
+    }
+    Ok(written)
+}
+
+/// Zeros written per write at recovery (`zero_past_length`).
+const ZERO_RUN_BYTES: u64 = 1 << 20;
 
 #[cfg(test)]
 mod tests {

@@ -880,6 +880,115 @@ fn unsettled_blocks_are_those_of_writes_above_durable() {
 }
 
 #[test]
+fn intent_records_are_fixed_little_endian() {
+    let mut out = Vec::new();
+    encode_batch(
+        1,
+        &[
+            LogRecord::Intent {
+                first_block: 0x0102_0304,
+                block_count: 0x0506_0708,
+            },
+            LogRecord::IntentsClosed,
+        ],
+        &mut out,
+    );
+    assert_eq!(
+        &out[24..56],
+        &[
+            5, 0, 0, 0, 8, 0, 0, 0, 4, 3, 2, 1, 8, 7, 6, 5, // Intent
+            6, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // IntentsClosed
+        ]
+    );
+}
+
+#[test]
+fn malformed_intents_are_errors() {
+    let record = |kind: u8, body: [u8; 8]| {
+        let mut r = vec![kind, 0, 0, 0, 8, 0, 0, 0];
+        r.extend_from_slice(&body);
+        r
+    };
+    let intent = |first: u32, count: u32| {
+        let mut body = [0; 8];
+        body[..4].copy_from_slice(&first.to_le_bytes());
+        body[4..].copy_from_slice(&count.to_le_bytes());
+        record(5, body)
+    };
+    // The test file's chunk is 1 MiB: 16 blocks.
+    scan(&sealed_batch(1, &intent(0, 16))).unwrap();
+    scan(&sealed_batch(1, &intent(15, 1))).unwrap();
+    for (first, count) in [(0, 0), (0, 17), (16, 1), (u32::MAX, 2)] {
+        assert_eq!(
+            record_error(&sealed_batch(1, &intent(first, count))),
+            RecordError::IntentBeyondChunk {
+                first_block: first,
+                block_count: count,
+                chunk_blocks: 16
+            }
+        );
+    }
+    scan(&sealed_batch(1, &record(6, [0; 8]))).unwrap();
+    assert_eq!(
+        record_error(&sealed_batch(1, &record(6, [0, 0, 0, 0, 0, 0, 0, 1]))),
+        RecordError::PaddingNotZero
+    );
+    let mut short = intent(0, 1);
+    short[4] = 0;
+    assert_eq!(
+        record_error(&sealed_batch(1, &short[..8])),
+        RecordError::BodyBytes {
+            kind: 5,
+            body_bytes: 0,
+            expected: 8
+        }
+    );
+}
+
+#[test]
+fn open_intents_unsettle_their_blocks_until_closed() {
+    // 16 blocks; 5 written.
+    let b = base(MIB, 8192, 5 * BLOCK);
+    let intent = |first_block, block_count| LogRecord::Intent {
+        first_block,
+        block_count,
+    };
+    let mut records = vec![intent(3, 6), write_on(11, 5 * BLOCK, 0, BLOCK)];
+    records.push(LogRecord::Durable { seq: 11 });
+    let r = replay(&b, &records).unwrap();
+    // Below the length the Intent's blocks are unsettled although every
+    // Write is durable; past it they are listed for zeroing.
+    assert_eq!(r.unsettled_blocks, [3, 4]);
+    assert_eq!(r.open_intent_blocks, [3, 4, 5, 6, 7, 8]);
+    // Intents add up.
+    records.push(intent(0, 1));
+    let r = replay(&b, &records).unwrap();
+    assert_eq!(r.unsettled_blocks, [0, 3, 4]);
+    assert_eq!(r.open_intent_blocks, [0, 3, 4, 5, 6, 7, 8]);
+    // A close ends them all; a Write above Durable still unsettles its own.
+    records.push(write_on(12, 5 * BLOCK, BLOCK, BLOCK));
+    records.push(LogRecord::IntentsClosed);
+    let r = replay(&b, &records).unwrap();
+    assert_eq!(r.unsettled_blocks, [1]);
+    assert!(r.open_intent_blocks.is_empty());
+    // An Intent after the close is open again.
+    records.push(intent(15, 1));
+    let r = replay(&b, &records).unwrap();
+    assert_eq!(
+        (
+            r.unsettled_blocks.as_slice(),
+            r.open_intent_blocks.as_slice()
+        ),
+        (&[1][..], &[15][..])
+    );
+    // Intents change neither the length, the CRCs nor the seqs.
+    assert_eq!(
+        (r.length_bytes, r.last_seq, r.durable_seq),
+        (5 * BLOCK, 12, 11)
+    );
+}
+
+#[test]
 fn base_blocks_are_settled_and_durable_starts_at_base_seq() {
     let b = base(MIB, 8192, 2 * BLOCK);
     let r = replay(&b, &[]).unwrap();
@@ -892,7 +1001,8 @@ fn base_blocks_are_settled_and_durable_starts_at_base_seq() {
             crcs: b.crcs.clone(),
             last_seq: 10,
             durable_seq: 10,
-            unsettled_blocks: vec![]
+            unsettled_blocks: vec![],
+            open_intent_blocks: vec![],
         }
     );
     let r = replay(&b, &[LogRecord::Durable { seq: 3 }]).unwrap();
@@ -1034,6 +1144,11 @@ enum Step {
     },
     Durable,
     Version,
+    Intent {
+        first_block: u32,
+        block_count: u32,
+    },
+    CloseIntents,
     /// Ends the current batch.
     Flush,
 }
@@ -1046,6 +1161,11 @@ fn arb_steps(chunk: u64) -> impl Strategy<Value = Vec<Step>> {
         }),
         1 => Just(Step::Durable),
         1 => Just(Step::Version),
+        1 => (0..chunk / BLOCK, 1..=4u64).prop_map(move |(first, n)| Step::Intent {
+            first_block: first as u32,
+            block_count: n.min(chunk / BLOCK - first) as u32,
+        }),
+        1 => Just(Step::CloseIntents),
         2 => Just(Step::Flush),
     ];
     prop::collection::vec(step, 0..40)
@@ -1065,6 +1185,7 @@ proptest! {
         // Model: length, and per block its CRC and the seq that set it.
         let mut length = start_len;
         let mut blocks_model: Vec<(u32, u64)> = b.crcs.iter().map(|&c| (c, 0)).collect();
+        let mut open_intent = vec![false; blocks as usize];
         let (mut seq, mut durable, mut version) = (b.base_seq, b.base_seq, b.version);
         let mut batches: Vec<Vec<LogRecord>> = vec![vec![]];
         for step in steps {
@@ -1089,6 +1210,16 @@ proptest! {
                 Step::Version => {
                     version += 1;
                     LogRecord::Version { version }
+                }
+                Step::Intent { first_block, block_count } => {
+                    for b in first_block..first_block + block_count {
+                        open_intent[b as usize] = true;
+                    }
+                    LogRecord::Intent { first_block, block_count }
+                }
+                Step::CloseIntents => {
+                    open_intent.fill(false);
+                    LogRecord::IntentsClosed
                 }
                 Step::Flush => {
                     batches.push(vec![]);
@@ -1116,10 +1247,12 @@ proptest! {
         let unsettled: Vec<u32> = blocks_model
             .iter()
             .enumerate()
-            .filter(|&(_, &(_, s))| s > durable)
+            .filter(|&(i, &(_, s))| s > durable || open_intent[i])
             .map(|(i, _)| i as u32)
             .collect();
         prop_assert_eq!(&r.unsettled_blocks, &unsettled);
+        let open: Vec<u32> = (0..blocks as u32).filter(|&i| open_intent[i as usize]).collect();
+        prop_assert_eq!(&r.open_intent_blocks, &open);
 
         // A crash tearing the last batch loses exactly that batch.
         if let Some(last) = batches.last() {
@@ -1152,6 +1285,26 @@ fn fuzz_seeds() -> Vec<Vec<u8>> {
                     LogRecord::Durable { seq: 11 },
                     write_on(12, 3 * BLOCK + 117, BLOCK, 2 * BLOCK),
                     LogRecord::Version { version: 8 },
+                ],
+            ],
+        ),
+        file(
+            &written,
+            &[
+                vec![
+                    LogRecord::Intent {
+                        first_block: 3,
+                        block_count: 13,
+                    },
+                    write_on(11, 3 * BLOCK + 17, 3 * BLOCK + 17, BLOCK),
+                ],
+                vec![
+                    LogRecord::Durable { seq: 11 },
+                    LogRecord::IntentsClosed,
+                    LogRecord::Intent {
+                        first_block: 0,
+                        block_count: 1,
+                    },
                 ],
             ],
         ),

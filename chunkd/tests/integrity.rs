@@ -323,6 +323,82 @@ fn data_files_grow_with_their_data_and_a_truncated_one_is_refused() {
     assert_eq!(e.code, ErrorCode::ChecksumMismatch);
 }
 
+/// Data written under an Intent may reach the disk before its log record
+/// (note 015). After a kill -9, recovery rewrites as zeros whatever lies
+/// past the length in open-Intent blocks (there an unacknowledged write
+/// may have left bytes no record describes), so a later hole still reads
+/// as zeros under zero CRCs. The Intent is open only until the next
+/// housekeeping tick (500 ms) closes it; an attempt whose kill came after
+/// that zeroes nothing and is repeated, bounded.
+#[test]
+fn a_crash_with_open_intents_zeroes_past_the_length() {
+    const MIB: u64 = 1 << 20;
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let mut cs = env.start(
+        std::slice::from_ref(&d0),
+        &["--cores", "1", "--scrub-period-secs", "100000"],
+    );
+    let data = pattern(9, (MIB + 100) as usize);
+    for attempt in 0..5u64 {
+        let handle = 0x70 + attempt;
+        let (master, mut client) = primary_chunk(&env, &cs, handle);
+        // Its batch predicts the stream's next write: blocks 16..=32.
+        expect_ok(&write(&mut client, 1, handle, 1, 0, &data));
+        drop((master, client));
+        cs.kill9();
+        // An in-flight write whose record was lost: bytes past the length
+        // in the partial block 16 and in block 17.
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(data_file(&d0, handle))
+            .unwrap();
+        for at in [MIB + 150, MIB + B + 5] {
+            std::os::unix::fs::FileExt::write_all_at(&f, &[0xa5; 300], at).unwrap();
+        }
+        f.sync_all().unwrap();
+        drop(f);
+        cs.restart(&env);
+        let zeroed: u64 = cs
+            .ready_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix("zeroed_bytes="))
+            .expect("the ready line reports zeroed_bytes")
+            .parse()
+            .unwrap();
+        if zeroed == 0 {
+            continue;
+        }
+        assert!(zeroed >= B, "{}", cs.ready_line);
+        let mut master = cs.conn(&env, PeerKind::Master);
+        expect_ok(&lease(&mut master, 1, handle, 1, 60_000, Vec::new()));
+        let mut client = cs.conn(&env, PeerKind::Client);
+        assert_eq!(
+            read(&mut client, handle, 0, (MIB + 100) as u32).unwrap(),
+            data
+        );
+        // A write beyond a hole: blocks 16..48 take the CRCs of zeros
+        // without any data written there.
+        expect_ok(&write(
+            &mut client,
+            1,
+            handle,
+            1,
+            3 * MIB,
+            b"after the hole",
+        ));
+        let got = read(&mut client, handle, MIB, (2 * B) as u32)
+            .expect("the hole reads back, its CRCs matching");
+        assert_eq!(&got[..100], &data[MIB as usize..]);
+        assert!(
+            got[100..].iter().all(|&b| b == 0),
+            "the hole reads as zeros"
+        );
+        return;
+    }
+    panic!("five kills all came after the housekeeping tick closed the Intent");
+}
+
 #[test]
 fn fencing_refuses_stale_epochs_versions_and_expired_leases() {
     let env = Env::new(CHUNK);

@@ -46,6 +46,12 @@ fn check(data: &[u8]) {
     assert_eq!(r.crcs.len() as u64, block_count(r.length_bytes));
     assert!(r.durable_seq <= r.last_seq);
     assert!(r.unsettled_blocks.windows(2).all(|w| w[0] < w[1]));
+    assert!(r.open_intent_blocks.windows(2).all(|w| w[0] < w[1]));
+    assert!(
+        r.open_intent_blocks
+            .iter()
+            .all(|&b| u64::from(b) < block_count(layout.chunk_size_bytes))
+    );
     assert!(
         r.unsettled_blocks
             .iter()
