@@ -325,9 +325,10 @@ pub enum LogRecord {
         first_block: u32,
         block_count: u32,
     },
-    /// Every data write issued under an earlier Intent has completed, is
-    /// durable and has its Write record earlier in the log: those Intents
-    /// no longer apply.
+    /// The Intents logged before this no longer apply: every data write
+    /// issued under them has its Write record earlier in the log (in this
+    /// batch or before), and that record covers its blocks from here on.
+    /// Intents after it in the same batch are the new open set.
     IntentsClosed,
 }
 
