@@ -103,6 +103,15 @@ pub fn run(args: Args) -> Res<()> {
     if args.rounds == 0 || args.runtime_secs == 0 {
         return Err("--rounds and --runtime-secs must be >= 1".into());
     }
+    if let Some(only) = &args.only
+        && !cases().iter().any(|c| c.name.contains(only.as_str()))
+    {
+        let names: Vec<String> = cases().into_iter().map(|c| c.name).collect();
+        return Err(format!(
+            "--only {only:?} matches no case; the cases are: {}",
+            names.join(", ")
+        ));
+    }
     let chunkd_bin = fs::canonicalize(&args.chunkd_bin)
         .map_err(|e| format!("--chunkd-bin {}: {e}", args.chunkd_bin.display()))?;
     fs::create_dir_all(&args.dir).map_err(|e| format!("--dir {}: {e}", args.dir.display()))?;
@@ -353,9 +362,10 @@ role = "voter"
                     .is_none_or(|o| c.name.contains(o.as_str()))
             })
             .collect();
-        if cases.is_empty() {
-            return Err(format!("--only {:?} matches no case", self.only));
-        }
+        assert!(
+            !cases.is_empty(),
+            "run() checked that --only matches a case"
+        );
         let secs = self.runtime.as_secs();
         let say = |case: &str, system: &str, m: &Metrics| {
             println!("round {round}: {case:22} {system:18} {}", m.brief());
