@@ -30,7 +30,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -338,7 +338,11 @@ impl Own {
         // and the bench reads the real ones from its ready line, so a port
         // taken meanwhile does not matter. The peer address is never bound
         // by a single voter.
-        let (client, peer, http) = (free_port()?, free_port()?, free_port()?);
+        // They must differ (the config refuses a reused address), so all
+        // three are bound at once before any is released.
+        let ports = ringfs_client::local::config_gen::free_ports(3)
+            .map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
+        let (client, peer, http) = (ports[0], ports[1], ports[2]);
         let tuning = match args.checkpoint_every_records {
             Some(n) => format!("\n[master]\ncheckpoint_every_records = {n}\n"),
             None => String::new(),
@@ -1085,11 +1089,6 @@ impl Drop for Masterd {
     fn drop(&mut self) {
         self.kill9();
     }
-}
-
-fn free_port() -> Res<u16> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| format!("bind 127.0.0.1:0: {e}"))?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn tail(path: &Path) -> String {

@@ -8,11 +8,12 @@
 
 pub mod proxy;
 
+use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use ringfs_client::conn::{Conn, Response};
@@ -37,13 +38,25 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
-/// A free loopback port (bound and released: the usual small race).
+/// A free loopback port (bound and released: the usual small race with other
+/// processes). The kernel may hand the same ephemeral port to two binds in a
+/// row once the first is released, which made one cluster's http and client
+/// addresses collide; so a port is never handed out twice by this process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    const ATTEMPTS_MAX: usize = 256;
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..ATTEMPTS_MAX {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .expect("bind 127.0.0.1:0")
+            .local_addr()
+            .expect("local_addr")
+            .port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+    panic!("no fresh loopback port in {ATTEMPTS_MAX} attempts");
 }
 
 fn rand_u64() -> u64 {
