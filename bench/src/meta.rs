@@ -9,10 +9,10 @@
 //! - phases `mkdirs` (the directories that hold the files), `creates`
 //!   (`--files` empty files, exclusive), `stats` (every file) and `renames`
 //!   (every file to a new name in its directory), each run by
-//!   `--clients` × `--depth` threads, each with its own connection and its
-//!   own `RequestId` client id, one request in flight per connection
-//!   (`ringfs_client::conn::Conn` is lock-step: it has no public send or
-//!   tagged receive, so queue depth is more connections, not pipelining);
+//!   `--clients` × `--depth` tokio tasks on `--client-threads` threads, each
+//!   with its own connection and its own `RequestId` client id, one request
+//!   in flight per connection (`ringfs_client::link::Link` is lock-step, so
+//!   queue depth is more connections, not pipelining);
 //! - per phase: ops/s over the phase's wall clock, p50/p99/p999/max latency at
 //!   the client (hdrhistogram), and from `/metrics` deltas the op-log
 //!   records per fsync, ops per fsync and ops per proposal, plus the CPU of
@@ -35,13 +35,15 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Barrier, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hdrhistogram::Histogram;
 use ringfs_client::conn::Conn;
+use ringfs_client::link::Link;
 use ringfs_wire::auth::ClusterKey;
 use ringfs_wire::config::Config;
+use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::msg::{Body, Create, ErrorCode, Mkdir, PeerKind, Rename, RequestId, Stat};
 use serde_json::{Value, json};
 
@@ -82,13 +84,19 @@ pub struct Args {
     /// of the master whose `client_addr` is --addr, for /metrics).
     #[arg(long, requires = "addr")]
     pub config: Option<PathBuf>,
-    /// Concurrent client threads per phase.
+    /// Concurrent clients per phase, each a task with its own connection.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
     /// Requests in flight per client. The connection is lock-step, so each
-    /// client runs this many connections (threads), one request each.
+    /// client runs this many connections (tasks), one request each.
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
+    /// Threads of the bench's tokio runtime, which drive every client task.
+    /// The bench shares the machine with the master: one OS thread per
+    /// client (as before 2026-11-21) spent as much CPU on context switches
+    /// as the master spent serving.
+    #[arg(long, default_value_t = 1)]
+    pub client_threads: usize,
     /// Files created, stat'ed and renamed per round.
     #[arg(long, default_value_t = 200_000)]
     pub files: u64,
@@ -117,8 +125,15 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Res<()> {
-    if args.clients == 0 || args.depth == 0 || args.files == 0 || args.rounds == 0 {
-        return Err("--clients, --depth, --files and --rounds must be >= 1".into());
+    if args.clients == 0
+        || args.depth == 0
+        || args.files == 0
+        || args.rounds == 0
+        || args.client_threads == 0
+    {
+        return Err(
+            "--clients, --depth, --files, --rounds and --client-threads must be >= 1".into(),
+        );
     }
     if args.timeout_secs == 0 {
         return Err("--timeout-secs must be >= 1".into());
@@ -245,6 +260,20 @@ impl Target {
             IO_TIMEOUT,
         )
         .map_err(|e| format!("connecting to masterd {}: {e}", self.addr))
+    }
+
+    /// A connection for a client task (the future owns what it needs).
+    fn connect_async(&self) -> impl Future<Output = Res<Link>> + Send + 'static {
+        let (addr, key, cluster) = (self.addr.clone(), self.key.clone(), self.cluster.clone());
+        async move {
+            let link = Link::connect(&addr, &key, &cluster, FrameLimits::CONTROL);
+            tokio::time::timeout(IO_TIMEOUT, link)
+                .await
+                .map_err(|_| {
+                    format!("connecting to masterd {addr}: no answer within {IO_TIMEOUT:?}")
+                })?
+                .map_err(|e| format!("connecting to masterd {addr}: {e}"))
+        }
     }
 
     fn scrape(&self) -> Option<Scrape> {
@@ -603,6 +632,7 @@ impl Phase {
 
 /// The namespace of one round: `/<root>/d<j>` directories, file `i` in
 /// directory `i % dirs` as `f<i>`, renamed to `r<i>`.
+#[derive(Clone)]
 struct Plan {
     root: String,
     files: u64,
@@ -704,7 +734,7 @@ fn run_phases(
     let workers = args.clients * args.depth;
     let limit = Duration::from_secs(args.timeout_secs);
     for phase in PHASES {
-        let p = run_phase(target, phase, plan, workers, limit)?;
+        let p = run_phase(target, phase, plan, workers, args.client_threads, limit)?;
         after(phase);
         let m = p.metrics(phase);
         println!("round {round}: {:8} {}", phase.name(), brief(&m));
@@ -792,41 +822,43 @@ fn run_phase(
     phase: Phase,
     plan: &Plan,
     workers: usize,
+    client_threads: usize,
     limit: Duration,
 ) -> Res<PhaseOut> {
-    let barrier = Barrier::new(workers + 1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(client_threads)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("client runtime: {e}"))?;
     let n = plan.ops(phase);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
+    runtime.block_on(async {
+        let barrier = Arc::new(tokio::sync::Barrier::new(workers + 1));
+        let plan = Arc::new(plan.clone());
+        let tasks: Vec<_> = (0..workers)
             .map(|w| {
-                let barrier = &barrier;
-                s.spawn(move || {
-                    let conn = target.connect();
+                let (barrier, plan) = (barrier.clone(), plan.clone());
+                let connect = target.connect_async();
+                tokio::spawn(async move {
+                    let link = connect.await;
                     // Everyone reaches the barrier, connected or not.
-                    barrier.wait();
-                    let mut conn = conn?;
+                    barrier.wait().await;
+                    let mut link = link?;
                     let deadline = Instant::now() + limit;
-                    worker(
-                        &mut conn,
-                        phase,
-                        plan,
-                        w as u64,
-                        workers as u64,
-                        n,
-                        deadline,
-                    )
+                    let first = w as u64;
+                    worker(&mut link, phase, &plan, first, workers as u64, n, deadline).await
                 })
             })
             .collect();
+        // Scrapes are blocking, on this (non-worker) thread, before the start.
         let before = target.scrape();
         let srv0 = target.cpu_secs();
         let cli0 = proc_cpu_secs("/proc/self/stat");
-        barrier.wait();
+        barrier.wait().await;
         let t0 = Instant::now();
-        let results: Vec<_> = handles
-            .into_iter()
-            .map(|h| h.join().map_err(|_| "a client thread panicked".to_string()))
-            .collect();
+        let mut results = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            results.push(task.await.map_err(|e| format!("a client task failed: {e}")));
+        }
         let secs = t0.elapsed().as_secs_f64();
         let server_cpu_s = target.cpu_secs().zip(srv0).map(|(b, a)| b - a);
         let client_cpu_s = proc_cpu_secs("/proc/self/stat")
@@ -870,8 +902,8 @@ struct WorkerOut {
     first_error: Option<String>,
 }
 
-fn worker(
-    conn: &mut Conn,
+async fn worker(
+    link: &mut Link,
     phase: Phase,
     plan: &Plan,
     first: u64,
@@ -890,7 +922,8 @@ fn worker(
     };
     let mut i = first;
     while i < n {
-        if Instant::now() > deadline {
+        let now = Instant::now();
+        if now > deadline {
             return Err(format!(
                 "{}: not done within the time limit ({} of this connection's requests done)",
                 phase.name(),
@@ -903,8 +936,14 @@ fn worker(
         let t = Instant::now();
         let mut retries = 0;
         let failure = loop {
-            let r = conn
-                .call(&body, &[])
+            let r = tokio::time::timeout(IO_TIMEOUT, link.call(&body, &[]))
+                .await
+                .map_err(|_| {
+                    format!(
+                        "{} request {i}: no reply within {IO_TIMEOUT:?}",
+                        phase.name()
+                    )
+                })?
                 .map_err(|e| format!("{} request {i}: {e}", phase.name()))?;
             match (&r.body, phase) {
                 (Body::AttrReply(_), Phase::Mkdirs | Phase::Creates | Phase::Stats) => break None,
@@ -912,7 +951,8 @@ fn worker(
                 (Body::ErrorReply(e), _) if e.code == ErrorCode::Busy && retries < BUSY_RETRIES => {
                     retries += 1;
                     out.busy_retries += 1;
-                    std::thread::sleep(Duration::from_millis(u64::from(e.retry_after_ms.max(1))));
+                    let pause_ms = u64::from(e.retry_after_ms.max(1));
+                    tokio::time::sleep(Duration::from_millis(pause_ms)).await;
                 }
                 (Body::ErrorReply(e), _) => break Some(format!("{:?}: {:?}", e.code, e.message)),
                 (other, _) => break Some(format!("unexpected reply {other:?}")),

@@ -11,7 +11,7 @@ use ringfs_wire::auth::{ClusterKey, Identity};
 use ringfs_wire::frame::{FrameHeader, FrameLimits};
 use ringfs_wire::message::Encoder;
 use ringfs_wire::msg::{Body, PeerKind};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use crate::frames::{self, ConnError};
@@ -19,8 +19,12 @@ use crate::frames::{self, ConnError};
 /// Idle links kept per address; more are closed when returned.
 pub const IDLE_LINKS_PER_ADDR_MAX: usize = 32;
 
+/// Read buffer of a link: a reply's header and meta in one recv. Larger
+/// reads (chunk data) bypass it.
+const READ_BUFFER_BYTES: usize = 8 << 10;
+
 pub struct Link {
-    stream: TcpStream,
+    stream: BufReader<TcpStream>,
     encoder: Encoder,
     out: Vec<u8>,
     next_request_id: u64,
@@ -48,7 +52,7 @@ impl Link {
         };
         frames::initiate_handshake(&mut stream, key, cluster_id, me).await?;
         Ok(Link {
-            stream,
+            stream: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
             encoder: Encoder::new(),
             out: Vec::new(),
             next_request_id: 1,

@@ -14,7 +14,7 @@ use ringfs_wire::auth::Identity;
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::{Encoder, error_body};
 use ringfs_wire::msg::{Body, ErrorCode, PeerKind};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 
@@ -26,6 +26,8 @@ use crate::{client_api, cslink};
 pub const CONNECTIONS_MAX: usize = 4096;
 /// Requests of one client connection being worked on at once.
 pub const REQUESTS_IN_FLIGHT_PER_CONNECTION: usize = 64;
+/// Read buffer of a client connection: room for many control frames.
+const READ_BUFFER_BYTES: usize = 16 << 10;
 // Every in-flight request of a connection must fit in its client's
 // idempotency window, or a late one would be refused as too old.
 const _: () = assert!(REQUESTS_IN_FLIGHT_PER_CONNECTION <= crate::state::REQUEST_WINDOW_PER_CLIENT);
@@ -135,7 +137,10 @@ async fn serve_chunkserver(
 
 async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), ConnError> {
     let limits = FrameLimits::CONTROL;
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    // Buffered: a frame is header + meta, and a pipelining client sends
+    // several back to back; one recv takes them all instead of two per frame.
+    let mut reader = BufReader::with_capacity(READ_BUFFER_BYTES, reader);
     let (tx, mut rx) = mpsc::channel::<(u64, Body)>(REQUESTS_IN_FLIGHT_PER_CONNECTION);
     let writer_task = tokio::spawn(async move {
         let mut encoder = Encoder::new();
