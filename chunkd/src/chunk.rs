@@ -29,6 +29,7 @@ use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
 use crate::openfiles::{ChunkFiles, OpenFiles, OpenSlot};
 use crate::rangelock::RangeLock;
 use crate::store;
+use crate::unsettled::Unsettled;
 
 const BLOCK: u64 = BLOCK_BYTES as u64;
 /// Most records one log batch takes; the rest wait for the next batch.
@@ -164,6 +165,9 @@ pub struct Chunk {
     open: Rc<OpenFiles>,
     open_id: u64,
     slot: Rc<OpenSlot>,
+    /// The core's chunks with settling to do: this one joins it with each
+    /// meta-log batch (`crate::unsettled`).
+    unsettled: Rc<Unsettled>,
     mem: RefCell<Mem>,
     locks: RangeLock,
     log: RefCell<LogState>,
@@ -174,6 +178,17 @@ pub struct Chunk {
     /// Bytes of the data file allocated (its size): every write lands
     /// inside, so it is an overwrite. Grows, never shrinks.
     allocated_bytes: Cell<u64>,
+}
+
+/// What [`Chunk::settle`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Settle {
+    /// Nothing was left to settle (or can be: a corrupt chunk, a failed log).
+    Clean,
+    /// A batch logged the durable watermark or closed the Intents.
+    Logged,
+    /// Writes were in flight: ask again later.
+    Busy,
 }
 
 /// How a mutation gets its serial.
@@ -268,7 +283,7 @@ impl Chunk {
     /// Wraps files already opened and recovered (see `store`).
     pub(crate) fn from_parts(
         dir: Rc<DataDir>,
-        open: &Rc<OpenFiles>,
+        store: &store::Store,
         base: &MetaBase,
         replayed: meta::Replayed,
         data: DataFile,
@@ -283,6 +298,7 @@ impl Chunk {
         let chunk_blocks = u32::try_from(block_count(layout.chunk_size_bytes))
             .expect("a checked base's chunk has at most 16384 blocks");
         let written_end = log_written_end(&meta_file, &layout);
+        let open = &store.open;
         let (open_id, slot) = open.new_slot();
         open.install(
             open_id,
@@ -305,6 +321,7 @@ impl Chunk {
             open: open.clone(),
             open_id,
             slot,
+            unsettled: store.unsettled.clone(),
             mem: RefCell::new(Mem {
                 version: replayed.version,
                 length: replayed.length_bytes,
@@ -1305,8 +1322,9 @@ impl Chunk {
     /// When the chunk is idle, logs the durable watermark if it moved and
     /// closes its Intents, so a restart does not re-read blocks whose
     /// writes were acknowledged long ago. Called by the housekeeping tick,
-    /// not on the write path.
-    pub async fn settle(&self) -> ChunkResult<()> {
+    /// not on the write path. `Busy`: the chunk was not idle, so nothing
+    /// was done; ask again later.
+    pub async fn settle(&self) -> ChunkResult<Settle> {
         let durable = {
             let mut mem = self.mem.borrow_mut();
             let log = self.log.borrow();
@@ -1315,8 +1333,11 @@ impl Chunk {
             // to its CRC update, and its data completes in between).
             let idle = mem.applying == 0 && log.pending.is_empty() && !log.writing;
             // A failed log takes no more batches (its tail may be torn).
-            if !idle || mem.state == ChunkState::Corrupt || log.failed.is_some() {
-                return Ok(());
+            if mem.state == ChunkState::Corrupt || log.failed.is_some() {
+                return Ok(Settle::Clean);
+            }
+            if !idle {
+                return Ok(Settle::Busy);
             }
             let watermark = mem.durable_watermark();
             if watermark > mem.announced_durable {
@@ -1325,21 +1346,23 @@ impl Chunk {
             } else if !mem.intent_on_disk.is_empty() {
                 None
             } else {
-                return Ok(());
+                return Ok(Settle::Clean);
             }
         };
         match durable {
-            Some(seq) => self.log_append(LogRecord::Durable { seq }).await,
+            Some(seq) => self.log_append(LogRecord::Durable { seq }).await?,
             // A batch of no records: it closes the Intents (no write in it
             // predicts any), still synchronously after the idle check.
             None => {
                 self.write_one_batch().await;
-                match &self.log.borrow().failed {
-                    Some(f) => Err(ChunkError::Internal(format!("meta log write failed: {f}"))),
-                    None => Ok(()),
+                if let Some(f) = &self.log.borrow().failed {
+                    return Err(ChunkError::Internal(format!("meta log write failed: {f}")));
                 }
             }
         }
+        // The batch just written marked the chunk again: the next visit
+        // confirms there is nothing left.
+        Ok(Settle::Logged)
     }
 
     async fn write_one_batch(&self) {
@@ -1394,6 +1417,9 @@ impl Chunk {
             }
             match result {
                 Ok(()) => {
+                    // Whatever this batch opened or left to announce,
+                    // housekeeping settles once the chunk is idle.
+                    self.unsettled.mark(self.handle);
                     let mut mem = self.mem.borrow_mut();
                     mem.intent_durable = next_intents.clone();
                     mem.intent_on_disk = next_intents;

@@ -83,7 +83,7 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
     };
     let chunk = Chunk::from_parts(
         dir.clone(),
-        &core.store.open,
+        &core.store,
         &base,
         replayed,
         data,

@@ -15,7 +15,7 @@ use compio::driver::ProactorBuilder;
 use compio::runtime::RuntimeBuilder;
 use ringfs_wire::auth::ClusterKey;
 
-use crate::chunk::DataDir;
+use crate::chunk::{DataDir, Settle};
 use crate::dio;
 use crate::epoch::EpochStore;
 use crate::groupsync::GroupSync;
@@ -435,11 +435,20 @@ fn core_thread(
 async fn housekeeping(core: Rc<Core>) {
     while !core.node.is_stopping() {
         compio::time::sleep(HOUSEKEEPING_INTERVAL).await;
-        for chunk in core.store.all() {
-            if let Err(e) = chunk.settle().await {
-                tracing::warn!(handle = chunk.handle, "settling: {e}");
+        for handle in core.store.unsettled.take() {
+            // Deleted since it was marked: nothing to settle.
+            let Ok(chunk) = core.store.get(handle) else {
+                continue;
+            };
+            match chunk.settle().await {
+                Ok(Settle::Clean) => {}
+                Ok(Settle::Logged) => core.metrics().settled_chunk(),
+                Ok(Settle::Busy) => core.store.unsettled.mark(handle),
+                Err(e) => tracing::warn!(handle, "settling: {e}"),
             }
         }
+        core.metrics()
+            .set_unsettled_chunks(core.store.unsettled.len() as u64);
         core.metrics()
             .set_buffer_pool_free_buffers(core.pool.free_buffers() as u64);
         core.node.publish_core_counts(core.id, &core.store);

@@ -34,3 +34,4 @@ pub mod server;
 pub mod shard;
 pub mod status;
 pub mod store;
+pub mod unsettled;

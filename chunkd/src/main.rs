@@ -108,7 +108,7 @@ fn run(args: Args) -> Result<(), String> {
     let daemon = Daemon::start(settings, config.key.clone())?;
     let r = &daemon.recovery;
     println!(
-        "chunkd ready listen={} http={} node={} cores={} chunks={} recomputed_blocks={} quarantined={} zeroed_bytes={}",
+        "chunkd ready listen={} http={} node={} cores={} chunks={} recomputed_blocks={} quarantined={} zeroed_bytes={} checked_blocks={}",
         daemon.listen,
         daemon
             .http
@@ -120,6 +120,7 @@ fn run(args: Args) -> Result<(), String> {
         r.blocks_recomputed,
         r.quarantined,
         r.bytes_zeroed,
+        r.unsettled_blocks_checked,
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();

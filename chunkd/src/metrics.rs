@@ -203,6 +203,8 @@ pub struct CoreMetrics {
     open_chunks: AtomicU64,
     chunk_reopens: AtomicU64,
     chunk_closes: AtomicU64,
+    unsettled_chunks: AtomicU64,
+    settles_logged: AtomicU64,
     // Signed: a close counted before its open (never expected) must show
     // as a visible -1, not as 2^64 - 1.
     connections_open: AtomicI64,
@@ -224,6 +226,8 @@ impl CoreMetrics {
             open_chunks: AtomicU64::new(0),
             chunk_reopens: AtomicU64::new(0),
             chunk_closes: AtomicU64::new(0),
+            unsettled_chunks: AtomicU64::new(0),
+            settles_logged: AtomicU64::new(0),
             connections_open: AtomicI64::new(0),
         }
     }
@@ -287,6 +291,16 @@ impl CoreMetrics {
         self.open_chunks.store(s.open_chunks, Relaxed);
         self.chunk_reopens.store(s.reopens, Relaxed);
         self.chunk_closes.store(s.closes, Relaxed);
+    }
+
+    /// Chunks of this core left with settling to do after housekeeping.
+    pub fn set_unsettled_chunks(&self, n: u64) {
+        self.unsettled_chunks.store(n, Relaxed);
+    }
+
+    /// Housekeeping logged an idle chunk's watermark or closed its Intents.
+    pub fn settled_chunk(&self) {
+        self.settles_logged.fetch_add(1, Relaxed);
     }
 
     /// A request this core received was passed to the core owning its chunk.
@@ -426,6 +440,8 @@ impl Metrics {
                 &core.recovery_recomputed_blocks,
             );
             add(&mut t.open_chunks, &core.open_chunks);
+            add(&mut t.unsettled_chunks, &core.unsettled_chunks);
+            add(&mut t.settles_logged, &core.settles_logged);
             add(&mut t.chunk_reopens, &core.chunk_reopens);
             add(&mut t.chunk_closes, &core.chunk_closes);
             t.connections_open = t
@@ -603,6 +619,16 @@ impl Metrics {
             "Chunks whose files are open (bounded per core; idle ones are closed).",
             t.open_chunks,
         );
+        w.gauge(
+            "unsettled_chunks",
+            "Chunks with a durable watermark or open Intents still to log (housekeeping's work list).",
+            t.unsettled_chunks,
+        );
+        w.counter(
+            "settles_logged_total",
+            "Idle chunks whose durable watermark housekeeping logged or whose Intents it closed.",
+            t.settles_logged,
+        );
         w.counter(
             "chunk_reopens_total",
             "Chunks whose files were opened again after being closed for the bound.",
@@ -654,6 +680,8 @@ impl Metrics {
             "highest_epoch": t.highest_epoch,
             "recovery_recomputed_blocks_total": t.recovery_recomputed_blocks,
             "open_chunks": t.open_chunks,
+            "unsettled_chunks": t.unsettled_chunks,
+            "settles_logged_total": t.settles_logged,
             "chunk_reopens_total": t.chunk_reopens,
             "chunk_closes_total": t.chunk_closes,
             "scrub": {
@@ -688,6 +716,8 @@ struct Totals {
     open_chunks: u64,
     chunk_reopens: u64,
     chunk_closes: u64,
+    unsettled_chunks: u64,
+    settles_logged: u64,
     connections_open: i64,
     /// Per core, index = core id.
     handoffs: Vec<u64>,

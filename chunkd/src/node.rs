@@ -130,16 +130,11 @@ impl Node {
     }
 
     pub fn publish_core_counts(&self, core: usize, store: &crate::store::Store) {
-        let chunks = store.all();
-        let corrupt = chunks
-            .iter()
-            .filter(|c| c.state() == ChunkState::Corrupt)
-            .count();
-        let bytes: u64 = chunks.iter().map(|c| c.length()).sum();
+        let (chunks, bytes, corrupt) = store.totals();
         let slot = &self.core_counts[core];
-        slot[0].store(chunks.len() as u64, Ordering::Relaxed);
+        slot[0].store(chunks, Ordering::Relaxed);
         slot[1].store(bytes, Ordering::Relaxed);
-        slot[2].store(corrupt as u64, Ordering::Relaxed);
+        slot[2].store(corrupt, Ordering::Relaxed);
     }
 
     /// (chunks, stored bytes, corrupt chunks) over all cores.

@@ -18,6 +18,7 @@ use crate::dio::{self, AlignedBuf, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase, MetaLayout};
 use crate::openfiles::OpenFiles;
+use crate::unsettled::Unsettled;
 
 pub const CHUNKS_DIR: &str = "chunks";
 pub const QUARANTINE_DIR: &str = "quarantine";
@@ -141,6 +142,8 @@ pub struct Store {
     pub dirs: Vec<Rc<DataDir>>,
     /// This core's open chunk files, bounded.
     pub open: Rc<OpenFiles>,
+    /// This core's chunks with settling to do (housekeeping's work list).
+    pub unsettled: Rc<Unsettled>,
     chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
     creating: RefCell<HashSet<u64>>,
     next_dir: std::cell::Cell<usize>,
@@ -158,6 +161,7 @@ impl Store {
         Store {
             dirs,
             open: Rc::new(OpenFiles::new(open_chunks_max)),
+            unsettled: Rc::default(),
             chunks: RefCell::new(BTreeMap::new()),
             creating: RefCell::new(HashSet::new()),
             next_dir: std::cell::Cell::new(0),
@@ -186,6 +190,17 @@ impl Store {
         self.chunks.borrow().values().cloned().collect()
     }
 
+    /// (chunks, stored bytes, corrupt chunks), without cloning the map.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        let chunks = self.chunks.borrow();
+        let (mut bytes, mut corrupt) = (0u64, 0u64);
+        for c in chunks.values() {
+            bytes += c.length();
+            corrupt += u64::from(c.state() == ChunkState::Corrupt);
+        }
+        (chunks.len() as u64, bytes, corrupt)
+    }
+
     /// Summaries of chunks with a handle above `start_after`, in order.
     pub fn list(&self, start_after: u64, limit: usize) -> Vec<ChunkSummary> {
         self.chunks
@@ -200,7 +215,7 @@ impl Store {
     /// the chunk (it is then simply absent: the master re-replicates).
     pub async fn recover(&self, found: &FoundChunk, stats: &mut RecoveryStats) -> ChunkResult<()> {
         let dir = self.dirs[found.dir_index].clone();
-        match recover_chunk(&dir, &self.open, found, stats).await {
+        match recover_chunk(&dir, self, found, stats).await {
             Ok(chunk) => {
                 let mut chunks = self.chunks.borrow_mut();
                 if let Some(other) = chunks.get(&found.handle) {
@@ -309,7 +324,7 @@ impl Store {
         };
         Ok(Chunk::from_parts(
             dir,
-            &self.open,
+            self,
             &base,
             replayed,
             data,
@@ -440,7 +455,7 @@ pub(crate) fn grow_allocation(
 /// docs/design/006-chunk-meta-file.md.
 async fn recover_chunk(
     dir: &Rc<DataDir>,
-    open: &Rc<OpenFiles>,
+    store: &Store,
     found: &FoundChunk,
     stats: &mut RecoveryStats,
 ) -> ChunkResult<Chunk> {
@@ -574,7 +589,7 @@ async fn recover_chunk(
         .map_err(|e| ChunkError::io(format!("opening {}", found.meta_path.display()), e))?;
     let chunk = Chunk::from_parts(
         dir.clone(),
-        open,
+        store,
         &base,
         replayed,
         DataFile {

@@ -23,7 +23,6 @@ use support::*;
 const CHUNK: u64 = 4 << 20;
 /// The node id the fake leader hands out.
 const NODE_ID: u64 = 42;
-const POLL: Duration = Duration::from_millis(20);
 
 /// A config naming the fake masters (the first a voter, the rest shadows:
 /// an even number of voters is refused), replacing the one `Env::new`
@@ -61,20 +60,6 @@ fn shadow() -> Options {
         master_id: 2,
         register_error: Some(ErrorCode::ReadOnlyShadow),
         ..Options::default()
-    }
-}
-
-/// Polls `f` until it holds, for at most `support::TIMEOUT`.
-fn wait_until(cs: &Chunkd, what: &str, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !f() {
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}\n--- chunkd stderr ---\n{}",
-                cs.stderr()
-            );
-        }
-        std::thread::sleep(POLL);
     }
 }
 
@@ -161,7 +146,7 @@ fn cluster(b_options: Options) -> Cluster {
     point_at(&env, &[a.addr, b.addr]);
     let dirs = [env.data_dir("d0"), env.data_dir("d1")];
     let cs = env.start(&dirs, &["--cores", "2"]);
-    wait_until(&cs, "heartbeats to both masters as the new node", || {
+    cs.wait_until("heartbeats to both masters as the new node", || {
         heartbeats_as(&a, NODE_ID) > 0 && heartbeats_as(&b, NODE_ID) > 0
     });
     Cluster { env, a, b, cs }
@@ -194,11 +179,9 @@ fn registers_with_every_master_and_keeps_the_assigned_node_id() {
     }
     // The shadow refuses registrations as "read-only" yet takes them; once
     // the node has its id, it registers with the shadow under it too.
-    wait_until(
-        &cs,
-        "a registration with the shadow as the new node",
-        || b.log().registrations().iter().any(|r| r.node_id == NODE_ID),
-    );
+    cs.wait_until("a registration with the shadow as the new node", || {
+        b.log().registrations().iter().any(|r| r.node_id == NODE_ID)
+    });
     {
         let log = a.log();
         let h = &log.heartbeats.last().unwrap().1;
@@ -218,7 +201,7 @@ fn registers_with_every_master_and_keeps_the_assigned_node_id() {
         "{}",
         cs.ready_line
     );
-    wait_until(&cs, "re-registration with both masters", || {
+    cs.wait_until("re-registration with both masters", || {
         a.log().registrations().len() > before_a && b.log().registrations().len() > before_b
     });
     for m in [&a, &b] {
@@ -241,7 +224,7 @@ fn commands_in_heartbeat_replies_create_and_delete_chunks() {
     for (i, &h) in handles.iter().enumerate() {
         a.push_command(command(i as u64 + 1, create_cmd(1, h, 1)));
     }
-    wait_until(cs, "results of the creates", || {
+    cs.wait_until("results of the creates", || {
         (1..=3).all(|id| !result_of(a, id).is_empty())
     });
     for (i, &h) in handles.iter().enumerate() {
@@ -252,7 +235,7 @@ fn commands_in_heartbeat_replies_create_and_delete_chunks() {
     }
     // Both masters hear of the new chunks in their incremental reports.
     for m in [a, b] {
-        wait_until(cs, "the new chunks in `added`", || {
+        cs.wait_until("the new chunks in `added`", || {
             let added = added(m);
             handles.iter().all(|h| {
                 added.iter().any(|r| {
@@ -279,7 +262,7 @@ fn commands_in_heartbeat_replies_create_and_delete_chunks() {
             reason: DeleteReason::Orphan,
         })),
     ));
-    wait_until(cs, "results of the delete", || result_of(a, 10).len() == 2);
+    cs.wait_until("results of the delete", || result_of(a, 10).len() == 2);
     let r = result_of(a, 10);
     assert_eq!(
         r.iter().map(|r| r.handle).collect::<Vec<_>>(),
@@ -287,7 +270,7 @@ fn commands_in_heartbeat_replies_create_and_delete_chunks() {
     );
     assert!(r.iter().all(|r| r.error.is_none()), "{r:?}");
     for m in [a, b] {
-        wait_until(cs, "the deleted chunks in `removed`", || {
+        cs.wait_until("the deleted chunks in `removed`", || {
             let removed = removed(m);
             removed.contains(&0x100) && removed.contains(&0x102)
         });
@@ -314,7 +297,7 @@ fn a_command_from_an_older_epoch_gets_a_stale_epoch_result() {
             secondaries: Some(Vec::new()),
         })),
     ));
-    wait_until(cs, "the three results", || {
+    cs.wait_until("the three results", || {
         (1..=3).all(|id| !result_of(a, id).is_empty())
     });
     assert!(result_of(a, 1)[0].error.is_none(), "{:?}", result_of(a, 1));
@@ -324,7 +307,7 @@ fn a_command_from_an_older_epoch_gets_a_stale_epoch_result() {
         assert_eq!(e.code, ErrorCode::StaleEpoch, "{e:?}");
         assert_eq!(e.epoch, 5, "the refusal names the highest epoch seen");
     }
-    wait_until(cs, "a heartbeat with the new highest epoch", || {
+    cs.wait_until("a heartbeat with the new highest epoch", || {
         a.log().heartbeats.iter().any(|(_, h)| h.highest_epoch == 5)
     });
     assert!(!added(a).iter().any(|r| r.handle == 0x201));
@@ -344,14 +327,14 @@ fn a_restarted_master_gets_a_full_report_again() {
     let mut client = cs.conn(&env, PeerKind::Client);
     let data = pattern(7, 100_000);
     expect_ok(&write(&mut client, 1, 0x300, 1, 0, &data));
-    wait_until(&cs, "the written length in `added`", || {
+    cs.wait_until("the written length in `added`", || {
         added(&a)
             .iter()
             .any(|r| r.handle == 0x300 && r.length_bytes == data.len() as u64)
     });
 
     // Heartbeats carry the scrubber's progress, over every stored byte.
-    wait_until(&cs, "scrub progress over the written bytes", || {
+    cs.wait_until("scrub progress over the written bytes", || {
         a.log().heartbeats.iter().any(|(_, h)| {
             h.scrub
                 .as_ref()
@@ -364,7 +347,7 @@ fn a_restarted_master_gets_a_full_report_again() {
     a.stop();
     drop(a);
     let a = FakeMaster::start_on(addr, &env.key, CLUSTER, leader());
-    wait_until(&cs, "a registration with the restarted master", || {
+    cs.wait_until("a registration with the restarted master", || {
         !a.log().registrations().is_empty()
     });
     let reg = a.log().registrations()[0].clone();
@@ -375,7 +358,7 @@ fn a_restarted_master_gets_a_full_report_again() {
     let written = reg.chunks.iter().find(|r| r.handle == 0x300).unwrap();
     assert_eq!(written.length_bytes, data.len() as u64);
     assert_eq!(written.version, 1);
-    wait_until(&cs, "heartbeats to the restarted master", || {
+    cs.wait_until("heartbeats to the restarted master", || {
         heartbeats_as(&a, NODE_ID) > 0
     });
     // The full report is the baseline: later heartbeats add nothing new.
@@ -421,7 +404,7 @@ fn a_corrupt_replica_is_reported_to_every_master() {
     let e = read(&mut client, handle, 0, 100).expect_err("a corrupt block is never served");
     assert_eq!(e.code, ErrorCode::ChecksumMismatch);
     for m in [a, b] {
-        wait_until(cs, "the corrupt replica in a heartbeat", || {
+        cs.wait_until("the corrupt replica in a heartbeat", || {
             corrupt(m)
                 .iter()
                 .any(|r| r.handle == handle && r.state == ReplicaState::Corrupt)
@@ -443,7 +426,7 @@ fn a_lease_in_use_is_extended_through_heartbeats_and_an_idle_one_runs_out() {
     );
     point_at(&env, &[a.addr]);
     let cs = env.start(&[env.data_dir("d0")], &["--cores", "2"]);
-    wait_until(&cs, "heartbeats as the new node", || {
+    cs.wait_until("heartbeats as the new node", || {
         heartbeats_as(&a, NODE_ID) > 0
     });
     let mut master = cs.conn(&env, PeerKind::Master);

@@ -7,25 +7,11 @@
 mod support;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use ringfs_wire::msg::{Body, DeleteChunk, DeleteReason, PeerKind};
 use support::*;
 
 const CHUNK: u64 = 4 << 20;
-
-/// A gauge or counter of `/metrics` (no labels).
-fn metric(cs: &Chunkd, name: &str) -> u64 {
-    let (status, body) = cs.http_get("/metrics");
-    assert_eq!(status, 200);
-    let series = format!("ringfs_chunkd_{name} ");
-    body.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .unwrap_or_else(|| panic!("no {series} in /metrics"))
-        .trim()
-        .parse()
-        .unwrap()
-}
 
 /// Chunk files (data or meta) the process has open now, and how many of
 /// them are deleted files.
@@ -46,18 +32,6 @@ fn open_chunk_files(pid: u32) -> (usize, usize) {
         }
     }
     (open, deleted)
-}
-
-fn wait_until(what: &str, cs: &Chunkd, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {what}\n--- chunkd stderr ---\n{}",
-            cs.stderr()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn chunk_files_on_disk(dir: &Path, handle: u64) -> usize {
@@ -114,18 +88,18 @@ fn chunks_beyond_the_open_bound_are_closed_reopened_and_stay_intact() {
             let got = read(&mut client, h, 0, expected[i].len() as u32 + 10).unwrap();
             assert_eq!(got, expected[i], "chunk {h:#x} after reopens");
         }
-        wait_until("the open gauge to be published", &cs, || {
-            metric(&cs, "open_chunks") > 0
+        cs.wait_until("the open gauge to be published", || {
+            cs.metric("open_chunks") > 0
         });
-        assert!(metric(&cs, "open_chunks") as usize <= BOUND);
+        assert!(cs.metric("open_chunks") as usize <= BOUND);
         assert!(
-            metric(&cs, "chunk_reopens_total") >= CHUNKS,
+            cs.metric("chunk_reopens_total") >= CHUNKS,
             "every chunk was reopened at least once"
         );
-        assert!(metric(&cs, "chunk_closes_total") >= CHUNKS);
+        assert!(cs.metric("chunk_closes_total") >= CHUNKS);
         // Housekeeping may reopen a chunk to log its durable mark; in use,
         // a closed chunk's files outlive the bound only until the op ends.
-        wait_until("the open chunk files to fit the bound", &cs, || {
+        cs.wait_until("the open chunk files to fit the bound", || {
             open_chunk_files(cs.pid()).0 <= 2 * BOUND
         });
 
@@ -144,17 +118,17 @@ fn chunks_beyond_the_open_bound_are_closed_reopened_and_stay_intact() {
             .unwrap();
         expect_ok(&r);
         assert_eq!(chunk_files_on_disk(&d0, gone), 0);
-        wait_until("no deleted chunk file to stay open", &cs, || {
+        cs.wait_until("no deleted chunk file to stay open", || {
             open_chunk_files(cs.pid()).1 == 0
         });
     }
 
     // Recovery opens every chunk: it too stays within the bound.
     cs.restart(&env);
-    wait_until("the open gauge after the restart", &cs, || {
-        metric(&cs, "open_chunks") > 0
+    cs.wait_until("the open gauge after the restart", || {
+        cs.metric("open_chunks") > 0
     });
-    assert!(metric(&cs, "open_chunks") as usize <= BOUND);
+    assert!(cs.metric("open_chunks") as usize <= BOUND);
     assert!(open_chunk_files(cs.pid()).0 <= 2 * BOUND);
     let mut master = cs.conn(&env, PeerKind::Master);
     let mut client = cs.conn(&env, PeerKind::Client);
@@ -210,6 +184,6 @@ fn more_chunks_than_the_open_files_limit_are_created_recovered_and_served() {
         let got = read(&mut client, h, 0, 4096).unwrap();
         assert_eq!(got, pattern(h, 4096), "chunk {h:#x}");
     }
-    wait_until("the open gauge", &cs, || metric(&cs, "open_chunks") > 0);
-    assert!(metric(&cs, "open_chunks") <= 96);
+    cs.wait_until("the open gauge", || cs.metric("open_chunks") > 0);
+    assert!(cs.metric("open_chunks") <= 96);
 }

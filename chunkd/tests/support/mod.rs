@@ -293,6 +293,43 @@ impl Chunkd {
     pub fn http_get(&self, path: &str) -> (u16, String) {
         chunkd::http::get(self.http.parse().unwrap(), path, TIMEOUT).unwrap()
     }
+
+    /// A gauge or counter of `/metrics` (no labels).
+    pub fn metric(&self, name: &str) -> u64 {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200);
+        let series = format!("ringfs_chunkd_{name} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .unwrap_or_else(|| panic!("no {series} in /metrics"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Polls `cond` every 50 ms until it holds, for at most [`TIMEOUT`].
+    pub fn wait_until(&self, what: &str, mut cond: impl FnMut() -> bool) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !cond() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}\n--- chunkd stderr ---\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// A `key=N` field of the ready line.
+    pub fn ready_field(&self, key: &str) -> u64 {
+        let prefix = format!("{key}=");
+        self.ready_line
+            .split_whitespace()
+            .find_map(|kv| kv.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {key}= in {}", self.ready_line))
+            .parse()
+            .unwrap()
+    }
 }
 
 impl Drop for Chunkd {
