@@ -922,8 +922,7 @@ async fn worker(
     };
     let mut i = first;
     while i < n {
-        let now = Instant::now();
-        if now > deadline {
+        if Instant::now() > deadline {
             return Err(format!(
                 "{}: not done within the time limit ({} of this connection's requests done)",
                 phase.name(),
