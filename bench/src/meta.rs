@@ -814,7 +814,8 @@ impl PhaseOut {
     }
 }
 
-/// `workers` connections, one thread each, split the phase's requests
+/// `workers` connections, each driven by a task on `client_threads`
+/// threads, split the phase's requests
 /// (worker w takes requests w, w + workers, ...); the clock runs from the
 /// moment all are connected to the last reply.
 fn run_phase(

@@ -47,12 +47,20 @@ async fn read_vec<R: AsyncRead + Unpin>(
     n: usize,
     first: bool,
 ) -> Result<Vec<u8>, ConnError> {
-    let mut buf = vec![0u8; n];
-    match stream.read_exact(&mut buf).await {
-        Ok(_) => Ok(buf),
-        Err(e) if first && e.kind() == io::ErrorKind::UnexpectedEof => Err(ConnError::Closed),
-        Err(e) => Err(e.into()),
+    // Into spare capacity: zero-filling a chunk read's megabytes first is a
+    // wasted pass over them.
+    let mut buf = Vec::with_capacity(n);
+    let got = (&mut *stream).take(n as u64).read_to_end(&mut buf).await?;
+    if got == n {
+        return Ok(buf);
     }
+    if first {
+        return Err(ConnError::Closed);
+    }
+    Err(ConnError::Io(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the peer closed the connection after {got} of {n} bytes"),
+    )))
 }
 
 /// Reads one whole frame. Lengths are checked against `limits` before
@@ -226,5 +234,53 @@ pub async fn initiate_handshake<S: AsyncRead + AsyncWrite + Unpin>(
         BodyRef::Welcome(_) => Ok(peer),
         BodyRef::ErrorReply(e) => Err(handshake_error(&e)),
         _ => Err(ConnError::Protocol("expected Welcome".into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ringfs_wire::msg::Ping;
+
+    fn ping_frame(data: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let body = Body::Ping(Box::new(Ping { sent_at_us: 7 }));
+        encode_frame(
+            &mut Encoder::new(),
+            &mut out,
+            1,
+            &body,
+            data,
+            &FrameLimits::DATA,
+        )
+        .expect("encode");
+        out
+    }
+
+    #[tokio::test]
+    async fn a_whole_frame_reads_back_with_its_data() {
+        let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+        let bytes = ping_frame(&data);
+        let frame = read_frame(&mut &bytes[..], &FrameLimits::DATA)
+            .await
+            .expect("read");
+        assert_eq!(frame.data, data);
+        assert!(matches!(frame.body().expect("body"), BodyRef::Ping(_)));
+    }
+
+    #[tokio::test]
+    async fn a_close_before_a_frame_is_closed_and_a_short_data_section_is_an_error() {
+        let empty: &[u8] = &[];
+        assert!(matches!(
+            read_frame(&mut &empty[..], &FrameLimits::DATA).await,
+            Err(ConnError::Closed)
+        ));
+        let bytes = ping_frame(&[1u8; 1000]);
+        let cut = &bytes[..bytes.len() - 10];
+        match read_frame(&mut &cut[..], &FrameLimits::DATA).await {
+            Err(ConnError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof),
+            Err(e) => panic!("expected an I/O error, got {e}"),
+            Ok(_) => panic!("a truncated frame was accepted"),
+        }
     }
 }
