@@ -130,16 +130,8 @@ pub fn encode_head(
     data_len: u64,
     limits: &FrameLimits,
 ) -> Result<Vec<u8>, ConnError> {
-    let data_len = u32::try_from(data_len).map_err(|_| FrameError::DataTooLarge {
-        len: u32::MAX,
-        limit: limits.max_data_bytes,
-    })?;
-    let (kind, meta) = encoder.meta(body);
-    let header = FrameHeader::for_meta(kind, request_id, meta, data_len);
-    header.check_limits(limits)?;
-    let mut out = Vec::with_capacity(HEADER_BYTES + meta.len());
-    out.extend_from_slice(&header.encode());
-    out.extend_from_slice(meta);
+    let mut out = Vec::new();
+    encoder.head(&mut out, request_id, body, data_len, limits)?;
     Ok(out)
 }
 

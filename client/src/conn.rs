@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use ringfs_wire::auth::{self, ClusterKey, Identity, Initiator};
-use ringfs_wire::frame::{FrameError, FrameHeader, FrameLimits, HEADER_BYTES};
+use ringfs_wire::frame::{FrameHeader, FrameLimits, HEADER_BYTES};
 use ringfs_wire::message::{Encoder, decode_meta};
 use ringfs_wire::msg::{Body, BodyRef, ErrorCode, ErrorReply, PeerKind};
 
@@ -144,16 +144,9 @@ impl Conn {
     fn send(&mut self, body: &Body, data: &[u8]) -> Result<(), ConnError> {
         let id = self.next_request_id;
         self.next_request_id += 1;
-        let data_len = u32::try_from(data.len()).map_err(|_| FrameError::DataTooLarge {
-            len: u32::MAX,
-            limit: self.limits.max_data_bytes,
-        })?;
-        let (kind, meta) = self.encoder.meta(body);
-        let header = FrameHeader::for_meta(kind, id, meta, data_len);
-        header.check_limits(&self.limits)?;
-        let mut head = Vec::with_capacity(HEADER_BYTES + meta.len());
-        head.extend_from_slice(&header.encode());
-        head.extend_from_slice(meta);
+        let mut head = Vec::new();
+        self.encoder
+            .head(&mut head, id, body, data.len() as u64, &self.limits)?;
         // Bulk data goes from the caller's slice: copying a 1 MiB write
         // behind its header cost the benchmark clients a memcpy per request.
         let mut slices = [IoSlice::new(&head), IoSlice::new(data)];

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use ringfs_wire::auth::{ClusterKey, Identity};
-use ringfs_wire::frame::{FrameHeader, FrameLimits};
+use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::Encoder;
 use ringfs_wire::msg::{Body, PeerKind};
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -67,14 +67,9 @@ impl Link {
         self.next_request_id += 1;
         // The header and meta go in one small buffer; bulk data is written
         // from the caller's slice, not copied behind them.
-        let data_len = u32::try_from(data.len())
-            .map_err(|_| ConnError::Protocol(format!("{} data bytes in one frame", data.len())))?;
-        let (kind, meta) = self.encoder.meta(body);
-        let header = FrameHeader::for_meta(kind, id, meta, data_len);
-        header.check_limits(&self.limits)?;
         self.out.clear();
-        self.out.extend_from_slice(&header.encode());
-        self.out.extend_from_slice(meta);
+        self.encoder
+            .head(&mut self.out, id, body, data.len() as u64, &self.limits)?;
         self.stream.write_all(&self.out).await?;
         if !data.is_empty() {
             self.stream.write_all(data).await?;

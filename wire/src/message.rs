@@ -71,6 +71,30 @@ impl Encoder {
         let (kind, meta) = self.meta(body);
         frame::encode_frame(out, kind, request_id, meta, data, limits)
     }
+
+    /// Appends a frame's header and the meta of `body` to `out`, for a
+    /// sender that writes the `data_len` data bytes from its own buffers
+    /// (no copy of the data behind the header).
+    pub fn head(
+        &mut self,
+        out: &mut Vec<u8>,
+        request_id: u64,
+        body: &Body,
+        data_len: u64,
+        limits: &FrameLimits,
+    ) -> Result<(), FrameError> {
+        let data_len = u32::try_from(data_len).map_err(|_| FrameError::DataTooLarge {
+            len: u32::MAX,
+            limit: limits.max_data_bytes,
+        })?;
+        let (kind, meta) = self.meta(body);
+        let header = FrameHeader::for_meta(kind, request_id, meta, data_len);
+        header.check_limits(limits)?;
+        out.reserve(frame::HEADER_BYTES + meta.len());
+        out.extend_from_slice(&header.encode());
+        out.extend_from_slice(meta);
+        Ok(())
+    }
 }
 
 /// Parses a frame's meta (already CRC-checked against `header`) and checks

@@ -156,3 +156,30 @@ fn chunk_commands_nest_in_heartbeat_replies() {
     let (_, body, _, _) = decode_frame_body(&out, &FrameLimits::CONTROL).unwrap();
     assert_eq!(Body::try_from(body).unwrap(), reply);
 }
+
+#[test]
+fn a_head_followed_by_its_data_is_the_whole_frame() {
+    let body = Body::Ping(Box::new(ringfs_wire::msg::Ping { sent_at_us: 3 }));
+    let data = vec![0x5a_u8; 70_000];
+    let mut enc = Encoder::new();
+    let mut whole = Vec::new();
+    enc.frame(&mut whole, 9, &body, &data, &FrameLimits::DATA)
+        .expect("frame");
+    let mut head = vec![0xee]; // appended to, not overwritten
+    enc.head(&mut head, 9, &body, data.len() as u64, &FrameLimits::DATA)
+        .expect("head");
+    head.extend_from_slice(&data);
+    assert_eq!(&head[1..], &whole[..]);
+    // Data over the frame limit is refused before anything is appended.
+    let mut refused = Vec::new();
+    let too_long = u64::from(FrameLimits::CONTROL.max_data_bytes) + 1;
+    assert!(
+        enc.head(&mut refused, 9, &body, too_long, &FrameLimits::CONTROL)
+            .is_err()
+    );
+    assert!(
+        enc.head(&mut refused, 9, &body, u64::MAX, &FrameLimits::DATA)
+            .is_err()
+    );
+    assert!(refused.is_empty());
+}
