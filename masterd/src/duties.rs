@@ -1,8 +1,11 @@
-//! The leader's background duties, once per tick: declare silent
-//! chunkservers dead, purge trash past retention, re-replicate chunks below
-//! their goal (fewest live replicas first, then longest exposed; throttled
-//! per chunkserver and cluster-wide), trim replicas above it, and garbage
-//! collect orphaned and stale replicas through heartbeat replies.
+//! The masters' background duties, once per tick: declare silent
+//! chunkservers dead, walk the next slice of the chunk pass
+//! (`crate::chunkscan`: health counts on every master; on the leader, the
+//! replicas to delete and the chunks to re-replicate), purge trash past
+//! retention, and start clones for the most urgent chunks below their goal
+//! (fewest live replicas first, then longest exposed; throttled per
+//! chunkserver and cluster-wide). Deletes and clones reach chunkservers in
+//! heartbeat replies.
 //!
 //! Deletion is conservative: a replica is only deleted when it is orphaned
 //! (its handle was allocated and is no longer in the chunk table), stale
@@ -11,22 +14,19 @@
 //! allocated, and chunks whose version changed within the last two
 //! heartbeats (or is changing now), are left alone.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use ringfs_wire::msg::{
     ChunkCommand, CloneChunk, CommandEnvelope, CommandResult, DeleteChunk, DeleteReason, Replica,
-    ReplicaState,
 };
 
+use crate::chunkscan::{self, CloneOrder, Delete, Scan, View};
 use crate::node::{Master, now_ms};
-use crate::placement::{self, Candidate};
-use crate::registry::Liveness;
+use crate::shardmap::SHARDS;
 use crate::types::{NodeId, Op, ReqId};
 
 pub const TICK: Duration = Duration::from_millis(500);
-/// How often chunks are scanned for re-replication, trimming and GC.
-pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// How often due trash is purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(10);
 /// A clone not reported done within this is given up (and retried).
@@ -38,8 +38,9 @@ pub const DELETE_RETRY: Duration = Duration::from_secs(60);
 pub const VERSION_SETTLE_SLACK: Duration = Duration::from_secs(1);
 /// Handles per DeleteChunk command.
 pub const DELETE_BATCH_MAX: usize = 512;
-/// Chunks examined per scan for re-replication (the most urgent first).
-pub const REPLICATION_CANDIDATES_MAX: usize = 100_000;
+/// Lock holds per tick for the chunk pass: every part, so an empty or small
+/// table still finishes its pass in one tick.
+const SCAN_STEPS_PER_TICK_MAX: usize = SHARDS;
 
 #[derive(Clone, Copy, Debug)]
 struct Clone {
@@ -52,10 +53,8 @@ struct Clone {
 #[derive(Default)]
 pub struct Duties {
     clones: HashMap<u64, Clone>,
-    /// When each under-replicated chunk was first seen short.
-    exposed: HashMap<u64, Instant>,
     deletes: HashMap<(NodeId, u64), Instant>,
-    last_scan: Option<Instant>,
+    pub scan: Scan,
     last_purge: Option<Instant>,
     pub clones_started: u64,
     pub clones_done: u64,
@@ -78,6 +77,15 @@ pub fn counters(master: &Master) -> (u64, u64, u64, u64, u64) {
             d.clones_failed,
             d.deletes_sent,
         )
+    })
+}
+
+/// The chunk pass as /metrics and /status show it: (passes finished, the
+/// last one's counts and duration, how long ago it finished, chunks queued
+/// for re-replication).
+pub fn scan_report(master: &Master) -> (u64, Option<chunkscan::PassSummary>, usize) {
+    with(master, |d| {
+        (d.scan.passes, d.scan.last, d.scan.needed.len())
     })
 }
 
@@ -125,27 +133,25 @@ pub async fn run(master: std::sync::Arc<Master>) {
         master.leases.sweep(now);
         // Only once this leader has applied its own term's first entry, so
         // everything earlier leaders committed: GC judged from a state still
-        // catching up would take new chunks for orphans.
-        if !master.leader_ready() {
-            continue;
+        // catching up would take new chunks for orphans. Every master walks
+        // the chunk pass for its health counts; only this one acts on it.
+        let acting = master.leader_ready();
+        if acting {
+            crate::failover::add_configured_shadows(&master).await;
+            master.leases.note_leader(master.epoch(), now);
+            let purge_due = with(&master, |d| {
+                d.last_purge
+                    .is_none_or(|t| now.duration_since(t) >= PURGE_INTERVAL)
+            });
+            if purge_due {
+                with(&master, |d| d.last_purge = Some(now));
+                purge_trash(&master).await;
+            }
         }
-        crate::failover::add_configured_shadows(&master).await;
-        master.leases.note_leader(master.epoch(), now);
-        let purge_due = with(&master, |d| {
-            d.last_purge
-                .is_none_or(|t| now.duration_since(t) >= PURGE_INTERVAL)
-        });
-        if purge_due {
-            with(&master, |d| d.last_purge = Some(now));
-            purge_trash(&master).await;
-        }
-        let scan_due = with(&master, |d| {
-            d.last_scan
-                .is_none_or(|t| now.duration_since(t) >= SCAN_INTERVAL)
-        });
-        if scan_due {
-            with(&master, |d| d.last_scan = Some(now));
-            scan(&master, now);
+        let deletes = scan_slice(&master, now);
+        if acting {
+            send_deletes(&master, deletes, now);
+            start_clones(&master, now);
         }
     }
 }
@@ -175,18 +181,66 @@ async fn purge_trash(master: &Master) {
     }
 }
 
-/// What one scan decided, computed under the locks and sent after.
-#[derive(Default)]
-struct Plan {
-    deletes: HashMap<NodeId, Vec<(u64, DeleteReason)>>,
-    clones: Vec<(u64, u64, NodeId, NodeId)>,
+fn settle_ms(master: &Master) -> u64 {
+    master
+        .tuning()
+        .heartbeat_interval_ms
+        .saturating_mul(2)
+        .saturating_add(VERSION_SETTLE_SLACK.as_millis() as u64)
 }
 
-fn scan(master: &Master, now: Instant) {
-    let plan = plan(master, now);
+/// Walks this tick's share of the chunk pass: parts until
+/// [`chunkscan::SCAN_TIME_PER_TICK`] is spent, one part of the tables per
+/// hold of the locks, so a commit or a heartbeat never waits for more than
+/// one part (about 3 ms at 10 M chunks). Returns the replicas the pass
+/// would delete.
+fn scan_slice(master: &Master, now: Instant) -> Vec<Delete> {
+    let wall_ms = now_ms();
+    let settle_ms = settle_ms(master);
+    let mut deletes = Vec::new();
+    let started = Instant::now();
+    for _ in 0..SCAN_STEPS_PER_TICK_MAX {
+        if started.elapsed() >= chunkscan::SCAN_TIME_PER_TICK {
+            break;
+        }
+        let state = master.shared.read();
+        let reg = master.registry();
+        let mut d = master.duties.lock().unwrap_or_else(|e| e.into_inner());
+        if !d.scan.due(now) {
+            break;
+        }
+        let Duties {
+            scan,
+            deletes: pending,
+            ..
+        } = &mut *d;
+        let view = View {
+            state: &state,
+            reg: &reg,
+            now,
+            wall_ms,
+            settle_ms,
+            granting: &|h| master.leases.granting(h),
+            leased: &|h| master.leases.live(h, now).is_some(),
+            deleting: &|n, h| pending.contains_key(&(n, h)),
+        };
+        scan.step(&view, &mut deletes);
+    }
+    deletes
+}
+
+/// Queues delete commands, grouped by chunkserver and reason.
+fn send_deletes(master: &Master, deletes: Vec<Delete>, now: Instant) {
+    if deletes.is_empty() {
+        return;
+    }
+    let mut by_node: HashMap<NodeId, Vec<(u64, DeleteReason)>> = HashMap::new();
+    for (node, handle, reason) in deletes {
+        by_node.entry(node).or_default().push((handle, reason));
+    }
     let epoch = master.epoch();
     let mut reg = master.registry();
-    for (node, items) in plan.deletes {
+    for (node, items) in by_node {
         for reason in [
             DeleteReason::Orphan,
             DeleteReason::Stale,
@@ -219,7 +273,61 @@ fn scan(master: &Master, now: Instant) {
             }
         }
     }
-    for (handle, version, source, target) in plan.clones {
+}
+
+/// Forgets clones and deletes that took too long, then starts clones for
+/// the most urgent chunks in the pass's queue within the throttles.
+fn start_clones(master: &Master, now: Instant) {
+    let tuning = master.tuning();
+    let orders: Vec<CloneOrder> = {
+        let state = master.shared.read();
+        let reg = master.registry();
+        let mut d = master.duties.lock().unwrap_or_else(|e| e.into_inner());
+        let Duties {
+            scan,
+            clones,
+            deletes,
+            clones_failed,
+            ..
+        } = &mut *d;
+        clones.retain(|_, c| {
+            let alive = now.duration_since(c.started) < CLONE_TIMEOUT && reg.is_live(c.target);
+            if !alive {
+                *clones_failed += 1;
+            }
+            alive
+        });
+        deletes.retain(|_, at| now.duration_since(*at) < DELETE_RETRY);
+        let mut busy: HashMap<NodeId, usize> = HashMap::new();
+        for c in clones.values() {
+            *busy.entry(c.source).or_default() += 1;
+            *busy.entry(c.target).or_default() += 1;
+        }
+        let budget = (tuning.rereplication_cluster_max as usize).saturating_sub(clones.len());
+        let view = View {
+            state: &state,
+            reg: &reg,
+            now,
+            wall_ms: now_ms(),
+            settle_ms: settle_ms(master),
+            granting: &|h| master.leases.granting(h),
+            leased: &|h| master.leases.live(h, now).is_some(),
+            deleting: &|n, h| deletes.contains_key(&(n, h)),
+        };
+        scan.plan_clones(
+            &view,
+            budget,
+            tuning.rereplication_per_chunkserver_max as usize,
+            &mut busy,
+            |h| clones.contains_key(&h),
+        )
+    };
+    if orders.is_empty() {
+        return;
+    }
+    let epoch = master.epoch();
+    let mut reg = master.registry();
+    for (handle, version, source, target) in orders {
         let Some(src) = reg.servers.get(&source) else {
             continue;
         };
@@ -253,231 +361,5 @@ fn scan(master: &Master, now: Instant) {
                 );
             });
         }
-    }
-}
-
-/// Which of a chunk's good replicas (node, utilisation) to delete to come
-/// down to `goal`: the most utilised first. A replica whose delete is on
-/// its way (`leaving`) is still reported until its server says it is gone;
-/// counting it as a keeper would make the next scan trim one more.
-fn to_trim(
-    holders: &[(NodeId, f64)],
-    goal: usize,
-    leaving: impl Fn(NodeId) -> bool,
-) -> Vec<NodeId> {
-    let mut keepers: Vec<(NodeId, f64)> = holders
-        .iter()
-        .copied()
-        .filter(|(n, _)| !leaving(*n))
-        .collect();
-    let staying = keepers.len();
-    let excess = staying.saturating_sub(goal);
-    keepers.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let out: Vec<NodeId> = keepers.into_iter().take(excess).map(|(n, _)| n).collect();
-    assert_eq!(
-        staying - out.len(),
-        goal.min(staying),
-        "trimmed below the goal"
-    );
-    out
-}
-
-fn plan(master: &Master, now: Instant) -> Plan {
-    let tuning = master.tuning();
-    let state = master.shared.read();
-    let reg = master.registry();
-    let wall_ms = now_ms();
-    let mut plan = Plan::default();
-    with(master, |d| {
-        d.clones.retain(|_, c| {
-            let alive = now.duration_since(c.started) < CLONE_TIMEOUT && reg.is_live(c.target);
-            if !alive {
-                d.clones_failed += 1;
-            }
-            alive
-        });
-        d.deletes
-            .retain(|_, at| now.duration_since(*at) < DELETE_RETRY);
-    });
-    let pending: HashSet<(NodeId, u64)> = with(master, |d| d.deletes.keys().copied().collect());
-    let settle_ms =
-        tuning.heartbeat_interval_ms.saturating_mul(2) + VERSION_SETTLE_SLACK.as_millis() as u64;
-    let settling = |handle: u64| {
-        state
-            .chunks
-            .leases
-            .get(&handle)
-            .is_some_and(|l| wall_ms.saturating_sub(l.granted_at_ms) < settle_ms)
-            || master.leases.granting(handle)
-    };
-    let mut short: Vec<(usize, Instant, u64)> = Vec::new();
-    let mut still_short: HashSet<u64> = HashSet::new();
-    for (&handle, locs) in &reg.locations {
-        let Some(chunk) = state.chunks.get(handle) else {
-            // Orphan: allocated once (below the counter), owned by no file now.
-            if handle < state.counters.next_handle {
-                for l in locs.iter().filter(|l| reg.is_live(l.node)) {
-                    plan.deletes
-                        .entry(l.node)
-                        .or_default()
-                        .push((handle, DeleteReason::Orphan));
-                }
-            }
-            continue;
-        };
-        let goal = state
-            .ns
-            .get(chunk.inode)
-            .map_or(0, |i| usize::from(i.replication));
-        let counted: Vec<_> = locs
-            .iter()
-            .filter(|l| l.version == chunk.version && l.state == ReplicaState::Ok)
-            .filter(|l| {
-                reg.servers
-                    .get(&l.node)
-                    .is_some_and(|s| s.liveness == Liveness::Live)
-            })
-            .collect();
-        if !counted.is_empty() && !settling(handle) {
-            for l in locs
-                .iter()
-                .filter(|l| l.version < chunk.version && reg.is_live(l.node))
-            {
-                plan.deletes
-                    .entry(l.node)
-                    .or_default()
-                    .push((handle, DeleteReason::Stale));
-            }
-        }
-        if counted.len() < goal {
-            still_short.insert(handle);
-            let since = with(master, |d| *d.exposed.entry(handle).or_insert(now));
-            if counted.len() + usize::from(with(master, |d| d.clones.contains_key(&handle))) < goal
-                && short.len() < REPLICATION_CANDIDATES_MAX
-            {
-                short.push((counted.len(), since, handle));
-            }
-        } else if goal > 0 && !settling(handle) {
-            // At or above the goal. Corrupt replicas go only now, so a
-            // chunk is never left with fewer copies than it had, bad ones
-            // included, while it is being repaired. A lease does not hold
-            // them: a corrupt replica refuses every write anyway.
-            // Likewise a replica a client marked stale after a failed write.
-            for l in locs.iter().filter(|l| reg.is_live(l.node)) {
-                let reason = match l.state {
-                    ReplicaState::Corrupt => DeleteReason::Corrupt,
-                    ReplicaState::Stale if l.version >= chunk.version => DeleteReason::Stale,
-                    _ => continue,
-                };
-                plan.deletes
-                    .entry(l.node)
-                    .or_default()
-                    .push((handle, reason));
-            }
-            // Trim above the goal, but not under a running lease: its chain
-            // names these replicas.
-            if master.leases.live(handle, now).is_some() {
-                continue;
-            }
-            let holders: Vec<(NodeId, f64)> = counted
-                .iter()
-                .map(|l| {
-                    let used = reg.servers.get(&l.node).map_or(0.0, |s| s.utilisation());
-                    (l.node, used)
-                })
-                .collect();
-            for node in to_trim(&holders, goal, |n| pending.contains(&(n, handle))) {
-                plan.deletes
-                    .entry(node)
-                    .or_default()
-                    .push((handle, DeleteReason::Trimmed));
-            }
-        }
-    }
-    with(master, |d| {
-        d.exposed.retain(|h, _| still_short.contains(h));
-        // Do not send a delete twice while the first may still be on its way.
-        for (node, items) in plan.deletes.iter_mut() {
-            items.retain(|(h, _)| !d.deletes.contains_key(&(*node, *h)));
-        }
-    });
-    plan.deletes.retain(|_, items| !items.is_empty());
-    // Fewest live replicas first (0 cannot be cloned), then longest exposed.
-    short.retain(|(live, _, _)| *live > 0);
-    short.sort_by_key(|(live, since, handle)| (*live, *since, *handle));
-    let cluster_max = tuning.rereplication_cluster_max as usize;
-    let per_server_max = tuning.rereplication_per_chunkserver_max as usize;
-    let mut busy: HashMap<NodeId, usize> = HashMap::new();
-    let in_flight = with(master, |d| {
-        for c in d.clones.values() {
-            *busy.entry(c.source).or_default() += 1;
-            *busy.entry(c.target).or_default() += 1;
-        }
-        d.clones.len()
-    });
-    let mut budget = cluster_max.saturating_sub(in_flight);
-    let candidates: Vec<Candidate> = reg.live_servers().map(|s| Candidate::of(s, 0)).collect();
-    for (_, _, handle) in short {
-        if budget == 0 {
-            break;
-        }
-        let Some(chunk) = state.chunks.get(handle) else {
-            continue;
-        };
-        let holders: Vec<_> = reg
-            .locations
-            .get(&handle)
-            .map(|ls| ls.iter().map(|l| l.node).collect())
-            .unwrap_or_default();
-        let good = reg.good_replicas(handle, chunk.version);
-        let Some(source) = good
-            .iter()
-            .map(|l| l.node)
-            .find(|n| busy.get(n).copied().unwrap_or(0) < per_server_max)
-        else {
-            continue;
-        };
-        let racks: Vec<&str> = good
-            .iter()
-            .filter_map(|l| reg.servers.get(&l.node))
-            .map(|s| s.rack.as_str())
-            .collect();
-        let free: Vec<Candidate> = candidates
-            .iter()
-            .filter(|c| busy.get(&c.node).copied().unwrap_or(0) < per_server_max)
-            .cloned()
-            .collect();
-        let Some(&target) = placement::choose(&free, 1, &holders, &racks).first() else {
-            continue;
-        };
-        *busy.entry(source).or_default() += 1;
-        *busy.entry(target).or_default() += 1;
-        budget -= 1;
-        plan.clones.push((handle, chunk.version, source, target));
-    }
-    plan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::to_trim;
-
-    #[test]
-    fn trims_the_most_utilised_down_to_the_goal() {
-        let holders = [(1, 0.2), (2, 0.9), (3, 0.5)];
-        assert_eq!(to_trim(&holders, 1, |_| false), vec![2, 3]);
-        assert_eq!(to_trim(&holders, 3, |_| false), Vec::<u64>::new());
-        assert_eq!(to_trim(&holders, 4, |_| false), Vec::<u64>::new());
-    }
-
-    #[test]
-    fn replicas_already_being_deleted_are_not_keepers() {
-        // Two deletes are on their way; utilisation changed since, so a
-        // fresh ranking would pick node 1 next. Nothing more may go.
-        let holders = [(1, 0.9), (2, 0.1), (3, 0.1)];
-        assert_eq!(to_trim(&holders, 1, |n| n != 1), Vec::<u64>::new());
-        // One of two extra deletes is on its way: one more, not two.
-        let holders = [(1, 0.9), (2, 0.5), (3, 0.1)];
-        assert_eq!(to_trim(&holders, 1, |n| n == 1), vec![2]);
     }
 }

@@ -6,6 +6,7 @@
 pub mod allocate;
 pub mod checkpoint;
 pub mod chunks;
+pub mod chunkscan;
 pub mod client_api;
 /// Frames and the handshake over tokio streams, shared with the client library.
 pub use ringfs_client::frames as conn;

@@ -79,48 +79,48 @@ impl Metrics {
     }
 }
 
-/// Cluster health as the master sees it.
+/// Cluster health as the master sees it. The chunk counts are those of the
+/// last finished chunk pass (`crate::chunkscan`): counting them here would
+/// walk every chunk under the locks on every scrape.
 pub struct Health {
     pub live_chunkservers: u64,
     pub dead_chunkservers: u64,
     pub under_replicated: u64,
     pub missing: u64,
     pub corrupt_replicas: u64,
+    /// Passes finished since this master started; 0 = the counts are not
+    /// known yet.
+    pub scan_passes: u64,
+    /// The last pass: how long it took, and how long ago it finished.
+    pub scan_took_ms: u64,
+    pub scan_age_ms: u64,
+    /// Chunks queued for re-replication.
+    pub rereplication_queued: u64,
 }
 
 pub fn health(master: &Master) -> Health {
-    let state = master.shared.read();
-    let reg = master.registry();
-    let mut h = Health {
-        live_chunkservers: reg.live_servers().count() as u64,
-        dead_chunkservers: reg
+    let (live_chunkservers, dead_chunkservers) = {
+        let reg = master.registry();
+        let dead = reg
             .servers
             .values()
             .filter(|s| s.liveness == Liveness::Dead)
-            .count() as u64,
-        under_replicated: 0,
-        missing: 0,
-        corrupt_replicas: 0,
+            .count();
+        (reg.live_servers().count() as u64, dead as u64)
     };
-    for (handle, chunk) in &state.chunks.chunks {
-        let goal = state
-            .ns
-            .get(chunk.inode)
-            .map_or(0, |i| usize::from(i.replication));
-        let good = reg.good_replicas(*handle, chunk.version).len();
-        if good == 0 {
-            h.missing += 1;
-        } else if good < goal {
-            h.under_replicated += 1;
-        }
+    let (passes, last, queued) = crate::duties::scan_report(master);
+    let tally = last.map(|p| p.tally).unwrap_or_default();
+    Health {
+        live_chunkservers,
+        dead_chunkservers,
+        under_replicated: tally.under_replicated,
+        missing: tally.missing,
+        corrupt_replicas: tally.corrupt_replicas,
+        scan_passes: passes,
+        scan_took_ms: last.map_or(0, |p| p.took.as_millis() as u64),
+        scan_age_ms: last.map_or(0, |p| p.finished.elapsed().as_millis() as u64),
+        rereplication_queued: queued as u64,
     }
-    for locs in reg.locations.values() {
-        h.corrupt_replicas += locs
-            .iter()
-            .filter(|l| l.state == ringfs_wire::msg::ReplicaState::Corrupt)
-            .count() as u64;
-    }
-    h
 }
 
 pub fn render(master: &Master) -> String {
@@ -269,6 +269,10 @@ pub fn render(master: &Master) -> String {
         ("ringfs_master_chunks_under_replicated", h.under_replicated),
         ("ringfs_master_chunks_missing", h.missing),
         ("ringfs_master_replicas_corrupt", h.corrupt_replicas),
+        ("ringfs_master_chunk_scan_passes", h.scan_passes),
+        ("ringfs_master_chunk_scan_last_pass_ms", h.scan_took_ms),
+        ("ringfs_master_chunk_scan_age_ms", h.scan_age_ms),
+        ("ringfs_master_rereplication_queued", h.rereplication_queued),
         ("ringfs_master_leases_live", master.leases.count() as u64),
     ] {
         let _ = writeln!(out, "# TYPE {name} gauge\n{name} {value}");
@@ -327,6 +331,13 @@ pub fn status_json(master: &Master) -> String {
         "live_chunkservers": h.live_chunkservers,
         "under_replicated": h.under_replicated,
         "missing_chunks": h.missing,
+        "corrupt_replicas": h.corrupt_replicas,
+        "chunk_scan": {
+            "passes": h.scan_passes,
+            "last_pass_ms": h.scan_took_ms,
+            "age_ms": h.scan_age_ms,
+            "rereplication_queued": h.rereplication_queued,
+        },
         "uptime_secs": master.started.elapsed().as_secs(),
     })
     .to_string()

@@ -5,12 +5,20 @@
 //! caller waits. For the inode table of 7.3 M entries (88 bytes each), that
 //! is a 1.5 GiB allocation and a rehash on the state machine's apply path:
 //! `ringfs-bench meta` at 10 M files saw one commit take over 3 s at exactly
-//! that point, and its client got `Unavailable`. In 1,024 parts, each part
-//! grows on its own at ~1/1,024 of the size (about a millisecond). Parts are
+//! that point, and its client got `Unavailable`. In 4,096 parts, each part
+//! grows on its own at ~1/4,096 of the size (well under a millisecond),
+//! and a walk can take one part per hold of a lock (about 3 ms at 10 M
+//! chunks, `crate::chunkscan`; with 1,024 parts it was 10 ms). Parts are
 //! picked by a random hash, so they fill at slightly different rates and
 //! their growth spreads over time: with a fixed spread of keys, sequential
 //! inode numbers would fill every part in lockstep, and the parts would all
 //! grow within the same few hundred inserts.
+//!
+//! Every map in the process picks parts with the same random key, so a key
+//! lives in the same part of every map: a walk over part `i` of the chunk
+//! table that looks each handle up in the location table stays within part
+//! `i` of that one, which fits in cache (`crate::chunkscan`). The fill of
+//! the parts stays random for each map.
 //!
 //! Iteration order is unspecified, as with `HashMap`: callers that need a
 //! deterministic order (checkpoints, digests) sort.
@@ -18,10 +26,14 @@
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
 
-/// Parts per map: each holds ~1/1,024 of the entries. An empty part costs
-/// 48 bytes, so an empty map costs 48 KiB.
-pub const SHARDS: usize = 1024;
+/// Parts per map: each holds ~1/4,096 of the entries. An empty part costs
+/// 48 bytes, so an empty map costs 192 KiB.
+pub const SHARDS: usize = 4096;
+
+/// The part picker every map in the process shares (module doc).
+static PICK: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 #[derive(Clone, Debug)]
 pub struct ShardMap<V> {
@@ -51,7 +63,7 @@ impl<V> ShardMap<V> {
             shards: (0..SHARDS)
                 .map(|_| HashMap::with_capacity(per_shard))
                 .collect(),
-            pick: RandomState::new(),
+            pick: PICK.clone(),
             len: 0,
         }
     }
@@ -111,6 +123,18 @@ impl<V> ShardMap<V> {
         old
     }
 
+    /// How many parts there are: a walk that must not hold a lock over
+    /// the whole map takes them one at a time with [`ShardMap::shard_iter`].
+    pub fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// The entries of part `shard` (< [`ShardMap::shard_count`]). A key
+    /// is in the same part of every map.
+    pub fn shard_iter(&self, shard: usize) -> impl Iterator<Item = (&u64, &V)> {
+        self.shards[shard].iter()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&u64, &V)> {
         self.shards.iter().flat_map(|s| s.iter())
     }
@@ -138,7 +162,7 @@ impl<V> ShardMap<V> {
 ///
 /// Inserting 10 M entries one by one into a 1 GiB table is a cache and TLB
 /// miss per insert: a checkpoint load of 10 M inodes spent 7 s there. The
-/// builder first appends each entry to its part's staging vector (1,024
+/// builder first appends each entry to its part's staging vector (4,096
 /// sequential write streams), then builds each part from its vector while
 /// the part (about 1 MiB at 10 M entries) stays in cache. A part's staging
 /// vector is freed as soon as its table is built, so the peak memory is
@@ -156,7 +180,7 @@ impl<V> ShardMapBuilder<V> {
         let per_shard = per_shard + per_shard / 8;
         ShardMapBuilder {
             staged: (0..SHARDS).map(|_| Vec::with_capacity(per_shard)).collect(),
-            pick: RandomState::new(),
+            pick: PICK.clone(),
             len: 0,
         }
     }
@@ -308,13 +332,30 @@ mod tests {
     }
 
     #[test]
+    fn a_key_is_in_the_same_part_of_every_map() {
+        let a: ShardMap<u8> = (0..5_000u64).map(|k| (k, 0)).collect();
+        let mut b = ShardMapBuilder::with_capacity(10);
+        for k in (0..5_000u64).rev() {
+            b.push(k, 1u8);
+        }
+        let b = b.finish();
+        for shard in 0..SHARDS {
+            let mut ka: Vec<u64> = a.shard_iter(shard).map(|(k, _)| *k).collect();
+            let mut kb: Vec<u64> = b.shard_iter(shard).map(|(k, _)| *k).collect();
+            ka.sort_unstable();
+            kb.sort_unstable();
+            assert_eq!(ka, kb, "part {shard}");
+        }
+    }
+
+    #[test]
     fn sequential_keys_spread_over_the_parts() {
         // Inode numbers are sequential: no part may take a run of them.
         let map: ShardMap<()> = (1..=200_000u64).map(|k| (k, ())).collect();
         assert_eq!(map.len(), 200_000);
         let even = 200_000 / SHARDS;
-        // Binomial spread: the fullest of 1,024 parts is ~4 sigma above
-        // the mean (sigma ~14 here); twice the mean never happens.
+        // Binomial spread: the fullest of 4,096 parts is ~4 sigma above
+        // the mean (sigma ~7 here); twice the mean never happens.
         assert!(
             map.largest_shard_len() < 2 * even,
             "{}",

@@ -1029,3 +1029,95 @@ fn ten_million_single_chunk_files_memory() {
         (with_locations - before) as f64 / files,
     );
 }
+
+/// What the chunk pass (`masterd::chunkscan`) costs at 10 M single-chunk
+/// files with three replicas each: the whole pass, and the longest single
+/// step, which is the longest the state and registry locks are held for
+/// it. Before note 016 the whole pass ran under both locks every 2 s.
+/// `cargo test --release -p masterd --test checkpoint -- --ignored --nocapture chunk_pass`
+#[test]
+#[ignore = "a benchmark: 5 GiB and a minute"]
+fn ten_million_chunks_chunk_pass() {
+    use masterd::chunkscan::{Scan, View};
+    use masterd::registry::{Location, Registration, Registry};
+    use ringfs_wire::msg::ReplicaState;
+    let state = ten_million_files(true);
+    let mut registry = Registry::default();
+    for node in 1..=3 {
+        let r = Registration {
+            node_id: node,
+            listen_addr: "127.0.0.1:1",
+            http_addr: "127.0.0.1:2",
+            rack: "",
+            capacity_bytes: 100,
+            used_bytes: 10,
+        };
+        registry.register(&r, &[], true, Instant::now());
+    }
+    for (&handle, _) in &state.chunks.chunks {
+        let locs = registry
+            .locations
+            .get_or_insert_with(handle, Default::default);
+        for node in 1..=3 {
+            locs.push(Location {
+                node,
+                version: 1,
+                state: ReplicaState::Ok,
+            });
+        }
+    }
+    for round in 0..2 {
+        if round == 1 {
+            // Node 3 died: every chunk is short and queued (up to the
+            // queue's bound), the dearer path.
+            registry.locations.retain(|_, locs| {
+                locs.retain(|l| l.node != 3);
+                true
+            });
+        }
+        let now = Instant::now();
+        let view = View {
+            state: &state,
+            reg: &registry,
+            now,
+            wall_ms: 0,
+            settle_ms: 3_000,
+            granting: &|_| false,
+            leased: &|_| false,
+            deleting: &|_, _| false,
+        };
+        let mut scan = Scan::default();
+        let mut deletes = Vec::new();
+        let mut steps = Vec::new();
+        let t = Instant::now();
+        while scan.passes == 0 {
+            let s = Instant::now();
+            scan.step(&view, &mut deletes);
+            steps.push(s.elapsed());
+        }
+        let whole = t.elapsed();
+        steps.sort();
+        let tally = scan.last.expect("a pass").tally;
+        assert_eq!(tally.chunks, 10_000_000);
+        assert_eq!(
+            tally.under_replicated,
+            if round == 0 { 0 } else { 10_000_000 }
+        );
+        assert!(deletes.is_empty());
+        eprintln!(
+            "10M chunks, {}: whole pass {whole:?} ({:.0} ns per chunk), \
+             {} steps, step p50 {:?} p99 {:?} max {:?}, queued {}",
+            if round == 0 {
+                "3 of 3 replicas"
+            } else {
+                "2 of 3 replicas"
+            },
+            whole.as_nanos() as f64 / 10e6,
+            steps.len(),
+            steps[steps.len() / 2],
+            steps[steps.len() * 99 / 100],
+            steps[steps.len() - 1],
+            scan.needed.len(),
+        );
+    }
+}

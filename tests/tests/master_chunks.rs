@@ -160,6 +160,13 @@ fn dead_chunkserver_is_re_replicated() {
         .position(|s| s.field("listen") == addr)
         .unwrap();
     servers[idx].kill9();
+    // The chunk pass counts it (its counts lag a pass; the clone it starts
+    // in the same tick is reported a heartbeat later).
+    wait_for(
+        Duration::from_secs(15),
+        "the chunk counted under-replicated",
+        || (c.status().under_replicated_chunks == 1).then_some(()),
+    );
     let healed = wait_for(
         Duration::from_secs(25),
         "re-replication to three live replicas",
@@ -185,6 +192,10 @@ fn dead_chunkserver_is_re_replicated() {
             .any(|r| r.addr.as_deref() == Some(spare.field("listen").as_str()))
     );
     assert!(has_chunk(&env, spare, loc.handle));
+    wait_for(Duration::from_secs(15), "the chunk counted whole", || {
+        let s = c.status();
+        (s.under_replicated_chunks == 0 && s.missing_chunks == 0 && s.chunks == 1).then_some(())
+    });
 }
 
 #[test]

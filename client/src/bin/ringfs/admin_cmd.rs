@@ -79,7 +79,8 @@ pub async fn status(client: &Client, json: bool) -> Outcome {
         }
         out.push_str(&format!(
             "namespace  {} files, {} directories, {} chunks\n\
-             health     {} under-replicated chunks, {} missing chunks, {} corrupt replicas\n\
+             health     {} under-replicated chunks, {} missing chunks, {} corrupt replicas \
+             (as of the master's last pass over its chunks)\n\
              scrub      {} not verified within the scrub period",
             s.files,
             s.directories,
