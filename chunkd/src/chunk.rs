@@ -29,6 +29,7 @@ use crate::meta::{self, ChunkState, LogRecord, MetaBase, MetaLayout};
 use crate::openfiles::{ChunkFiles, OpenFiles, OpenSlot};
 use crate::rangelock::RangeLock;
 use crate::store;
+use crate::store::Totals;
 use crate::unsettled::Unsettled;
 
 const BLOCK: u64 = BLOCK_BYTES as u64;
@@ -168,6 +169,10 @@ pub struct Chunk {
     /// The core's chunks with settling to do: this one joins it with each
     /// meta-log batch (`crate::unsettled`).
     unsettled: Rc<Unsettled>,
+    /// The core's chunk count, bytes and corrupt chunks, which this chunk
+    /// is part of while `counted` (it is in the store's map).
+    totals: Rc<Totals>,
+    counted: Cell<bool>,
     mem: RefCell<Mem>,
     locks: RangeLock,
     log: RefCell<LogState>,
@@ -322,6 +327,8 @@ impl Chunk {
             open_id,
             slot,
             unsettled: store.unsettled.clone(),
+            totals: store.totals.clone(),
+            counted: Cell::new(false),
             mem: RefCell::new(Mem {
                 version: replayed.version,
                 length: replayed.length_bytes,
@@ -472,6 +479,47 @@ impl Chunk {
     pub fn mark_deleted(&self) {
         self.deleted.set(true);
         self.open.forget(self.open_id, &self.slot);
+        self.leave_totals();
+    }
+
+    /// The chunk is in the store's map from now on: the core's totals
+    /// count it, and follow its length and state.
+    pub(crate) fn join_totals(&self) {
+        assert!(
+            !self.counted.get(),
+            "chunk {:#x} counted twice",
+            self.handle
+        );
+        self.counted.set(true);
+        let mem = self.mem.borrow();
+        self.totals
+            .join(mem.length, mem.state == ChunkState::Corrupt);
+    }
+
+    /// The chunk left the store's map (deleted or replaced). Idempotent.
+    pub(crate) fn leave_totals(&self) {
+        if self.counted.replace(false) {
+            let mem = self.mem.borrow();
+            self.totals
+                .leave(mem.length, mem.state == ChunkState::Corrupt);
+        }
+    }
+
+    fn set_length(&self, mem: &mut Mem, length: u64) {
+        if self.counted.get() {
+            self.totals.resize(mem.length, length);
+        }
+        mem.length = length;
+    }
+
+    fn set_state(&self, mem: &mut Mem, state: ChunkState) {
+        if self.counted.get() {
+            self.totals.restate(
+                mem.state == ChunkState::Corrupt,
+                state == ChunkState::Corrupt,
+            );
+        }
+        mem.state = state;
     }
 
     pub fn is_deleted(&self) -> bool {
@@ -1230,7 +1278,7 @@ impl Chunk {
                 .filter(|t| t.block * BLOCK + t.bytes.len() as u64 == new_length)
                 .filter(|_| self.slot.is_open());
         }
-        mem.length = new_length;
+        self.set_length(&mut mem, new_length);
         drop(mem);
         self.finish_applying();
     }
@@ -1435,7 +1483,7 @@ impl Chunk {
                                 mem.ordered_serial = 0;
                                 mem.reserved_end = mem.length;
                             }
-                            LogRecord::State { state } => mem.state = *state,
+                            LogRecord::State { state } => self.set_state(&mut mem, *state),
                             LogRecord::Durable { .. }
                             | LogRecord::Intent { .. }
                             | LogRecord::IntentsClosed => {}
@@ -1580,7 +1628,7 @@ impl Chunk {
         if self.mem.borrow().state == ChunkState::Corrupt {
             return;
         }
-        self.mem.borrow_mut().state = ChunkState::Corrupt;
+        self.set_state(&mut self.mem.borrow_mut(), ChunkState::Corrupt);
         if let Err(e) = self
             .log_append(LogRecord::State {
                 state: ChunkState::Corrupt,

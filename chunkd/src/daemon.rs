@@ -451,6 +451,14 @@ async fn housekeeping(core: Rc<Core>) {
             .set_unsettled_chunks(core.store.unsettled.len() as u64);
         core.metrics()
             .set_buffer_pool_free_buffers(core.pool.free_buffers() as u64);
+        // The kept counts against a walk of every chunk, in debug builds
+        // (every test that runs chunkd checks the bookkeeping).
+        debug_assert_eq!(
+            core.store.totals(),
+            core.store.totals_by_walk(),
+            "core {}: chunk totals drifted from the chunks",
+            core.id
+        );
         core.node.publish_core_counts(core.id, &core.store);
         core.metrics().set_open_files(core.store.open.stats());
         let expired = core.pushes.expire(Instant::now());

@@ -4,7 +4,7 @@
 //! `IDENTITY`, `EPOCH`, `chunks/<handle>.meta`, `chunks/<handle>-<id>.data`,
 //! `quarantine/` (files chunkd could not trust; never deleted by chunkd).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -138,12 +138,65 @@ pub struct RecoveryStats {
     pub compacted: u64,
 }
 
+/// One core's chunk count, stored bytes and corrupt chunks, kept up to
+/// date as chunks join and leave the store and as they grow or change
+/// state. Gauges and heartbeats read them every tick; walking every chunk
+/// instead stalled the core's data path for a cache miss per chunk (a
+/// core may hold millions of small chunks).
+#[derive(Debug, Default)]
+pub struct Totals {
+    chunks: Cell<u64>,
+    bytes: Cell<u64>,
+    corrupt: Cell<u64>,
+}
+
+impl Totals {
+    /// (chunks, stored bytes, corrupt chunks).
+    pub fn get(&self) -> (u64, u64, u64) {
+        (self.chunks.get(), self.bytes.get(), self.corrupt.get())
+    }
+
+    pub(crate) fn join(&self, length: u64, corrupt: bool) {
+        self.chunks.set(self.chunks.get() + 1);
+        self.bytes.set(self.bytes.get() + length);
+        self.corrupt.set(self.corrupt.get() + u64::from(corrupt));
+    }
+
+    pub(crate) fn leave(&self, length: u64, corrupt: bool) {
+        self.chunks.set(less(self.chunks.get(), 1));
+        self.bytes.set(less(self.bytes.get(), length));
+        self.corrupt
+            .set(less(self.corrupt.get(), u64::from(corrupt)));
+    }
+
+    pub(crate) fn resize(&self, old_length: u64, new_length: u64) {
+        self.bytes
+            .set(less(self.bytes.get() + new_length, old_length));
+    }
+
+    pub(crate) fn restate(&self, was_corrupt: bool, is_corrupt: bool) {
+        self.corrupt.set(less(
+            self.corrupt.get() + u64::from(is_corrupt),
+            u64::from(was_corrupt),
+        ));
+    }
+}
+
+/// `a - b` for counts that cannot go below zero unless the bookkeeping is
+/// wrong: loud in tests, a clamped gauge in production.
+fn less(a: u64, b: u64) -> u64 {
+    debug_assert!(a >= b, "chunk totals below zero: {a} - {b}");
+    a.saturating_sub(b)
+}
+
 pub struct Store {
     pub dirs: Vec<Rc<DataDir>>,
     /// This core's open chunk files, bounded.
     pub open: Rc<OpenFiles>,
     /// This core's chunks with settling to do (housekeeping's work list).
     pub unsettled: Rc<Unsettled>,
+    /// Counts of the chunks in `chunks` (each chunk keeps its part current).
+    pub totals: Rc<Totals>,
     chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
     creating: RefCell<HashSet<u64>>,
     next_dir: std::cell::Cell<usize>,
@@ -162,6 +215,7 @@ impl Store {
             dirs,
             open: Rc::new(OpenFiles::new(open_chunks_max)),
             unsettled: Rc::default(),
+            totals: Rc::default(),
             chunks: RefCell::new(BTreeMap::new()),
             creating: RefCell::new(HashSet::new()),
             next_dir: std::cell::Cell::new(0),
@@ -190,8 +244,14 @@ impl Store {
         self.chunks.borrow().values().cloned().collect()
     }
 
-    /// (chunks, stored bytes, corrupt chunks), without cloning the map.
+    /// (chunks, stored bytes, corrupt chunks), kept as chunks change.
     pub fn totals(&self) -> (u64, u64, u64) {
+        self.totals.get()
+    }
+
+    /// [`Store::totals`] counted the slow way, by walking every chunk: for
+    /// checking the kept counts (housekeeping does in debug builds).
+    pub fn totals_by_walk(&self) -> (u64, u64, u64) {
         let chunks = self.chunks.borrow();
         let (mut bytes, mut corrupt) = (0u64, 0u64);
         for c in chunks.values() {
@@ -199,6 +259,17 @@ impl Store {
             corrupt += u64::from(c.state() == ChunkState::Corrupt);
         }
         (chunks.len() as u64, bytes, corrupt)
+    }
+
+    /// Puts `chunk` in the map, counted; a chunk it replaces leaves the
+    /// totals (the caller decides what else happens to it).
+    fn put(chunks: &mut BTreeMap<u64, Rc<Chunk>>, chunk: Rc<Chunk>) -> Option<Rc<Chunk>> {
+        chunk.join_totals();
+        let old = chunks.insert(chunk.handle, chunk);
+        if let Some(old) = &old {
+            old.leave_totals();
+        }
+        old
     }
 
     /// Summaries of chunks with a handle above `start_after`, in order.
@@ -233,10 +304,10 @@ impl Store {
                     quarantine(&loser_dir, &loser, "duplicate handle on another data dir");
                     stats.quarantined += 1;
                     if keep_new {
-                        chunks.insert(found.handle, Rc::new(chunk));
+                        Store::put(&mut chunks, Rc::new(chunk));
                     }
                 } else {
-                    chunks.insert(found.handle, Rc::new(chunk));
+                    Store::put(&mut chunks, Rc::new(chunk));
                 }
                 stats.chunks += 1;
                 Ok(())
@@ -297,7 +368,7 @@ impl Store {
         let r = self.create_inner(handle, version).await;
         self.creating.borrow_mut().remove(&handle);
         let chunk = Rc::new(r?);
-        self.chunks.borrow_mut().insert(handle, chunk.clone());
+        Store::put(&mut self.chunks.borrow_mut(), chunk.clone());
         Ok(chunk)
     }
 
@@ -336,10 +407,7 @@ impl Store {
     /// Installs a chunk built elsewhere (a clone): replaces any replica of
     /// the same handle.
     pub fn install(&self, chunk: Chunk) -> Option<Rc<Chunk>> {
-        let old = self
-            .chunks
-            .borrow_mut()
-            .insert(chunk.handle, Rc::new(chunk));
+        let old = Store::put(&mut self.chunks.borrow_mut(), Rc::new(chunk));
         if let Some(old) = &old {
             old.mark_deleted();
         }

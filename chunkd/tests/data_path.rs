@@ -232,9 +232,17 @@ fn chunks_spread_over_data_dirs_list_delete_and_survive_restart() {
             .collect::<Vec<_>>(),
         left
     );
+    // The per-core totals, kept as chunks come, grow and go (not walked),
+    // are published every housekeeping tick.
+    let left_bytes: u64 = left.iter().map(|h| h * 1000).sum();
+    let totals_are = |cs: &Chunkd| {
+        cs.metric("chunks") == left.len() as u64 && cs.metric("stored_bytes") == left_bytes
+    };
+    cs.wait_until("the chunk totals after the deletes", || totals_are(&cs));
     drop((master, client));
     cs.restart(&env);
     assert!(cs.ready_line.contains("chunks=15"), "{}", cs.ready_line);
+    cs.wait_until("the chunk totals after a restart", || totals_are(&cs));
     let mut client = cs.conn(&env, PeerKind::Client);
     for &h in &left {
         assert_eq!(

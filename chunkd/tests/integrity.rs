@@ -98,6 +98,12 @@ fn a_flipped_byte_on_disk_is_never_served() {
         }
         other => panic!("{other:?}"),
     }
+    // The kept totals follow the state change (published each tick).
+    cs.wait_until("the corrupt gauge", || {
+        cs.metric("corrupt_chunks") == 1
+            && cs.metric("chunks") == 1
+            && cs.metric("stored_bytes") == data.len() as u64
+    });
     drop(client);
     cs.restart(&env);
     let mut client = cs.conn(&env, PeerKind::Client);
