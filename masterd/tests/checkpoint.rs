@@ -988,25 +988,11 @@ fn resident_bytes() -> u64 {
         * 4096
 }
 
-/// What a single-chunk file costs in memory at 10 M files: the namespace
-/// and chunk table (built by inserts, as a running master builds them),
-/// then three replica locations per chunk in the registry, as chunk
-/// reports would leave them. `ringfs-bench meta` creates files without
-/// chunks, so this is where the ≤ 200 B per single-chunk file target is
-/// measured. Printed, not asserted; about 5 GiB and 1 minute:
-/// `cargo test --release -p masterd --test checkpoint -- --ignored --nocapture single_chunk`
-#[test]
-#[ignore = "a benchmark: 5 GiB and a minute"]
-fn ten_million_single_chunk_files_memory() {
-    use masterd::registry::{Location, Registry};
+/// Three replica locations (nodes 1, 2, 3, version 1) for every chunk, as
+/// chunk reports would leave them.
+fn three_replicas_each(state: &State, registry: &mut masterd::registry::Registry) {
+    use masterd::registry::Location;
     use ringfs_wire::msg::ReplicaState;
-    let files = 10_000_000.0;
-    let before = resident_bytes();
-    let state = ten_million_files(true);
-    let with_tables = resident_bytes();
-    assert_eq!(state.ns.files, 10_000_000);
-    assert_eq!(state.chunks.chunks.len(), 10_000_000);
-    let mut registry = Registry::default();
     for (&handle, _) in &state.chunks.chunks {
         let locs = registry
             .locations
@@ -1019,6 +1005,27 @@ fn ten_million_single_chunk_files_memory() {
             });
         }
     }
+}
+
+/// What a single-chunk file costs in memory at 10 M files: the namespace
+/// and chunk table (built by inserts, as a running master builds them),
+/// then three replica locations per chunk in the registry, as chunk
+/// reports would leave them. `ringfs-bench meta` creates files without
+/// chunks, so this is where the ≤ 200 B per single-chunk file target is
+/// measured. Printed, not asserted; about 5 GiB and 1 minute:
+/// `cargo test --release -p masterd --test checkpoint -- --ignored --nocapture single_chunk`
+#[test]
+#[ignore = "a benchmark: 5 GiB and a minute"]
+fn ten_million_single_chunk_files_memory() {
+    use masterd::registry::Registry;
+    let files = 10_000_000.0;
+    let before = resident_bytes();
+    let state = ten_million_files(true);
+    let with_tables = resident_bytes();
+    assert_eq!(state.ns.files, 10_000_000);
+    assert_eq!(state.chunks.chunks.len(), 10_000_000);
+    let mut registry = Registry::default();
+    three_replicas_each(&state, &mut registry);
     let with_locations = resident_bytes();
     assert_eq!(registry.locations.len(), 10_000_000);
     eprintln!(
@@ -1039,8 +1046,7 @@ fn ten_million_single_chunk_files_memory() {
 #[ignore = "a benchmark: 5 GiB and a minute"]
 fn ten_million_chunks_chunk_pass() {
     use masterd::chunkscan::{Scan, View};
-    use masterd::registry::{Location, Registration, Registry};
-    use ringfs_wire::msg::ReplicaState;
+    use masterd::registry::{Registration, Registry};
     let state = ten_million_files(true);
     let mut registry = Registry::default();
     for node in 1..=3 {
@@ -1054,18 +1060,7 @@ fn ten_million_chunks_chunk_pass() {
         };
         registry.register(&r, &[], true, Instant::now());
     }
-    for (&handle, _) in &state.chunks.chunks {
-        let locs = registry
-            .locations
-            .get_or_insert_with(handle, Default::default);
-        for node in 1..=3 {
-            locs.push(Location {
-                node,
-                version: 1,
-                state: ReplicaState::Ok,
-            });
-        }
-    }
+    three_replicas_each(&state, &mut registry);
     for round in 0..2 {
         if round == 1 {
             // Node 3 died: every chunk is short and queued (up to the
