@@ -4,10 +4,11 @@
 //! and the health counts that `/metrics`, `/status` and `admin status`
 //! report (design note 016).
 //!
-//! Why slices: judging a chunk costs two or three cache misses (its
-//! replicas, its file's goal), about 0.5 µs at 10 M chunks, so a whole pass
-//! there takes seconds. The first version walked everything every 2 s under
-//! the state's read lock and the registry lock: every commit (the apply
+//! Why slices: judging a chunk costs cache misses into gigabyte tables (its
+//! replicas, its file's goal, the orphan check): 2.4 µs at 10 M chunks as
+//! the first version walked them, 1.15 µs now, so a whole pass there takes
+//! seconds (docs/BENCHMARKS.md). The first version walked everything every
+//! 2 s under the state's read lock and the registry lock: every commit (the apply
 //! needs the write lock), every chunk lookup and every heartbeat waited
 //! behind it, and a scrape of `/metrics` did the same walk again. A pass now
 //! judges one part of a [`crate::shardmap::ShardMap`] (about 1/4,096 of it)
