@@ -198,7 +198,9 @@ impl Needed {
 pub struct Scan {
     /// The next part of the tables to judge.
     shard: usize,
-    /// When the running pass started; `None` between passes.
+    /// When the running pass started, by the clock (not the tick's `now`,
+    /// so a pass within one tick still has a duration); `None` between
+    /// passes.
     started: Option<Instant>,
     /// When the last pass started (for [`SCAN_INTERVAL`]).
     last_start: Option<Instant>,
@@ -224,7 +226,7 @@ impl Scan {
         if self.started.is_none() {
             assert_eq!(self.shard, 0);
             assert_eq!(self.tally, Tally::default());
-            self.started = Some(v.now);
+            self.started = Some(Instant::now());
             self.last_start = Some(v.now);
         }
         // Part i of both tables: a handle is in the same part of each
@@ -244,13 +246,14 @@ impl Scan {
         }
         self.shard += 1;
         if self.shard == chunks.shard_count() {
-            self.finish(v.now);
+            self.finish();
         }
         judged
     }
 
-    fn finish(&mut self, now: Instant) {
+    fn finish(&mut self) {
         let started = self.started.take().expect("a pass runs");
+        let now = Instant::now();
         self.last = Some(PassSummary {
             tally: self.tally,
             finished: now,
@@ -634,6 +637,7 @@ mod tests {
         assert_eq!(steps, SHARDS);
         assert_eq!(judged, 7 + 8, "7 chunks, then 8 handles with replicas");
         let last = scan.last.expect("a finished pass");
+        assert!(last.took > Duration::ZERO, "the pass is timed by the clock");
         assert_eq!(last.tally.chunks, 7);
         assert_eq!(last.tally.missing, 1, "chunk 3");
         assert_eq!(last.tally.under_replicated, 2, "chunks 2 and 7");
