@@ -98,7 +98,7 @@ fn place(master: &Master, inode: u64, goal: u8) -> Result<Vec<NodeId>, LeaseErro
         let reg = master.registry();
         let mut per_node: HashMap<NodeId, u64> = HashMap::new();
         for h in &file_chunks {
-            for l in reg.locations.get(h).into_iter().flatten() {
+            for l in reg.replicas(*h) {
                 *per_node.entry(l.node).or_default() += 1;
             }
         }
@@ -289,7 +289,7 @@ pub async fn recreate_unborn(
     };
     let (reported_anywhere, primary_reported) = {
         let reg = master.registry();
-        let anywhere = reg.locations.get(&handle).is_some_and(|l| !l.is_empty());
+        let anywhere = reg.locations.get(&handle).is_some_and(|r| !r.is_empty());
         let primary = record.is_some_and(|r| reg.fully_reported(r.primary));
         (anywhere, primary)
     };

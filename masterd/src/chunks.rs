@@ -7,9 +7,9 @@
 
 use std::collections::HashMap;
 
-use crate::shardmap::ShardMap;
+use crate::pagedmap::PagedMap;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ChunkMeta {
     pub version: u64,
     /// Owning file; the replication goal is the file's.
@@ -39,9 +39,9 @@ pub const LEASE_RECORDS_MAX: usize = 1 << 20;
 
 #[derive(Clone, Debug, Default)]
 pub struct ChunkTable {
-    /// Sharded: one growth of a 10 M-entry table would stall the apply
-    /// path (`crate::shardmap`).
-    pub chunks: ShardMap<ChunkMeta>,
+    /// In pages by handle (`crate::pagedmap`): 24 bytes a chunk, and no
+    /// growth of a 10 M-entry table stalls the apply path.
+    pub chunks: PagedMap<ChunkMeta>,
     pub leases: HashMap<u64, LeaseRecord>,
 }
 

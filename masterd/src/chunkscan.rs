@@ -4,14 +4,15 @@
 //! and the health counts that `/metrics`, `/status` and `admin status`
 //! report (design note 016).
 //!
-//! Why slices: judging a chunk costs cache misses into gigabyte tables (its
-//! replicas, its file's goal, the orphan check): 2.4 µs at 10 M chunks as
-//! the first version walked them, 1.15 µs now, so a whole pass there takes
-//! seconds (docs/BENCHMARKS.md). The first version walked everything every
+//! Why slices: judging a chunk touches gigabyte tables (its replicas, its
+//! file's goal, the orphan check): 2.4 µs at 10 M chunks as the first
+//! version walked hash tables, 60 ns now that they are paged by key (note
+//! 017), so a whole pass there takes 0.6 s (docs/BENCHMARKS.md), still far
+//! too long for one lock hold. The first version walked everything every
 //! 2 s under the state's read lock and the registry lock: every commit (the apply
 //! needs the write lock), every chunk lookup and every heartbeat waited
 //! behind it, and a scrape of `/metrics` did the same walk again. A pass now
-//! judges one part of a [`crate::shardmap::ShardMap`] (about 1/4,096 of it)
+//! judges one part of a [`crate::pagedmap::PagedMap`] (about 1/4,096 of it)
 //! per lock hold, so the locks are held for milliseconds, and the caller
 //! paces the parts per tick, so a pass costs a bounded share of a core.
 //!
@@ -39,8 +40,8 @@ use crate::types::NodeId;
 /// whole this often; a large one as fast as [`SCAN_TIME_PER_TICK`] allows.
 pub const SCAN_INTERVAL: Duration = Duration::from_secs(2);
 /// Time spent on the pass per duty tick (500 ms): at most a fifth of one
-/// core. A pass judges a chunk in about 1.1 µs at 10 M chunks
-/// (docs/BENCHMARKS.md), so a pass there takes about a minute.
+/// core. A pass judges a chunk in about 60–90 ns at 10 M chunks
+/// (docs/BENCHMARKS.md), so a pass there takes a few ticks.
 pub const SCAN_TIME_PER_TICK: Duration = Duration::from_millis(100);
 /// Chunks below their goal kept in the queue; when it is full, a more
 /// urgent chunk pushes out the least urgent one (a later pass finds that
@@ -197,7 +198,7 @@ impl Needed {
 #[derive(Default)]
 pub struct Scan {
     /// The next part of the tables to judge.
-    shard: usize,
+    part: usize,
     /// When the running pass started, by the clock (not the tick's `now`,
     /// so a pass within one tick still has a duration); `None` between
     /// passes.
@@ -224,28 +225,28 @@ impl Scan {
     /// it judged. Call only when [`Scan::due`].
     pub fn step(&mut self, v: &View<'_>, deletes: &mut Vec<Delete>) -> usize {
         if self.started.is_none() {
-            assert_eq!(self.shard, 0);
+            assert_eq!(self.part, 0);
             assert_eq!(self.tally, Tally::default());
             self.started = Some(Instant::now());
             self.last_start = Some(v.now);
         }
         // Part i of both tables: a handle is in the same part of each
-        // (`crate::shardmap`), so the lookups from one into the other stay
+        // (`crate::pagedmap`), so the lookups from one into the other stay
         // within a part that fits in cache.
         let chunks = &v.state.chunks.chunks;
         let locations = &v.reg.locations;
-        assert_eq!(chunks.shard_count(), locations.shard_count());
+        assert_eq!(chunks.part_count(), locations.part_count());
         let mut judged = 0;
-        for (&handle, chunk) in chunks.shard_iter(self.shard) {
+        for (handle, chunk) in chunks.part_iter(self.part) {
             self.judge_chunk(v, handle, chunk, deletes);
             judged += 1;
         }
-        for (&handle, locs) in locations.shard_iter(self.shard) {
-            self.judge_locations(v, handle, locs, deletes);
+        for (handle, stored) in locations.part_iter(self.part) {
+            self.judge_locations(v, handle, &stored.locations(), deletes);
             judged += 1;
         }
-        self.shard += 1;
-        if self.shard == chunks.shard_count() {
+        self.part += 1;
+        if self.part == chunks.part_count() {
             self.finish();
         }
         judged
@@ -261,7 +262,7 @@ impl Scan {
         });
         self.passes += 1;
         self.tally = Tally::default();
-        self.shard = 0;
+        self.part = 0;
     }
 
     fn judge_chunk(
@@ -276,14 +277,14 @@ impl Scan {
             .ns
             .get(chunk.inode)
             .map_or(0, |i| usize::from(i.replication));
-        let locs: &[Location] = v.reg.locations.get(&handle).map_or(&[], |l| &l[..]);
+        let locs = v.reg.replicas(handle);
         // One look at each replica; the rarer work below only when it found
         // something to do. Readable: current, on a server that is not dead.
         // Counted towards the goal: on a live one (a decommissioning
         // server's replicas are being copied away).
         let (mut readable, mut counted) = (0usize, 0usize);
         let (mut behind, mut flagged) = (false, false);
-        for l in locs {
+        for l in &locs {
             let Some(server) = v.reg.servers.get(&l.node) else {
                 continue;
             };
@@ -435,12 +436,7 @@ impl Scan {
             let Some(source) = good.iter().map(|l| l.node).find(free) else {
                 continue;
             };
-            let holders: Vec<NodeId> = v
-                .reg
-                .locations
-                .get(&handle)
-                .map(|ls| ls.iter().map(|l| l.node).collect())
-                .unwrap_or_default();
+            let holders: Vec<NodeId> = v.reg.replicas(handle).iter().map(|l| l.node).collect();
             let racks: Vec<&str> = good
                 .iter()
                 .filter_map(|l| v.reg.servers.get(&l.node))
@@ -502,8 +498,8 @@ mod tests {
     use super::{Delete, Needed, Scan, View, to_trim};
     use crate::chunks::ChunkMeta;
     use crate::namespace::{File, Inode, Kind, ROOT_INODE};
+    use crate::pagedmap::PARTS;
     use crate::registry::{Registration, Registry};
-    use crate::shardmap::SHARDS;
     use crate::state::State;
     use crate::types::NodeId;
 
@@ -589,7 +585,7 @@ mod tests {
         let passes = scan.passes;
         let (mut steps, mut judged) = (0, 0);
         while scan.passes == passes {
-            assert!(steps < 2 * SHARDS, "a pass takes one step per part");
+            assert!(steps < 2 * PARTS, "a pass takes one step per part");
             judged += scan.step(v, deletes);
             steps += 1;
         }
@@ -634,7 +630,7 @@ mod tests {
         assert!(scan.due(now));
         let mut deletes = Vec::new();
         let (steps, judged) = whole_pass(&mut scan, &v, &mut deletes);
-        assert_eq!(steps, SHARDS);
+        assert_eq!(steps, PARTS);
         assert_eq!(judged, 7 + 8, "7 chunks, then 8 handles with replicas");
         let last = scan.last.expect("a finished pass");
         assert!(last.took > Duration::ZERO, "the pass is timed by the clock");
@@ -677,12 +673,12 @@ mod tests {
         while scan.passes == 0 {
             // Between slices (the locks are free) files go and come: the
             // pass must still end, and count only what it saw.
-            if steps == SHARDS / 2 {
+            if steps == PARTS / 2 {
                 s.chunks.remove(1);
             }
             judged += scan.step(&view(&s, &reg, now), &mut deletes);
             steps += 1;
-            assert!(steps <= 2 * SHARDS);
+            assert!(steps <= 2 * PARTS);
         }
         let tally = scan.last.expect("finished").tally;
         assert!((2 * 3_000 - 1..=2 * 3_000).contains(&judged));

@@ -793,14 +793,11 @@ fn report_bad_replica(master: &Master, r: &ringfs_wire::msg::ReportBadReplica) {
             "client reported a failed write on the only good replica: kept");
         return;
     };
-    if let Some(l) = reg
-        .locations
-        .get_mut(&r.handle)
-        .and_then(|ls| ls.iter_mut().find(|l| l.node == r.node_id))
-        && l.state == ReplicaState::Ok
-    {
-        l.state = mark;
-    }
+    reg.update_replica(r.handle, r.node_id, |l| {
+        if l.state == ReplicaState::Ok {
+            l.state = mark;
+        }
+    });
     tracing::warn!(handle = r.handle, node = r.node_id, reason = ?r.reason, ?mark, "client reported a bad replica");
 }
 
@@ -845,9 +842,9 @@ fn fsck(master: &Master, path: &str, start_after: &str, limit: u32) -> Body {
                 let mut unhealthy = Vec::new();
                 for (index, &handle) in f.chunks.iter().enumerate() {
                     let version = state.chunks.get(handle).map_or(0, |c| c.version);
-                    let locs = reg.locations.get(&handle);
+                    let locs = reg.replicas(handle);
                     let count = |pred: &dyn Fn(&crate::registry::Location) -> bool| {
-                        locs.map_or(0, |ls| ls.iter().filter(|l| pred(l)).count()) as u8
+                        locs.iter().filter(|l| pred(l)).count() as u8
                     };
                     let live = reg.good_replicas(handle, version).len() as u8;
                     let corrupt = count(&|l| l.state == ReplicaState::Corrupt);

@@ -23,7 +23,7 @@ use ringfs_wire::msg::{
 
 use crate::chunkscan::{self, CloneOrder, Delete, Scan, View};
 use crate::node::{Master, now_ms};
-use crate::shardmap::SHARDS;
+use crate::pagedmap::PARTS;
 use crate::types::{NodeId, Op, ReqId};
 
 pub const TICK: Duration = Duration::from_millis(500);
@@ -40,7 +40,7 @@ pub const VERSION_SETTLE_SLACK: Duration = Duration::from_secs(1);
 pub const DELETE_BATCH_MAX: usize = 512;
 /// Lock holds per tick for the chunk pass: every part, so an empty or small
 /// table still finishes its pass in one tick.
-const SCAN_STEPS_PER_TICK_MAX: usize = SHARDS;
+const SCAN_STEPS_PER_TICK_MAX: usize = PARTS;
 
 #[derive(Clone, Copy, Debug)]
 struct Clone {

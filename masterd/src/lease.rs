@@ -412,13 +412,7 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
     {
         let mut reg = master.registry();
         for n in &bumped {
-            if let Some(l) = reg
-                .locations
-                .get_mut(&handle)
-                .and_then(|ls| ls.iter_mut().find(|l| l.node == *n))
-            {
-                l.version = new_version;
-            }
+            reg.update_replica(handle, *n, |l| l.version = new_version);
         }
     }
     if !bumped.contains(&primary) {

@@ -5,6 +5,7 @@
 
 pub mod allocate;
 pub mod checkpoint;
+pub mod chunklist;
 pub mod chunks;
 pub mod chunkscan;
 pub mod client_api;
@@ -21,13 +22,13 @@ pub mod metrics;
 pub mod namespace;
 pub mod node;
 pub mod oplog;
+pub mod pagedmap;
 pub mod peer;
 pub mod placement;
 pub mod proposer;
 pub mod raftnet;
 pub mod registry;
 pub mod server;
-pub mod shardmap;
 pub mod state;
 pub mod statemachine;
 pub mod types;

@@ -13,9 +13,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use compact_str::CompactString;
-use smallvec::SmallVec;
 
-use crate::shardmap::ShardMap;
+use crate::pagedmap::PagedMap;
 use crate::types::{FILE_CHUNKS_MAX, Fail, NAME_BYTES_MAX, OWNER_BYTES_MAX, PATH_BYTES_MAX};
 
 pub const ROOT_INODE: u64 = 1;
@@ -24,7 +23,7 @@ pub const NO_PARENT: u64 = 0;
 /// Upper bound on distinct owner names (interned forever).
 pub const OWNERS_MAX: usize = 1 << 16;
 
-pub type ChunkList = SmallVec<[u64; 1]>;
+pub use crate::chunklist::ChunkList;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Inode {
@@ -55,6 +54,22 @@ pub struct File {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Dir {
     pub children: BTreeMap<CompactString, u64>,
+}
+
+/// The filler of an empty slot in the inode table's pages, never seen
+/// as an inode: a detached, empty file.
+impl Default for Inode {
+    fn default() -> Self {
+        Inode {
+            parent: NO_PARENT,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            mode: 0,
+            owner: 0,
+            replication: 0,
+            kind: Kind::File(File::default()),
+        }
+    }
 }
 
 impl Inode {
@@ -118,9 +133,10 @@ fn valid_name(name: &str) -> Result<(), Fail> {
 /// The namespace tables. Counters live in [`crate::state::State`].
 #[derive(Clone, Debug)]
 pub struct Namespace {
-    /// Sharded: growing a 10 M-entry `HashMap` at once stalled the apply
-    /// path for seconds (`crate::shardmap`).
-    pub inodes: ShardMap<Inode>,
+    /// In pages by inode number (`crate::pagedmap`): an inode costs its
+    /// 80 bytes, and growing never rehashes (a 10 M-entry `HashMap`
+    /// doubling stalled the apply path for seconds).
+    pub inodes: PagedMap<Inode>,
     pub trash: BTreeMap<u64, TrashEntry>,
     pub owners: Vec<String>,
     owner_index: HashMap<String, u32>,
@@ -131,7 +147,7 @@ pub struct Namespace {
 impl Namespace {
     pub fn new(default_replication: u8) -> Namespace {
         let mut ns = Namespace {
-            inodes: ShardMap::new(),
+            inodes: PagedMap::new(),
             trash: BTreeMap::new(),
             owners: Vec::new(),
             owner_index: HashMap::new(),

@@ -607,9 +607,7 @@ impl State {
         ] {
             put(&v.to_le_bytes());
         }
-        let mut inodes: Vec<_> = self.ns.inodes.iter().collect();
-        inodes.sort_unstable_by_key(|(i, _)| **i);
-        for (ino, n) in inodes {
+        for (ino, n) in self.ns.inodes.iter_by_key() {
             put(&ino.to_le_bytes());
             put(&n.parent.to_le_bytes());
             put(&n.mtime_ns.to_le_bytes());
@@ -633,10 +631,8 @@ impl State {
                 }
             }
         }
-        let mut chunks: Vec<_> = self.chunks.chunks.iter().collect();
-        chunks.sort_unstable_by_key(|(h, _)| **h);
-        for (h, c) in chunks {
-            for v in [*h, c.version, c.inode, u64::from(c.index)] {
+        for (h, c) in self.chunks.chunks.iter_by_key() {
+            for v in [h, c.version, c.inode, u64::from(c.index)] {
                 put(&v.to_le_bytes());
             }
         }

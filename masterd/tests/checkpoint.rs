@@ -991,19 +991,17 @@ fn resident_bytes() -> u64 {
 /// Three replica locations (nodes 1, 2, 3, version 1) for every chunk, as
 /// chunk reports would leave them.
 fn three_replicas_each(state: &State, registry: &mut masterd::registry::Registry) {
-    use masterd::registry::Location;
+    use masterd::registry::{Location, Replicas};
     use ringfs_wire::msg::ReplicaState;
-    for (&handle, _) in &state.chunks.chunks {
-        let locs = registry
-            .locations
-            .get_or_insert_with(handle, Default::default);
-        for node in 1..=3 {
-            locs.push(Location {
+    for (handle, _) in &state.chunks.chunks {
+        let locs: Vec<Location> = (1..=3)
+            .map(|node| Location {
                 node,
                 version: 1,
                 state: ReplicaState::Ok,
-            });
-        }
+            })
+            .collect();
+        registry.locations.insert(handle, Replicas::of(&locs));
     }
 }
 
@@ -1065,8 +1063,10 @@ fn ten_million_chunks_chunk_pass() {
         if round == 1 {
             // Node 3 died: every chunk is short and queued (up to the
             // queue's bound), the dearer path.
-            registry.locations.retain(|_, locs| {
+            registry.locations.retain(|_, stored| {
+                let mut locs = stored.locations();
                 locs.retain(|l| l.node != 3);
+                *stored = masterd::registry::Replicas::of(&locs);
                 true
             });
         }

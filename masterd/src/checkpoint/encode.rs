@@ -205,8 +205,7 @@ pub fn encode_to<W: Write>(
     s.end(Section::Owners, owners.len() as u64)?;
 
     // Inodes in inode order; the same order drives file chunks and dirents.
-    let mut inodes: Vec<(u64, &Inode)> = state.ns.inodes.iter().map(|(&i, n)| (i, n)).collect();
-    inodes.sort_unstable_by_key(|&(i, _)| i);
+    let inodes: Vec<(u64, &Inode)> = state.ns.inodes.iter_by_key().collect();
     if !state.ns.get(ROOT_INODE).is_some_and(Inode::is_dir) {
         return Err(invalid(Section::Inodes, "no root directory"));
     }
@@ -299,9 +298,7 @@ pub fn encode_to<W: Write>(
     drop(inodes);
 
     s.begin();
-    let mut chunks: Vec<_> = state.chunks.chunks.iter().collect();
-    chunks.sort_unstable_by_key(|(h, _)| **h);
-    for &(&h, c) in &chunks {
+    for (h, c) in state.chunks.chunks.iter_by_key() {
         let mut rec = [0u8; CHUNK_BYTES];
         rec[0..8].copy_from_slice(&h.to_le_bytes());
         rec[8..16].copy_from_slice(&c.version.to_le_bytes());
@@ -309,8 +306,7 @@ pub fn encode_to<W: Write>(
         rec[24..28].copy_from_slice(&c.index.to_le_bytes());
         s.put(&rec)?;
     }
-    s.end(Section::Chunks, chunks.len() as u64)?;
-    drop(chunks);
+    s.end(Section::Chunks, state.chunks.chunks.len() as u64)?;
 
     s.begin();
     let mut leases: Vec<_> = state.chunks.leases.iter().collect();
