@@ -147,6 +147,37 @@ impl Replicas {
         }
     }
 
+    /// Drops the replica on `node`, if any, keeping the compact form.
+    /// The packed case is checked in place: a chunkserver's death walks
+    /// every chunk with this (10 M chunks: 0.2 s under the registry lock
+    /// when each was unpacked into a list and packed again).
+    pub fn remove_node(&mut self, node: NodeId) {
+        if let Replicas::Packed {
+            nodes,
+            states,
+            count,
+            ..
+        } = self
+        {
+            let n = usize::from(*count);
+            let Some(at) = nodes[..n].iter().position(|&x| NodeId::from(x) == node) else {
+                return;
+            };
+            nodes.copy_within(at + 1..n, at);
+            states.copy_within(at + 1..n, at);
+            nodes[n - 1] = 0;
+            states[n - 1] = ReplicaState::Ok;
+            *count -= 1;
+            if *count == 0 {
+                *self = Replicas::default();
+            }
+            return;
+        }
+        let mut locs = self.locations();
+        locs.retain(|l| l.node != node);
+        *self = Replicas::of(&locs);
+    }
+
     pub fn len(&self) -> usize {
         match self {
             Replicas::Packed { count, .. } => usize::from(*count),
@@ -282,25 +313,17 @@ impl Registry {
 
     pub fn remove(&mut self, node: NodeId, handle: u64) {
         if let Some(stored) = self.locations.get_mut(&handle) {
-            let mut locs = stored.locations();
-            locs.retain(|l| l.node != node);
-            if locs.is_empty() {
+            stored.remove_node(node);
+            if stored.is_empty() {
                 self.locations.remove(&handle);
-            } else {
-                *stored = Replicas::of(&locs);
             }
         }
     }
 
     fn forget_node(&mut self, node: NodeId) {
         self.locations.retain(|_, stored| {
-            let mut locs = stored.locations();
-            let before = locs.len();
-            locs.retain(|l| l.node != node);
-            if locs.len() != before && !locs.is_empty() {
-                *stored = Replicas::of(&locs);
-            }
-            !locs.is_empty()
+            stored.remove_node(node);
+            !stored.is_empty()
         });
     }
 
@@ -440,6 +463,21 @@ mod tests {
             let packable = locs.len() <= 3
                 && locs.iter().all(|l| l.version == locs[0].version && l.node <= u64::from(u32::MAX));
             prop_assert_eq!(matches!(stored, Replicas::Packed { .. }), packable);
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn removing_a_node_matches_the_list(
+            locs in proptest::collection::vec(location(), 0..6),
+            node in prop_oneof![1u64..6, Just(u64::from(u32::MAX) + 1)],
+        ) {
+            let mut stored = Replicas::of(&locs);
+            stored.remove_node(node);
+            let want: Vec<Location> = locs.iter().copied().filter(|l| l.node != node).collect();
+            prop_assert_eq!(stored.locations().to_vec(), want.clone());
+            // Still the most compact form (so equal to a fresh one).
+            prop_assert_eq!(stored, Replicas::of(&want));
         }
     }
 
