@@ -499,7 +499,8 @@ mod tests {
     use crate::chunks::ChunkMeta;
     use crate::namespace::{File, Inode, Kind, ROOT_INODE};
     use crate::pagedmap::PARTS;
-    use crate::registry::{Registration, Registry};
+    use crate::registry::Registry;
+    use crate::registry::testing::register;
     use crate::state::State;
     use crate::types::NodeId;
 
@@ -552,19 +553,6 @@ mod tests {
             length_bytes: 1,
             state,
         }
-    }
-
-    /// Registers `node` (utilisation `used` of 100) with its full report.
-    fn register(reg: &mut Registry, node: NodeId, used: u64, chunks: &[ChunkReport]) {
-        let r = Registration {
-            node_id: node,
-            listen_addr: "127.0.0.1:1",
-            http_addr: "127.0.0.1:2",
-            rack: "",
-            capacity_bytes: 100,
-            used_bytes: used,
-        };
-        reg.register(&r, chunks, true, Instant::now());
     }
 
     fn view<'a>(state: &'a State, reg: &'a Registry, now: Instant) -> View<'a> {

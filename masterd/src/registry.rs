@@ -428,8 +428,28 @@ impl Registry {
     }
 }
 
+/// Shared by the unit tests of this module and of `crate::chunkscan`.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    /// Registers `node` (utilisation `used` of 100) with its full report.
+    pub fn register(reg: &mut Registry, node: NodeId, used: u64, chunks: &[ChunkReport]) {
+        let r = Registration {
+            node_id: node,
+            listen_addr: "127.0.0.1:1",
+            http_addr: "127.0.0.1:2",
+            rack: "",
+            capacity_bytes: 100,
+            used_bytes: used,
+        };
+        reg.register(&r, chunks, true, Instant::now());
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::testing::register;
     use super::*;
     use proptest::prelude::*;
 
@@ -502,18 +522,6 @@ mod tests {
         assert!(Replicas::default().is_empty());
     }
 
-    fn register(reg: &mut Registry, node: NodeId, chunks: &[ChunkReport]) {
-        let r = Registration {
-            node_id: node,
-            listen_addr: "127.0.0.1:1",
-            http_addr: "127.0.0.1:2",
-            rack: "",
-            capacity_bytes: 100,
-            used_bytes: 0,
-        };
-        reg.register(&r, chunks, true, Instant::now());
-    }
-
     fn report(handle: u64, version: u64) -> ChunkReport {
         ChunkReport {
             handle,
@@ -527,7 +535,7 @@ mod tests {
     fn reports_heartbeats_and_deaths_move_replicas_between_forms() {
         let mut reg = Registry::default();
         for node in 1..=3 {
-            register(&mut reg, node, &[report(10, 1), report(11, 1)]);
+            register(&mut reg, node, 0, &[report(10, 1), report(11, 1)]);
         }
         assert!(matches!(
             reg.locations.get(&10),
@@ -547,7 +555,7 @@ mod tests {
         ));
         assert!(!reg.update_replica(10, 3, |l| l.version = 9));
         // A fourth copy (a clone), then node 1 dies.
-        register(&mut reg, 4, &[report(11, 1)]);
+        register(&mut reg, 4, 0, &[report(11, 1)]);
         assert_eq!(reg.replicas(11).len(), 4);
         let later = Instant::now() + Duration::from_secs(60);
         for node in 2..=4 {
