@@ -12,9 +12,9 @@
 //! Nothing on the way does a hash lookup per record: the big tables are
 //! paged by key (`crate::pagedmap`) and their records come in ascending
 //! key order, so each insert lands next to the previous one in its part,
-//! and the entries-name-inodes check is a merge of two sorted lists. At 10 M files a lookup or insert
-//! per record is a cache miss each, and those took 12 of the 15 s a load
-//! used to take.
+//! and the entries-name-inodes check is a merge of two sorted lists. At
+//! 10 M files a hash lookup or insert per record is a cache miss each, and
+//! those took 12 of the 15 s a load used to take.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
