@@ -246,7 +246,8 @@ impl<V: Default> PagedMap<V> {
         self.len = len;
     }
 
-    /// Pages allocated, and far keys (for tests and the memory bench).
+    /// Pages allocated, and far keys (for the tests of the layout).
+    #[cfg(test)]
     pub fn footprint(&self) -> (usize, usize) {
         let pages = self
             .parts
