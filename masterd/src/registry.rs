@@ -102,8 +102,17 @@ impl Default for Replicas {
 }
 
 impl Replicas {
-    /// The most compact form of `locs`.
+    /// The most compact form of `locs`, which names each node at most once
+    /// (`upsert` keeps it so; `remove_node` relies on it).
     pub fn of(locs: &[Location]) -> Replicas {
+        // A handful of replicas, so the quadratic check is cheap enough to
+        // keep in release builds.
+        assert!(
+            locs.iter()
+                .enumerate()
+                .all(|(i, l)| locs[..i].iter().all(|m| m.node != l.node)),
+            "a chunk's replicas name a node twice: {locs:?}"
+        );
         let packable = locs.len() <= 3
             && locs
                 .iter()
@@ -474,9 +483,22 @@ mod tests {
             .prop_map(|(n, v, s)| loc(n, v, s))
     }
 
+    /// Up to `max` replicas on distinct nodes, as the registry keeps them.
+    fn replica_list(max: usize) -> impl Strategy<Value = Vec<Location>> {
+        proptest::collection::vec(location(), 0..max).prop_map(|mut locs| {
+            let mut seen = Vec::new();
+            locs.retain(|l| {
+                let new = !seen.contains(&l.node);
+                seen.push(l.node);
+                new
+            });
+            locs
+        })
+    }
+
     proptest! {
         #[test]
-        fn replicas_keep_what_they_are_given(locs in proptest::collection::vec(location(), 0..6)) {
+        fn replicas_keep_what_they_are_given(locs in replica_list(6)) {
             let stored = Replicas::of(&locs);
             prop_assert_eq!(stored.locations().to_vec(), locs.clone());
             prop_assert_eq!(stored.len(), locs.len());
@@ -489,7 +511,7 @@ mod tests {
     proptest! {
         #[test]
         fn removing_a_node_matches_the_list(
-            locs in proptest::collection::vec(location(), 0..6),
+            locs in replica_list(6),
             node in prop_oneof![1u64..6, Just(u64::from(u32::MAX) + 1)],
         ) {
             let mut stored = Replicas::of(&locs);
@@ -499,6 +521,13 @@ mod tests {
             // Still the most compact form (so equal to a fresh one).
             prop_assert_eq!(stored, Replicas::of(&want));
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "name a node twice")]
+    fn a_node_named_twice_is_refused() {
+        let twice = [loc(2, 7, ReplicaState::Ok), loc(2, 7, ReplicaState::Ok)];
+        let _ = Replicas::of(&twice);
     }
 
     #[test]
