@@ -15,7 +15,9 @@
 //! - every acknowledged create is then looked up: a missing one is a lost
 //!   acknowledged mutation.
 //! - creates/s with 3 voters against 1 voter, `--rate-secs` each, on fresh
-//!   clusters.
+//!   clusters, `--rate-rounds` times. The writers are dealt to `--clients`
+//!   client instances: one keeps at most 64 mutations in flight, so the
+//!   rate a group sustains, rather than its commit latency, needs several.
 //!
 //! Every wait is bounded; only the daemons this bench started are killed,
 //! by PID; the temporary directory is removed. See docs/BENCHMARKS.md.
@@ -48,6 +50,16 @@ pub struct Args {
     /// Concurrent create loops.
     #[arg(long, default_value_t = 8)]
     pub writers: usize,
+    /// Client instances the writers are dealt to, round-robin. One `Client`
+    /// keeps at most `STREAMS_MAX` (64) mutations in flight, so a load of
+    /// more writers than that needs more clients, as a master serving many
+    /// hosts would see.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub clients: u64,
+    /// Rounds of the replication-cost measurement (each a fresh 1-voter and
+    /// a fresh 3-voter cluster); the median ratio and its spread are printed.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
+    pub rate_rounds: u64,
     /// Load before each kill or handover.
     #[arg(long, default_value_t = 1000)]
     pub settle_ms: u64,
@@ -172,9 +184,11 @@ struct Load {
 const CREATES_PER_WRITER_MAX: u64 = 1_000_000;
 
 impl Load {
-    fn start(rt: &tokio::runtime::Runtime, client: &Arc<Client>, writers: usize) -> Res<Load> {
+    /// `writers` create loops, writer `w` on `clients[w % clients.len()]`.
+    fn start(rt: &tokio::runtime::Runtime, clients: &[Arc<Client>], writers: usize) -> Res<Load> {
+        assert!(!clients.is_empty(), "at least one client");
         for w in 0..writers {
-            rt.block_on(client.mkdir(&format!("/bench/w{w}"), true))
+            rt.block_on(clients[0].mkdir(&format!("/bench/w{w}"), true))
                 .map_err(|e| e.to_string())?;
         }
         let acks: Arc<Mutex<Vec<(Instant, Instant, String)>>> = Arc::default();
@@ -182,8 +196,12 @@ impl Load {
         let stop: Arc<AtomicBool> = Arc::default();
         let tasks = (0..writers)
             .map(|w| {
-                let (client, acks, failures, stop) =
-                    (client.clone(), acks.clone(), failures.clone(), stop.clone());
+                let (client, acks, failures, stop) = (
+                    clients[w % clients.len()].clone(),
+                    acks.clone(),
+                    failures.clone(),
+                    stop.clone(),
+                );
                 rt.spawn(async move {
                     for i in 0..CREATES_PER_WRITER_MAX {
                         if stop.load(Ordering::Relaxed) {
@@ -268,6 +286,13 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Median, min and max of a non-empty list (the upper median of an even one).
+fn median_spread(mut v: Vec<f64>) -> (f64, f64, f64) {
+    assert!(!v.is_empty(), "at least one round");
+    v.sort_by(f64::total_cmp);
+    (v[v.len() / 2], v[0], v[v.len() - 1])
+}
+
 fn percentiles(mut v: Vec<f64>) -> String {
     if v.is_empty() {
         return "none".into();
@@ -302,12 +327,16 @@ fn creates_per_sec(
     rt: &tokio::runtime::Runtime,
     work: &Path,
     voters: usize,
+    round: u64,
     args: &Args,
     bin_dir: &Path,
 ) -> Res<f64> {
-    let cluster = Cluster::up(work, &format!("rate-{voters}"), voters, bin_dir)?;
-    let client = Arc::new(cluster.client()?);
-    let load = Load::start(rt, &client, args.writers)?;
+    // A fresh directory each time: `ringfs local up` resumes an old one.
+    let cluster = Cluster::up(work, &format!("rate-{round}-{voters}"), voters, bin_dir)?;
+    let clients = (0..args.clients)
+        .map(|_| cluster.client().map(Arc::new))
+        .collect::<Res<Vec<_>>>()?;
+    let load = Load::start(rt, &clients, args.writers)?;
     std::thread::sleep(Duration::from_secs(1));
     let (n0, t0) = (load.count(), Instant::now());
     std::thread::sleep(Duration::from_secs(args.rate_secs));
@@ -346,8 +375,11 @@ pub fn run(args: Args) -> Res<()> {
         .map_err(|e| e.to_string())?;
 
     let cluster = Cluster::up(work.path(), "ha", 3, &bin_dir)?;
-    let client = Arc::new(cluster.client()?);
-    let load = Load::start(&rt, &client, args.writers)?;
+    let clients = (0..args.clients)
+        .map(|_| cluster.client().map(Arc::new))
+        .collect::<Res<Vec<_>>>()?;
+    let client = clients[0].clone();
+    let load = Load::start(&rt, &clients, args.writers)?;
     let mut windows = Vec::new();
     for round in 0..args.kills {
         std::thread::sleep(Duration::from_millis(args.settle_ms));
@@ -420,15 +452,25 @@ pub fn run(args: Args) -> Res<()> {
     }
     let (acks, failures) = load.stop(&rt);
     let lost = rt.block_on(lost(&client, &acks, args.writers))?;
-    drop(client);
+    drop((client, clients));
     drop(cluster);
 
-    let one = creates_per_sec(&rt, work.path(), 1, &args, &bin_dir)?;
-    let three = creates_per_sec(&rt, work.path(), 3, &args, &bin_dir)?;
+    // Fresh clusters per round, in the same order each round, so a drift
+    // of the host's speed within a round shows in that round's ratio only.
+    let mut rates = Vec::new();
+    for round in 0..args.rate_rounds {
+        let one = creates_per_sec(&rt, work.path(), 1, round, &args, &bin_dir)?;
+        let three = creates_per_sec(&rt, work.path(), 3, round, &args, &bin_dir)?;
+        eprintln!(
+            "rate round {round}: 1 voter {one:.0}, 3 voters {three:.0} creates/s, ratio {:.2}",
+            three / one
+        );
+        rates.push((one, three));
+    }
 
     println!(
-        "failover benchmark ({} writers creating empty files)",
-        args.writers
+        "failover benchmark ({} writers on {} clients creating empty files)",
+        args.writers, args.clients
     );
     println!(
         "  crash failover window (kill -9 of the leader to the next acknowledged create): {}",
@@ -447,9 +489,20 @@ pub fn run(args: Args) -> Res<()> {
     for f in failures.iter().take(5) {
         println!("    failed: {f}");
     }
+    let spread = |v: Vec<f64>| {
+        let (mid, lo, hi) = median_spread(v);
+        format!("{mid:.2} [{lo:.2}..{hi:.2}]")
+    };
+    let whole = |v: Vec<f64>| {
+        let (mid, lo, hi) = median_spread(v);
+        format!("{mid:.0} [{lo:.0}..{hi:.0}]")
+    };
     println!(
-        "  creates/s: 1 voter {one:.0}, 3 voters {three:.0}, ratio {:.2}",
-        three / one
+        "  creates/s over {} rounds, median [min..max]: 1 voter {}, 3 voters {}, ratio 3/1 {}",
+        rates.len(),
+        whole(rates.iter().map(|r| r.0).collect()),
+        whole(rates.iter().map(|r| r.1).collect()),
+        spread(rates.iter().map(|r| r.1 / r.0).collect()),
     );
     if lost > 0 {
         return Err(format!("{lost} acknowledged creates lost"));
