@@ -1,7 +1,7 @@
 //! `ringfs-bench failover`: how long the master group is unavailable when
 //! its leader dies or hands over, and what replication costs (issue 6).
 //!
-//! On a `ringfs local` cluster (3 voters, 3 chunkservers) under a steady
+//! On a `ringfs local` cluster (`--voters`, 3 or 5, and 3 chunkservers) under a steady
 //! create load (`--writers` tasks, each creating empty files in its own
 //! directory, one request at a time, through the client library):
 //!
@@ -14,7 +14,7 @@
 //!   one second after it returned.
 //! - every acknowledged create is then looked up: a missing one is a lost
 //!   acknowledged mutation.
-//! - creates/s with 3 voters against 1 voter, `--rate-secs` each, on fresh
+//! - creates/s with `--voters` voters against 1, `--rate-secs` each, on fresh
 //!   clusters, `--rate-rounds` times. The writers are dealt to `--clients`
 //!   client instances: one keeps at most 64 mutations in flight, so the
 //!   rate a group sustains, rather than its commit latency, needs several.
@@ -41,6 +41,10 @@ const WAIT: Duration = Duration::from_secs(60);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Voting masters of the cluster under test (and of the replication
+    /// cost's larger group).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(3..=5))]
+    pub voters: u64,
     /// Leader kills.
     #[arg(long, default_value_t = 20)]
     pub kills: usize,
@@ -57,7 +61,8 @@ pub struct Args {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub clients: u64,
     /// Rounds of the replication-cost measurement (each a fresh 1-voter and
-    /// a fresh 3-voter cluster); the median ratio and its spread are printed.
+    /// a fresh `--voters` cluster); the median ratio and its spread are
+    /// printed.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=20))]
     pub rate_rounds: u64,
     /// Load before each kill or handover.
@@ -374,7 +379,11 @@ pub fn run(args: Args) -> Res<()> {
         .build()
         .map_err(|e| e.to_string())?;
 
-    let cluster = Cluster::up(work.path(), "ha", 3, &bin_dir)?;
+    if args.voters.is_multiple_of(2) {
+        return Err(format!("--voters {}: an odd number, 3 or 5", args.voters));
+    }
+    let voters = args.voters as usize;
+    let cluster = Cluster::up(work.path(), "ha", voters, &bin_dir)?;
     let clients = (0..args.clients)
         .map(|_| cluster.client().map(Arc::new))
         .collect::<Res<Vec<_>>>()?;
@@ -460,16 +469,16 @@ pub fn run(args: Args) -> Res<()> {
     let mut rates = Vec::new();
     for round in 0..args.rate_rounds {
         let one = creates_per_sec(&rt, work.path(), 1, round, &args, &bin_dir)?;
-        let three = creates_per_sec(&rt, work.path(), 3, round, &args, &bin_dir)?;
+        let many = creates_per_sec(&rt, work.path(), voters, round, &args, &bin_dir)?;
         eprintln!(
-            "rate round {round}: 1 voter {one:.0}, 3 voters {three:.0} creates/s, ratio {:.2}",
-            three / one
+            "rate round {round}: 1 voter {one:.0}, {voters} voters {many:.0} creates/s, ratio {:.2}",
+            many / one
         );
-        rates.push((one, three));
+        rates.push((one, many));
     }
 
     println!(
-        "failover benchmark ({} writers on {} clients creating empty files)",
+        "failover benchmark ({voters} voters; {} writers on {} clients creating empty files)",
         args.writers, args.clients
     );
     println!(
@@ -498,7 +507,7 @@ pub fn run(args: Args) -> Res<()> {
         format!("{mid:.0} [{lo:.0}..{hi:.0}]")
     };
     println!(
-        "  creates/s over {} rounds, median [min..max]: 1 voter {}, 3 voters {}, ratio 3/1 {}",
+        "  creates/s over {} rounds, median [min..max]: 1 voter {}, {voters} voters {}, ratio {voters}/1 {}",
         rates.len(),
         whole(rates.iter().map(|r| r.0).collect()),
         whole(rates.iter().map(|r| r.1).collect()),

@@ -6,15 +6,22 @@
 //! openraft 0.9 has no leadership transfer, and a follower refuses to vote
 //! while its leader lease (`election_timeout_max_ms` after the last
 //! heartbeat) runs. So the handover is: the leader stops taking mutations
-//! (callers get `Unavailable`, retry in a few ms and land on the new
-//! leader), waits until the target has every entry, stops heartbeating,
-//! tells the other voters to hold their own elections for a while, and
-//! tells the target to campaign. The target campaigns at once, which wins
+//! (they wait, and are answered `NotLeader` with the new leader once it is
+//! known; `proposer::Proposer::hold`), waits until the target has every
+//! entry, stops heartbeating, tells the other voters to hold their own
+//! elections for a while, and tells the target to campaign. The target campaigns at once, which wins
 //! when the old leader's vote makes a majority (three voters: a leader's
 //! own lease is never refreshed, so it grants once it has led for a lease);
 //! otherwise it campaigns again once the followers' leases have run out.
-//! The pause is a vote round and a commit with three voters, about one
-//! `election_timeout_max_ms` with five; no request fails.
+//!
+//! With more than three voters the target needs allies besides the old
+//! leader: before anything stops, the leader withholds AppendEntries from
+//! just enough followers (`raftnet::Withheld`, after telling them to hold
+//! their elections) for one lease, while the rest keep committing, so
+//! their leases have run out when the target asks. The pause is then a
+//! vote round and a commit with five voters as with three, if the voters
+//! left commit without the allies; otherwise the writes wait out the lease
+//! as before. No request fails either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -43,6 +50,38 @@ pub const HANDOVER_HOLD_MAX: Duration = Duration::from_secs(30);
 /// Margin over the followers' leader lease before the target campaigns:
 /// the last heartbeat left at most this before the stop.
 pub const LEASE_MARGIN_MS: u64 = 20;
+/// Longest wait for a voter to answer `Hold`, which it does at once: one
+/// that is down or cut off is left out rather than stalling the handover.
+pub const HOLD_ANSWER_WAIT: Duration = Duration::from_millis(500);
+
+/// How many followers, with this leader's and the target's own votes,
+/// make a majority of `voters` (none with three, one with four or five),
+/// and the candidates in the order to ask them: least caught-up first, so
+/// the followers left to commit during the lease are the quickest ones.
+fn ally_candidates(
+    master: &Master,
+    voters: &BTreeMap<NodeId, BasicNode>,
+    target: NodeId,
+) -> (usize, Vec<NodeId>) {
+    let needed = (voters.len() / 2 + 1).saturating_sub(2);
+    if needed == 0 {
+        return (0, Vec::new());
+    }
+    let m = master.raft.metrics().borrow().clone();
+    let matched = |id: &NodeId| {
+        m.replication
+            .as_ref()
+            .and_then(|r| r.get(id).copied().flatten())
+            .map_or(0, |l| l.index)
+    };
+    let mut others: Vec<NodeId> = voters
+        .keys()
+        .copied()
+        .filter(|&id| id != master.id && id != target)
+        .collect();
+    others.sort_by_key(matched);
+    (needed, others)
+}
 
 /// What the leader asks of another voter during a handover.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,13 +186,14 @@ async fn send(
 ) -> Result<(), String> {
     let payload = postcard::to_allocvec(h).map_err(|e| e.to_string())?;
     let mut c = conn(master, target, node);
-    let reply = tokio::time::timeout(
-        CATCH_UP_WAIT + CAMPAIGN_WAIT + Duration::from_secs(1),
-        c.exchange(RaftRpc::TransferLeader, &payload),
-    )
-    .await
-    .map_err(|_| format!("master {target} did not answer the handover"))?
-    .map_err(|e| e.to_string())?;
+    let wait = match h {
+        Handover::Hold { .. } => HOLD_ANSWER_WAIT,
+        Handover::Take { .. } => CATCH_UP_WAIT + CAMPAIGN_WAIT + Duration::from_secs(1),
+    };
+    let reply = tokio::time::timeout(wait, c.exchange(RaftRpc::TransferLeader, &payload))
+        .await
+        .map_err(|_| format!("master {target} did not answer the handover"))?
+        .map_err(|e| e.to_string())?;
     postcard::from_bytes::<Result<(), String>>(&reply).map_err(|e| e.to_string())?
 }
 
@@ -194,7 +234,34 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     master.raft.runtime_config().elect(false);
     // openraft's switch stops its timer, not a takeover (`election.rs`).
     master.elections.hold_until(started + HANDOVER_HOLD_MAX);
+    let (allies_needed, candidates) = ally_candidates(master, &voters, target);
     let result = async {
+        // Held first: an ally that hears nothing for a lease would
+        // otherwise campaign itself. One that does not answer is passed
+        // over; with too few, the target waits out the leases as before.
+        let mut held = Vec::with_capacity(allies_needed);
+        for &id in &candidates {
+            if held.len() == allies_needed {
+                break;
+            }
+            let node = voters.get(&id).expect("candidates are voters");
+            let hold = Handover::Hold {
+                for_ms: HOLD_ELECTIONS_MS,
+            };
+            match send(master, id, node, &hold).await {
+                Ok(()) => held.push(id),
+                Err(e) => tracing::warn!(id, error = %e, "an ally did not hold its elections"),
+            }
+        }
+        assert!(held.len() <= allies_needed);
+        if !held.is_empty() {
+            master.withheld.withhold(&held, started + HANDOVER_HOLD_MAX);
+            let lease_ms = master.tuning().election_timeout_max_ms;
+            tokio::time::sleep(Duration::from_millis(
+                lease_ms.saturating_add(LEASE_MARGIN_MS),
+            ))
+            .await;
+        }
         // Nothing more enters the log from here: a proposal already handed
         // to Raft would otherwise land after the target's catch-up, and
         // the old leader refuses to vote for a log shorter than its own.
@@ -259,19 +326,24 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
         .await
     }
     .await;
+    master.withheld.release();
     master.raft.runtime_config().heartbeat(true);
     master.raft.runtime_config().elect(true);
     master.elections.release();
-    master.proposer.hold(false);
-    result?;
-    // Until this master knows the new leader, it would answer requests
-    // itself as a leaderless follower; the first heartbeat tells it.
+    if let Err(e) = result {
+        master.proposer.hold(false);
+        return Err(e);
+    }
+    // The mutations held meanwhile go to Raft once this master knows the
+    // new leader (its first heartbeat), so they are answered `NotLeader`
+    // with it rather than with no leader at all.
     let mut metrics = master.raft.metrics();
     let _ = tokio::time::timeout(
         CAMPAIGN_WAIT,
         metrics.wait_for(|m| m.current_leader == Some(target)),
     )
     .await;
+    master.proposer.hold(false);
     master
         .metrics
         .handovers

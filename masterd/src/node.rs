@@ -18,7 +18,7 @@ use crate::lease::Leases;
 use crate::metrics::Metrics;
 use crate::oplog::{OpLog, OpLogReader, OpLogStats};
 use crate::proposer::Proposer;
-use crate::raftnet::PeerNetwork;
+use crate::raftnet::{PeerNetwork, Withheld};
 use crate::registry::Registry;
 use crate::state::State;
 use crate::statemachine::{Shared, StateMachine};
@@ -54,6 +54,8 @@ pub struct Master {
     /// The op log's last ids, read without going through Raft.
     pub log_reader: OpLogReader,
     pub elections: Elections,
+    /// Followers the leader withholds AppendEntries from during a handover.
+    pub withheld: Arc<Withheld>,
     pub metrics: Metrics,
     pub duties: Mutex<crate::duties::Duties>,
     /// Identifies heartbeat-carried commands: term in the high 24 bits.
@@ -133,7 +135,13 @@ impl Master {
         );
         let (sm, shared) = StateMachine::open(data_dir.join("checkpoints"), fresh)
             .map_err(|e| StartError::Checkpoint(e.to_string()))?;
-        let network = PeerNetwork::new(id, config.key.clone(), config.file.cluster_id.clone());
+        let withheld = Arc::new(Withheld::default());
+        let network = PeerNetwork::new(
+            id,
+            config.key.clone(),
+            config.file.cluster_id.clone(),
+            withheld.clone(),
+        );
         let raft = Raft::new(id, Arc::new(raft_config(&tuning)?), network, log, sm)
             .await
             .map_err(|e| StartError::Raft(e.to_string()))?;
@@ -173,6 +181,7 @@ impl Master {
             oplog_stats,
             log_reader,
             elections: Elections::default(),
+            withheld,
             metrics: Metrics::default(),
             duties: Mutex::new(crate::duties::Duties::default()),
             command_seq: AtomicU64::new(0),

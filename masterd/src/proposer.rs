@@ -5,11 +5,11 @@
 //! `fdatasync` (docs/design/009-masterd-core.md).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
 use crate::types::{NodeId, Op, Outcome, PROPOSAL_OPS_MAX, Proposal, Raft};
 
@@ -26,6 +26,12 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
 /// request id is applied once) and the next proposal goes: a leader cut off
 /// from its majority refuses within a bounded time instead of hanging.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait of a mutation that arrives during a leadership handover.
+/// A handover holds for a vote round and a commit (milliseconds; about a
+/// lease with more than three voters while the allies' leases run out,
+/// during which the writes go on); past this the caller hears
+/// `Unavailable` and retries.
+pub const HELD_WAIT_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProposeError {
@@ -66,8 +72,8 @@ pub struct ProposerStats {
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     pub stats: Arc<ProposerStats>,
-    /// Set during a leadership handover: new proposals are refused.
-    held: Arc<AtomicBool>,
+    /// True during a leadership handover: new proposals wait.
+    held: watch::Sender<bool>,
     /// Slots of proposals handed to Raft and not yet answered.
     in_flight: Arc<Semaphore>,
 }
@@ -76,13 +82,13 @@ impl Proposer {
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUED_OPS_MAX);
         let stats = Arc::new(ProposerStats::default());
-        let held = Arc::new(AtomicBool::new(false));
+        let (held, _) = watch::channel(false);
         let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
         tokio::spawn(run(
             raft,
             rx,
             stats.clone(),
-            held.clone(),
+            held.subscribe(),
             in_flight.clone(),
         ));
         Proposer {
@@ -93,10 +99,15 @@ impl Proposer {
         }
     }
 
-    /// Refuses (`true`) or takes again (`false`) new proposals. Holding
-    /// also refuses what is queued and not yet handed to Raft.
+    /// Holds (`true`) or lets go (`false`) new proposals, and what is
+    /// queued and not yet handed to Raft. Held ones wait, up to
+    /// [`HELD_WAIT_MAX`], and then go to Raft: after a handover that is
+    /// no longer this master's, so they are answered `NotLeader` with the
+    /// new leader, and the client goes there at once instead of backing
+    /// off after an `Unavailable` (before 2026-11-22 they were refused at
+    /// once, and under load the retries kept the CPU from the handover).
     pub fn hold(&self, held: bool) {
-        self.held.store(held, Ordering::Release);
+        self.held.send_replace(held);
     }
 
     /// Holds, then waits (up to `wait`) until no proposal handed to Raft
@@ -113,10 +124,8 @@ impl Proposer {
 
     /// Commits `op` through the log; returns its outcome once applied.
     pub async fn propose(&self, op: Op) -> Result<Committed, ProposeError> {
-        if self.held.load(Ordering::Acquire) {
-            return Err(ProposeError::Unavailable(
-                "the leadership is being handed over".into(),
-            ));
+        if *self.held.borrow() {
+            wait_while_held(&mut self.held.subscribe()).await?;
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -132,17 +141,29 @@ impl Proposer {
     }
 }
 
+/// Returns once no handover holds proposals, or `Unavailable` after
+/// [`HELD_WAIT_MAX`].
+async fn wait_while_held(held: &mut watch::Receiver<bool>) -> Result<(), ProposeError> {
+    match tokio::time::timeout(HELD_WAIT_MAX, held.wait_for(|h| !*h)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(ProposeError::Stopped("proposer stopped".into())),
+        Err(_) => Err(ProposeError::Unavailable(
+            "the leadership is being handed over".into(),
+        )),
+    }
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
     stats: Arc<ProposerStats>,
-    held: Arc<AtomicBool>,
+    mut held: watch::Receiver<bool>,
     in_flight: Arc<Semaphore>,
 ) {
     while let Some(first) = rx.recv().await {
         // Wait for a slot before collecting: ops that arrive meanwhile join
         // this proposal instead of making their own.
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        let Ok(mut permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
         let mut batch = vec![first];
@@ -152,13 +173,20 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if held.load(Ordering::Acquire) {
-            // Queued before a handover began: the new leader takes them.
-            let err = ProposeError::Unavailable("the leadership is being handed over".into());
-            for p in batch {
-                let _ = p.reply.send(Err(err.clone()));
+        if *held.borrow() {
+            // Queued before a handover began. The slot goes back while
+            // they wait, or the handover's drain would wait for it.
+            drop(permit);
+            if let Err(err) = wait_while_held(&mut held).await {
+                for p in batch {
+                    let _ = p.reply.send(Err(err.clone()));
+                }
+                continue;
             }
-            continue;
+            let Ok(again) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
+            permit = again;
         }
         stats.proposals.fetch_add(1, Ordering::Relaxed);
         stats.ops.fetch_add(batch.len() as u64, Ordering::Relaxed);

@@ -15,8 +15,10 @@
 //! (openraft sends fewer entries), the target's own Raft error is a
 //! `RemoteError`.
 
+use std::collections::BTreeMap;
 use std::error::Error;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::BasicNode;
 use openraft::error::{
@@ -219,19 +221,73 @@ impl PeerConn {
     }
 }
 
+/// Voters this master, as leader, sends no AppendEntries to for a while.
+/// A handover in a group of more than three uses it (`crate::failover`):
+/// openraft 0.9 refreshes a follower's leader lease on every AppendEntries
+/// and refuses votes while it runs, so the target's election needs voters
+/// that have not heard from the leader for a lease; withholding from just
+/// enough of them, while the rest keep committing, gets those without a
+/// pause in the writes. Dropping messages is always safe in Raft: the
+/// entries follow once it ends (openraft retries after its backoff).
+#[derive(Debug, Default)]
+pub struct Withheld {
+    until: Mutex<BTreeMap<NodeId, Instant>>,
+}
+
+/// Voters withheld at once, at most: a group has at most a few.
+const WITHHELD_MAX: usize = 8;
+
+impl Withheld {
+    /// Withholds from `ids` until `until` (or [`Withheld::release`]).
+    pub fn withhold(&self, ids: &[NodeId], until: Instant) {
+        let mut map = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        for &id in ids {
+            map.insert(id, until);
+        }
+        assert!(
+            map.len() <= WITHHELD_MAX,
+            "withholding from {} voters",
+            map.len()
+        );
+    }
+
+    pub fn release(&self) {
+        self.until.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
+    pub fn is_withheld(&self, id: NodeId) -> bool {
+        let mut map = self.until.lock().unwrap_or_else(|e| e.into_inner());
+        match map.get(&id) {
+            Some(&until) if Instant::now() < until => true,
+            Some(_) => {
+                map.remove(&id);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// Hands openraft one [`PeerLink`] per stream.
 pub struct PeerNetwork {
     me: NodeId,
     key: ClusterKey,
     cluster_id: String,
+    withheld: Arc<Withheld>,
 }
 
 impl PeerNetwork {
-    pub fn new(me: NodeId, key: ClusterKey, cluster_id: String) -> PeerNetwork {
+    pub fn new(
+        me: NodeId,
+        key: ClusterKey,
+        cluster_id: String,
+        withheld: Arc<Withheld>,
+    ) -> PeerNetwork {
         PeerNetwork {
             me,
             key,
             cluster_id,
+            withheld,
         }
     }
 }
@@ -248,12 +304,14 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
                 target,
                 node.addr.clone(),
             ),
+            withheld: self.withheld.clone(),
         }
     }
 }
 
 pub struct PeerLink {
     conn: PeerConn,
+    withheld: Arc<Withheld>,
 }
 
 type RpcResult<T, E> = Result<T, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>;
@@ -313,6 +371,10 @@ impl RaftNetwork<TypeConfig> for PeerLink {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> RpcResult<AppendEntriesResponse<NodeId>, openraft::error::Infallible> {
+        if self.withheld.is_withheld(self.conn.target) {
+            let why = std::io::Error::other("withheld during a leadership handover");
+            return Err(RPCError::Unreachable(Unreachable::new(&why)));
+        }
         // Sized before sending: a frame over the limit would be refused by
         // the target after the whole transfer.
         let payload = encode(&rpc)?;
@@ -361,5 +423,23 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
     fn backoff(&self) -> Backoff {
         Backoff::new(std::iter::repeat(UNREACHABLE_BACKOFF))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn withholding_ends_at_its_instant_or_on_release() {
+        let w = Withheld::default();
+        let now = Instant::now();
+        w.withhold(&[2, 3], now + Duration::from_secs(60));
+        w.withhold(&[4], now);
+        assert!(w.is_withheld(2) && w.is_withheld(3));
+        assert!(!w.is_withheld(4), "its instant has passed");
+        assert!(!w.is_withheld(5));
+        w.release();
+        assert!(!w.is_withheld(2) && !w.is_withheld(3));
     }
 }

@@ -1,9 +1,10 @@
 //! High availability of the master group (issue 6), on real clusters
-//! started by `ringfs local up` (3 voters, shadows, 3 chunkservers, real
-//! processes on loopback): a leader killed under load, a minority and a
-//! majority lost, a paused leader fenced, a graceful handover under load,
-//! a shadow promoted, every daemon killed at once, the longer log taking
-//! over from a candidate behind it, a follower caught up by a checkpoint. Every daemon is stopped
+//! started by `ringfs local up` (3 or 5 voters, shadows, 3 chunkservers,
+//! real processes on loopback): a leader killed under load, a minority and
+//! a majority lost, a paused leader fenced, a graceful handover under load,
+//! a shadow promoted, every daemon killed at once, two of five voters lost
+//! and handovers among five, the longer log taking over from a candidate
+//! behind it, a follower caught up by a checkpoint. Every daemon is stopped
 //! by PID when a test ends, passing or failing.
 
 use std::collections::BTreeMap;
@@ -732,5 +733,76 @@ fn a_promoted_shadow_votes_and_a_whole_cluster_kill_loses_nothing() {
     assert_eq!(
         ha.status(leader).unwrap()["voters"],
         serde_json::json!([1, 2, 3, 4])
+    );
+}
+
+/// Five voters (issue 6: "3 or 5"): under load the leader and a follower
+/// die together and the three left, a majority, go on writing; a handover
+/// among those three, then one with all five back, fails no request; no
+/// acknowledged create is lost.
+#[test]
+fn five_voters_lose_two_and_hand_over_without_a_failed_request() {
+    const ALL: [u64; 5] = [1, 2, 3, 4, 5];
+    let ha = Ha::up(5, 0);
+    let rt = runtime();
+    let client = Arc::new(ha.client(patient()));
+    let (load, tasks) = Load::start(&rt, &client, 4);
+    wait("load to start", || (load.acked() >= 20).then_some(()));
+    let leader = ha.leader_among(&ALL);
+    let follower = ALL.into_iter().find(|&i| i != leader).unwrap();
+    ha.kill_master(follower);
+    ha.kill_master(leader);
+    let killed = Instant::now();
+    let before = load.acked();
+    wait("writes to go on with three voters of five", || {
+        (load.acked() >= before + 40).then_some(())
+    });
+    eprintln!(
+        "unavailability after two of five died: {:?}",
+        load.first_ack_after(killed).unwrap()
+    );
+    let survivors: Vec<u64> = ALL
+        .into_iter()
+        .filter(|&i| i != leader && i != follower)
+        .collect();
+    let second = ha.leader_among(&survivors);
+
+    // With two voters down the target needs every survivor's vote.
+    let target = survivors.iter().copied().find(|&i| i != second).unwrap();
+    rt.block_on(client.admin_failover(target)).unwrap();
+    assert_eq!(ha.leader_among(&survivors), target);
+    let before = load.acked();
+    wait("writes after the handover among three", || {
+        (load.acked() >= before + 20).then_some(())
+    });
+
+    // Both back and caught up, then a handover in the full group.
+    ha.restart_master(leader);
+    ha.restart_master(follower);
+    let commit = ha.status(target).unwrap()["commit_index"].as_u64().unwrap();
+    for id in [leader, follower] {
+        ha.wait_on(id, "a restarted voter to catch up", |ha| {
+            let s = ha.status(id)?;
+            (s["role"] == "follower" && s["applied_index"].as_u64()? >= commit).then_some(())
+        });
+    }
+    rt.block_on(client.admin_failover(leader)).unwrap();
+    assert_eq!(ha.leader_among(&ALL), leader);
+    let before = load.acked();
+    wait("writes after the handover among five", || {
+        (load.acked() >= before + 20).then_some(())
+    });
+
+    load.finish(&rt, tasks);
+    let failures = load.failures.lock().unwrap().clone();
+    assert!(
+        failures.is_empty(),
+        "requests failed with five voters: {failures:?}"
+    );
+    load.check(&rt, &client);
+    assert!(ha.metric(target, "ringfs_master_handovers_total") >= 1);
+    assert_eq!(
+        ha.status(leader).unwrap()["voters"],
+        serde_json::json!([1, 2, 3, 4, 5])
     );
 }
