@@ -54,6 +54,18 @@ pub const LEASE_MARGIN_MS: u64 = 20;
 /// that is down or cut off is left out rather than stalling the handover.
 pub const HOLD_ANSWER_WAIT: Duration = Duration::from_millis(500);
 
+/// The last log index each follower is known to hold, as this leader
+/// sees it (none when it does not lead).
+fn matched_indexes(master: &Master) -> BTreeMap<NodeId, u64> {
+    let m = master.raft.metrics();
+    let m = m.borrow();
+    m.replication
+        .iter()
+        .flatten()
+        .map(|(&id, l)| (id, l.map_or(0, |l| l.index)))
+        .collect()
+}
+
 /// How many followers, with this leader's and the target's own votes,
 /// make a majority of `voters` (none with three, one with four or five),
 /// and the candidates in the order to ask them: least caught-up first, so
@@ -67,19 +79,13 @@ fn ally_candidates(
     if needed == 0 {
         return (0, Vec::new());
     }
-    let m = master.raft.metrics().borrow().clone();
-    let matched = |id: &NodeId| {
-        m.replication
-            .as_ref()
-            .and_then(|r| r.get(id).copied().flatten())
-            .map_or(0, |l| l.index)
-    };
+    let matched = matched_indexes(master);
     let mut others: Vec<NodeId> = voters
         .keys()
         .copied()
         .filter(|&id| id != master.id && id != target)
         .collect();
-    others.sort_by_key(matched);
+    others.sort_by_key(|id| matched.get(id).copied().unwrap_or(0));
     (needed, others)
 }
 
@@ -205,17 +211,11 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     }
     let voters = voters(master);
     let target = if to == 0 {
-        let m = master.raft.metrics().borrow().clone();
-        let matched = |id: &NodeId| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(id).copied().flatten())
-                .map_or(0, |l| l.index)
-        };
+        let matched = matched_indexes(master);
         voters
             .keys()
             .filter(|&&id| id != master.id)
-            .max_by_key(|id| matched(id))
+            .max_by_key(|id| matched.get(id).copied().unwrap_or(0))
             .copied()
             .ok_or("no other voter to hand over to")?
     } else {
