@@ -4,7 +4,8 @@
 //! a majority lost, a paused leader fenced, a graceful handover under load,
 //! a shadow promoted, every daemon killed at once, two of five voters lost
 //! and handovers among five, the longer log taking over from a candidate
-//! behind it, a follower caught up by a checkpoint. Every daemon is stopped
+//! behind it, a follower caught up by a checkpoint, read-your-writes on a
+//! shadow, voters and shadows removed and added. Every daemon is stopped
 //! by PID when a test ends, passing or failing.
 
 use std::collections::BTreeMap;
@@ -498,6 +499,12 @@ fn a_follower_behind_the_purged_log_catches_up_from_a_checkpoint() {
 }
 
 fn raw_stat(ha: &Ha, id: u64, path: &str) -> Body {
+    raw_stat_at(ha, id, path, 0)
+}
+
+/// A `Stat` straight to master `id`, not answered from a state older than
+/// `min_applied_index`.
+fn raw_stat_at(ha: &Ha, id: u64, path: &str, min_applied_index: u64) -> Body {
     let mut conn = ringfs_client::conn::Conn::connect(
         &ha.master(id).addr,
         &ha.config().key,
@@ -509,7 +516,7 @@ fn raw_stat(ha: &Ha, id: u64, path: &str) -> Body {
     conn.call(
         &Body::Stat(Box::new(Stat {
             path: Some(path.into()),
-            min_applied_index: 0,
+            min_applied_index,
         })),
         &[],
     )
@@ -805,4 +812,91 @@ fn five_voters_lose_two_and_hand_over_without_a_failed_request() {
         ha.status(leader).unwrap()["voters"],
         serde_json::json!([1, 2, 3, 4, 5])
     );
+}
+
+/// Read-your-writes on a shadow: a read that names the index of the
+/// client's last write is answered once the shadow has applied it, and a
+/// read naming an index nobody has reached is refused as behind rather
+/// than answered from an older state.
+#[test]
+fn a_shadow_reads_a_clients_own_writes_or_says_it_is_behind() {
+    let ha = Ha::up(3, 1);
+    let rt = runtime();
+    let client = ha.client(patient());
+    let leader = ha.leader_among(&[1, 2, 3]);
+    wait("the shadow to join as a learner", || {
+        let s = ha.status(leader)?;
+        s["learners"].as_array()?.contains(&4.into()).then_some(())
+    });
+    rt.block_on(client.mkdir("/mine", false)).unwrap();
+    let written = ha.status(leader).unwrap()["applied_index"]
+        .as_u64()
+        .unwrap();
+    match raw_stat_at(&ha, 4, "/mine", written) {
+        Body::AttrReply(r) => {
+            let stamp = r.stamp.unwrap();
+            assert_eq!(stamp.answered_by, 4);
+            assert!(stamp.applied_index >= written, "{stamp:?}");
+        }
+        other => panic!("the shadow did not answer a read of its applied state: {other:?}"),
+    }
+    match raw_stat_at(&ha, 4, "/mine", written + 1_000_000) {
+        Body::ErrorReply(e) => {
+            assert_eq!(e.code, ErrorCode::Unavailable, "{e:?}");
+            assert!(
+                e.message.as_deref().unwrap_or("").contains("behind"),
+                "{e:?}"
+            );
+        }
+        other => panic!("a read past every applied index was answered: {other:?}"),
+    }
+}
+
+/// `admin masters remove` of a voter and of a shadow, and `add` of the
+/// shadow again: the group shrinks and still commits, the leader refuses
+/// to remove itself, and the shadow comes back and catches up.
+#[test]
+fn voters_and_shadows_are_removed_and_added_through_raft() {
+    use ringfs_wire::msg::MembershipOp;
+    let ha = Ha::up(3, 1);
+    let rt = runtime();
+    let client = ha.client(patient());
+    let leader = ha.leader_among(&[1, 2, 3]);
+    wait("the shadow to join as a learner", || {
+        let s = ha.status(leader)?;
+        s["learners"].as_array()?.contains(&4.into()).then_some(())
+    });
+    let removed = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
+    rt.block_on(client.admin_membership(MembershipOp::Remove, removed))
+        .unwrap();
+    let left: Vec<u64> = [1, 2, 3].into_iter().filter(|&i| i != removed).collect();
+    assert_eq!(
+        ha.status(leader).unwrap()["voters"],
+        serde_json::json!(left)
+    );
+    rt.block_on(client.mkdir("/two-voters", false)).unwrap();
+
+    let refused = rt.block_on(client.admin_membership(MembershipOp::Remove, leader));
+    let e = refused.expect_err("the leader removed itself");
+    assert!(e.to_string().contains("cannot remove itself"), "{e}");
+
+    rt.block_on(client.admin_membership(MembershipOp::Remove, 4))
+        .unwrap();
+    let learners = ha.status(leader).unwrap()["learners"].clone();
+    assert!(
+        !learners.as_array().unwrap().contains(&4.into()),
+        "{learners}"
+    );
+    rt.block_on(client.mkdir("/no-shadow", false)).unwrap();
+    rt.block_on(client.admin_membership(MembershipOp::AddShadow, 4))
+        .unwrap();
+    let commit = ha.status(leader).unwrap()["commit_index"].as_u64().unwrap();
+    ha.wait_on(4, "the shadow added again to catch up", |ha| {
+        let s = ha.status(4)?;
+        (s["applied_index"].as_u64()? >= commit).then_some(())
+    });
+    match raw_stat(&ha, 4, "/no-shadow") {
+        Body::AttrReply(_) => {}
+        other => panic!("the shadow added again does not read: {other:?}"),
+    }
 }
