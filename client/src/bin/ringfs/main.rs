@@ -111,7 +111,7 @@ enum AdminCommand {
     /// Masters, chunkservers, replica health and scrub coverage.
     Status(StatusArgs),
     /// Hand the leadership to another voter (maintenance), pausing
-    /// mutations for about one election timeout; no request fails.
+    /// mutations for one vote round; no request fails.
     Failover {
         /// The master to lead next; default: the most caught-up voter.
         #[arg(long)]
