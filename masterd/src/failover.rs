@@ -5,19 +5,19 @@
 //!
 //! openraft 0.9 has no leadership transfer, and a follower refuses to vote
 //! while its leader lease (`election_timeout_max_ms` after the last
-//! heartbeat) runs. So the handover is: the leader stops taking mutations
-//! (they wait, and are answered `NotLeader` with the new leader once it is
-//! known; `proposer::Proposer::hold`), waits until the target has every
-//! entry, stops heartbeating, tells the other voters to hold their own
-//! elections for a while, and tells the target to campaign. The target campaigns at once, which wins
+//! heartbeat) runs. So the handover is: the leader tells the other voters
+//! to hold their own elections for a while, stops taking mutations (they
+//! wait, and are answered `NotLeader` with the new leader once it is known;
+//! `proposer::Proposer::hold`), waits until the target has every entry,
+//! stops heartbeating, and tells the target to campaign. The target campaigns at once, which wins
 //! when the old leader's vote makes a majority (three voters: a leader's
 //! own lease is never refreshed, so it grants once it has led for a lease);
 //! otherwise it campaigns again once the followers' leases have run out.
 //!
 //! With more than three voters the target needs allies besides the old
 //! leader: before anything stops, the leader withholds AppendEntries from
-//! just enough followers (`raftnet::Withheld`, after telling them to hold
-//! their elections) for one lease, while the rest keep committing, so
+//! just enough of the holding followers (`raftnet::Withheld`) for one
+//! lease, while the rest keep committing, so
 //! their leases have run out when the target asks. The pause is then a
 //! vote round and a commit with five voters as with three, if the voters
 //! left commit without the allies; otherwise the writes wait out the lease
@@ -236,26 +236,44 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     master.elections.hold_until(started + HANDOVER_HOLD_MAX);
     let (allies_needed, candidates) = ally_candidates(master, &voters, target);
     let result = async {
-        // Held first: an ally that hears nothing for a lease would
-        // otherwise campaign itself. One that does not answer is passed
-        // over; with too few, the target waits out the leases as before.
-        let mut held = Vec::with_capacity(allies_needed);
-        for &id in &candidates {
-            if held.len() == allies_needed {
-                break;
-            }
-            let node = voters.get(&id).expect("candidates are voters");
-            let hold = Handover::Hold {
-                for_ms: HOLD_ELECTIONS_MS,
-            };
-            match send(master, id, node, &hold).await {
-                Ok(()) => held.push(id),
-                Err(e) => tracing::warn!(id, error = %e, "an ally did not hold its elections"),
+        // Every other voter but the target holds its own elections first,
+        // all at once and before anything stops: once the heartbeats stop,
+        // or an ally hears nothing for a lease, it would campaign itself.
+        // One that does not answer is left out (and is no ally: with too
+        // few, the target waits out the leases as before).
+        let hold = Handover::Hold {
+            for_ms: HOLD_ELECTIONS_MS,
+        };
+        let others: Vec<(NodeId, &BasicNode)> = voters
+            .iter()
+            .filter(|(id, _)| **id != target && **id != master.id)
+            .map(|(id, node)| (*id, node))
+            .collect();
+        let answers = futures_util::future::join_all(
+            others
+                .iter()
+                .map(|&(id, node)| send(master, id, node, &hold)),
+        )
+        .await;
+        let mut holding = BTreeSet::new();
+        for (&(id, _), answer) in others.iter().zip(answers) {
+            match answer {
+                Ok(()) => {
+                    holding.insert(id);
+                }
+                Err(e) => tracing::warn!(id, error = %e, "a voter did not hold its elections"),
             }
         }
-        assert!(held.len() <= allies_needed);
-        if !held.is_empty() {
-            master.withheld.withhold(&held, started + HANDOVER_HOLD_MAX);
+        let allies: Vec<NodeId> = candidates
+            .iter()
+            .copied()
+            .filter(|id| holding.contains(id))
+            .take(allies_needed)
+            .collect();
+        if !allies.is_empty() {
+            master
+                .withheld
+                .withhold(&allies, started + HANDOVER_HOLD_MAX);
             let lease_ms = master.tuning().election_timeout_max_ms;
             tokio::time::sleep(Duration::from_millis(
                 lease_ms.saturating_add(LEASE_MARGIN_MS),
@@ -292,23 +310,6 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
         let last_log_index = master.raft.metrics().borrow().last_log_index.unwrap_or(0);
         master.raft.runtime_config().heartbeat(false);
         let stopped = Instant::now();
-        for (&id, node) in voters
-            .iter()
-            .filter(|(id, _)| **id != target && **id != master.id)
-        {
-            if let Err(e) = send(
-                master,
-                id,
-                node,
-                &Handover::Hold {
-                    for_ms: HOLD_ELECTIONS_MS,
-                },
-            )
-            .await
-            {
-                tracing::warn!(id, error = %e, "a voter did not hold its elections");
-            }
-        }
         let after_ms = master
             .tuning()
             .election_timeout_max_ms
