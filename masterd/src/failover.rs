@@ -9,19 +9,20 @@
 //! to hold their own elections for a while, stops taking mutations (they
 //! wait, and are answered `NotLeader` with the new leader once it is known;
 //! `proposer::Proposer::hold`), waits until the target has every entry,
-//! stops heartbeating, and tells the target to campaign. The target campaigns at once, which wins
-//! when the old leader's vote makes a majority (three voters: a leader's
-//! own lease is never refreshed, so it grants once it has led for a lease);
-//! otherwise it campaigns again once the followers' leases have run out.
+//! stops heartbeating, and tells the target to campaign. The target
+//! campaigns at once, which wins when the old leader's vote makes a
+//! majority (three voters: a leader's own lease is never refreshed, so it
+//! grants once it has led for a lease); otherwise it campaigns again once
+//! the followers' leases have run out.
 //!
 //! With more than three voters the target needs allies besides the old
 //! leader: before anything stops, the leader withholds AppendEntries from
 //! just enough of the holding followers (`raftnet::Withheld`) for one
-//! lease, while the rest keep committing, so
-//! their leases have run out when the target asks. The pause is then a
-//! vote round and a commit with five voters as with three, if the voters
-//! left commit without the allies; otherwise the writes wait out the lease
-//! as before. No request fails either way.
+//! lease, while the rest keep committing, so their leases have run out when
+//! the target asks. The pause is then a vote round and a commit with five
+//! voters as with three, if the voters left commit without the allies;
+//! otherwise the writes wait out the lease as before. No request fails
+//! either way.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

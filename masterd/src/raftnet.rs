@@ -234,8 +234,9 @@ pub struct Withheld {
     until: Mutex<BTreeMap<NodeId, Instant>>,
 }
 
-/// Voters withheld at once, at most: a group has at most a few.
-const WITHHELD_MAX: usize = 8;
+/// Voters withheld at once, at most: no group has more masters than a
+/// config lists.
+const WITHHELD_MAX: usize = ringfs_wire::config::MASTERS_MAX;
 
 impl Withheld {
     /// Withholds from `ids` until `until` (or [`Withheld::release`]).
