@@ -48,6 +48,10 @@ fn not_leader(master: &Master) -> Body {
 /// client address, when known.
 pub fn not_leader_with(master: &Master, message: &str) -> Body {
     let (hint, addr) = master.leader_hint();
+    not_leader_to(master, message, hint, addr)
+}
+
+fn not_leader_to(master: &Master, message: &str, hint: u64, addr: String) -> Body {
     Body::ErrorReply(Box::new(ErrorReply {
         code: if master.is_shadow() {
             ErrorCode::ReadOnlyShadow
@@ -77,6 +81,19 @@ fn fail(f: Fail) -> Body {
 
 fn propose_error(master: &Master, e: ProposeError) -> Body {
     match e {
+        // The leader the proposer names first (a handover's target is
+        // known before openraft here hears from it).
+        ProposeError::NotLeader { leader: Some(to) } if to != master.id => {
+            match master.config.master(to) {
+                Some(m) => not_leader_to(
+                    master,
+                    &format!("master {} is not the leader; master {to} is", master.id),
+                    to,
+                    m.client_addr.clone(),
+                ),
+                None => not_leader(master),
+            }
+        }
         ProposeError::NotLeader { .. } => not_leader(master),
         ProposeError::Busy => Body::ErrorReply(Box::new(ErrorReply {
             code: ErrorCode::Busy,

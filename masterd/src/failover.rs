@@ -33,6 +33,7 @@ use ringfs_wire::msg::RaftRpc;
 use serde::{Deserialize, Serialize};
 
 use crate::node::Master;
+use crate::proposer::Gate;
 use crate::raftnet::PeerConn;
 use crate::types::NodeId;
 
@@ -236,6 +237,10 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
     // openraft's switch stops its timer, not a takeover (`election.rs`).
     master.elections.hold_until(started + HANDOVER_HOLD_MAX);
     let (allies_needed, candidates) = ally_candidates(master, &voters, target);
+    // When each step of the held part ended, for the log line at the end.
+    let mut held_at = None;
+    let mut drained_at = None;
+    let mut caught_up_at = None;
     let result = async {
         // Every other voter but the target holds its own elections first,
         // all at once and before anything stops: once the heartbeats stop,
@@ -284,9 +289,11 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
         // Nothing more enters the log from here: a proposal already handed
         // to Raft would otherwise land after the target's catch-up, and
         // the old leader refuses to vote for a log shorter than its own.
+        held_at = Some(Instant::now());
         if !master.proposer.hold_and_drain(CATCH_UP_WAIT).await {
             return Err(format!("proposals did not finish within {CATCH_UP_WAIT:?}"));
         }
+        drained_at = Some(Instant::now());
         // Everything taken so far committed and on the target.
         let mut metrics = master.raft.metrics();
         let caught_up = tokio::time::timeout(
@@ -308,6 +315,7 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
                 "master {target} did not catch up within {CATCH_UP_WAIT:?}"
             ));
         }
+        caught_up_at = Some(Instant::now());
         let last_log_index = master.raft.metrics().borrow().last_log_index.unwrap_or(0);
         master.raft.runtime_config().heartbeat(false);
         let stopped = Instant::now();
@@ -328,31 +336,44 @@ pub async fn hand_over(master: &Master, to: NodeId) -> Result<NodeId, String> {
         .await
     }
     .await;
+    let won_at = Instant::now();
     master.withheld.release();
     master.raft.runtime_config().heartbeat(true);
     master.raft.runtime_config().elect(true);
     master.elections.release();
     if let Err(e) = result {
-        master.proposer.hold(false);
+        master.proposer.set_gate(Gate::Open);
         return Err(e);
     }
-    // The mutations held meanwhile go to Raft once this master knows the
-    // new leader (its first heartbeat), so they are answered `NotLeader`
-    // with it rather than with no leader at all.
+    // The target answered once it led, before openraft here hears from
+    // it (its first AppendEntries, tens of ms under load): the mutations
+    // held meanwhile, and those arriving until then, are sent there at
+    // once rather than answered with no leader at all.
+    master.proposer.set_gate(Gate::Redirect(target));
     let mut metrics = master.raft.metrics();
     let _ = tokio::time::timeout(
         CAMPAIGN_WAIT,
         metrics.wait_for(|m| m.current_leader == Some(target)),
     )
     .await;
-    master.proposer.hold(false);
+    master.proposer.set_gate(Gate::Open);
     master
         .metrics
         .handovers
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let ms = |from: Option<Instant>, to: Option<Instant>| match (from, to) {
+        (Some(f), Some(t)) => t.saturating_duration_since(f).as_millis() as u64,
+        _ => 0,
+    };
+    let now = Some(Instant::now());
     tracing::info!(
         target,
-        pause_ms = started.elapsed().as_millis() as u64,
+        call_ms = started.elapsed().as_millis() as u64,
+        mutations_held_ms = ms(held_at, now),
+        drain_ms = ms(held_at, drained_at),
+        catch_up_ms = ms(drained_at, caught_up_at),
+        campaign_ms = ms(caught_up_at, Some(won_at)),
+        leader_known_ms = ms(Some(won_at), now),
         "handed over the leadership"
     );
     Ok(target)

@@ -27,10 +27,9 @@ pub const PROPOSALS_IN_FLIGHT_MAX: usize = 1;
 /// from its majority refuses within a bounded time instead of hanging.
 pub const COMMIT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait of a mutation that arrives during a leadership handover.
-/// A handover holds for a vote round and a commit (milliseconds; about a
-/// lease with more than three voters while the allies' leases run out,
-/// during which the writes go on); past this the caller hears
-/// `Unavailable` and retries.
+/// A handover holds for a vote round and a commit (milliseconds; the
+/// allies' lease before it, with more than three voters, does not hold
+/// the writes); past this the caller hears `Unavailable` and retries.
 pub const HELD_WAIT_MAX: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +43,18 @@ pub enum ProposeError {
     /// No majority acknowledged the proposal in time, or the leadership is
     /// being handed over: retry shortly.
     Unavailable(String),
+}
+
+/// Whether proposals go to Raft, and what a leadership handover asks of
+/// them otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Open,
+    /// A handover is under way: proposals wait.
+    Held,
+    /// The handover is done and this master knows the new leader before
+    /// openraft tells it: proposals are answered `NotLeader` with it.
+    Redirect(NodeId),
 }
 
 /// A committed and applied op.
@@ -72,8 +83,8 @@ pub struct ProposerStats {
 pub struct Proposer {
     tx: mpsc::Sender<Pending>,
     pub stats: Arc<ProposerStats>,
-    /// True during a leadership handover: new proposals wait.
-    held: watch::Sender<bool>,
+    /// Closed during a leadership handover (`Gate`).
+    gate: watch::Sender<Gate>,
     /// Slots of proposals handed to Raft and not yet answered.
     in_flight: Arc<Semaphore>,
 }
@@ -82,39 +93,39 @@ impl Proposer {
     pub fn start(raft: Raft) -> Proposer {
         let (tx, rx) = mpsc::channel(QUEUED_OPS_MAX);
         let stats = Arc::new(ProposerStats::default());
-        let (held, _) = watch::channel(false);
+        let (gate, _) = watch::channel(Gate::Open);
         let in_flight = Arc::new(Semaphore::new(PROPOSALS_IN_FLIGHT_MAX));
         tokio::spawn(run(
             raft,
             rx,
             stats.clone(),
-            held.subscribe(),
+            gate.subscribe(),
             in_flight.clone(),
         ));
         Proposer {
             tx,
             stats,
-            held,
+            gate,
             in_flight,
         }
     }
 
-    /// Holds (`true`) or lets go (`false`) new proposals, and what is
-    /// queued and not yet handed to Raft. Held ones wait, up to
-    /// [`HELD_WAIT_MAX`], and then go to Raft: after a handover that is
-    /// no longer this master's, so they are answered `NotLeader` with the
-    /// new leader, and the client goes there at once instead of backing
-    /// off after an `Unavailable` (before 2026-11-22 they were refused at
-    /// once, and under load the retries kept the CPU from the handover).
-    pub fn hold(&self, held: bool) {
-        self.held.send_replace(held);
+    /// Sets the gate. `Held` holds new proposals and what is queued and
+    /// not yet handed to Raft: they wait, up to [`HELD_WAIT_MAX`]. Then
+    /// `Redirect(to)` answers them `NotLeader` with `to` at once, so a
+    /// client goes straight to the new leader, and `Open` hands them to
+    /// Raft. Before 2026-11-22 they were refused with `Unavailable` at
+    /// once; under load the clients' retries kept the CPU from the handover
+    /// and landed after their backoff.
+    pub fn set_gate(&self, gate: Gate) {
+        self.gate.send_replace(gate);
     }
 
     /// Holds, then waits (up to `wait`) until no proposal handed to Raft
     /// is unanswered: afterwards the log grows only by entries proposed
     /// elsewhere (membership changes). True once drained.
     pub async fn hold_and_drain(&self, wait: Duration) -> bool {
-        self.hold(true);
+        self.set_gate(Gate::Held);
         let all = u32::try_from(PROPOSALS_IN_FLIGHT_MAX).expect("a small bound");
         matches!(
             tokio::time::timeout(wait, self.in_flight.acquire_many(all)).await,
@@ -124,8 +135,8 @@ impl Proposer {
 
     /// Commits `op` through the log; returns its outcome once applied.
     pub async fn propose(&self, op: Op) -> Result<Committed, ProposeError> {
-        if *self.held.borrow() {
-            wait_while_held(&mut self.held.subscribe()).await?;
+        if *self.gate.borrow() != Gate::Open {
+            wait_for_open(&mut self.gate.subscribe()).await?;
         }
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -141,11 +152,16 @@ impl Proposer {
     }
 }
 
-/// Returns once no handover holds proposals, or `Unavailable` after
-/// [`HELD_WAIT_MAX`].
-async fn wait_while_held(held: &mut watch::Receiver<bool>) -> Result<(), ProposeError> {
-    match tokio::time::timeout(HELD_WAIT_MAX, held.wait_for(|h| !*h)).await {
-        Ok(Ok(_)) => Ok(()),
+/// Returns once the gate is open; `NotLeader` once it redirects, or
+/// `Unavailable` after [`HELD_WAIT_MAX`] held.
+async fn wait_for_open(gate: &mut watch::Receiver<Gate>) -> Result<(), ProposeError> {
+    let settled = tokio::time::timeout(HELD_WAIT_MAX, gate.wait_for(|g| *g != Gate::Held)).await;
+    match settled {
+        Ok(Ok(g)) => match *g {
+            Gate::Open => Ok(()),
+            Gate::Redirect(to) => Err(ProposeError::NotLeader { leader: Some(to) }),
+            Gate::Held => unreachable!("waited for a gate that is not held"),
+        },
         Ok(Err(_)) => Err(ProposeError::Stopped("proposer stopped".into())),
         Err(_) => Err(ProposeError::Unavailable(
             "the leadership is being handed over".into(),
@@ -157,7 +173,7 @@ async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
     stats: Arc<ProposerStats>,
-    mut held: watch::Receiver<bool>,
+    mut gate: watch::Receiver<Gate>,
     in_flight: Arc<Semaphore>,
 ) {
     while let Some(first) = rx.recv().await {
@@ -173,11 +189,11 @@ async fn run(
                 Err(_) => break,
             }
         }
-        if *held.borrow() {
+        if *gate.borrow() != Gate::Open {
             // Queued before a handover began. The slot goes back while
             // they wait, or the handover's drain would wait for it.
             drop(permit);
-            if let Err(err) = wait_while_held(&mut held).await {
+            if let Err(err) = wait_for_open(&mut gate).await {
                 for p in batch {
                     let _ = p.reply.send(Err(err.clone()));
                 }
