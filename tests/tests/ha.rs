@@ -153,6 +153,14 @@ impl Ha {
         serde_json::from_str(&http_get(&self.master(id).http_addr, "/status")?).ok()
     }
 
+    /// Waits until `leader` lists `id` (a configured shadow) as a learner.
+    fn wait_for_learner(&self, leader: u64, id: u64) {
+        wait(&format!("master {id} to join as a learner"), || {
+            let s = self.status(leader)?;
+            s["learners"].as_array()?.contains(&id.into()).then_some(())
+        });
+    }
+
     fn metric(&self, id: u64, name: &str) -> u64 {
         metric(&self.master(id).http_addr, name)
     }
@@ -312,6 +320,30 @@ impl Load {
 
     fn acked(&self) -> usize {
         self.history.lock().unwrap().len()
+    }
+
+    /// Waits until `more` writes beyond those acknowledged so far are.
+    fn wait_for_more(&self, more: usize, what: &str) {
+        let before = self.acked();
+        wait(what, || (self.acked() >= before + more).then_some(()));
+    }
+
+    /// Stops the writers, asserts that no request of theirs failed
+    /// (`during` says across what), and checks every acknowledged file.
+    fn finish_without_failures(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        tasks: Vec<tokio::task::JoinHandle<()>>,
+        client: &Client,
+        during: &str,
+    ) {
+        self.finish(rt, tasks);
+        let failures = self.failures.lock().unwrap().clone();
+        assert!(
+            failures.is_empty(),
+            "requests failed {during}: {failures:?}"
+        );
+        self.check(rt, client);
     }
 
     fn finish(&self, rt: &tokio::runtime::Runtime, tasks: Vec<tokio::task::JoinHandle<()>>) {
@@ -670,24 +702,12 @@ fn graceful_failover_under_load_fails_no_request() {
     let target = [1, 2, 3].into_iter().find(|&i| i != first).unwrap();
     rt.block_on(client.admin_failover(target)).unwrap();
     assert_eq!(ha.leader_among(&[1, 2, 3]), target);
-    let before = load.acked();
-    wait("writes after the first handover", || {
-        (load.acked() >= before + 10).then_some(())
-    });
+    load.wait_for_more(10, "writes after the first handover");
     rt.block_on(client.admin_failover(0)).unwrap();
     let third = ha.leader_among(&[1, 2, 3]);
     assert_ne!(third, target);
-    let before = load.acked();
-    wait("writes after the second handover", || {
-        (load.acked() >= before + 10).then_some(())
-    });
-    load.finish(&rt, tasks);
-    let failures = load.failures.lock().unwrap().clone();
-    assert!(
-        failures.is_empty(),
-        "requests failed across a graceful handover: {failures:?}"
-    );
-    load.check(&rt, &client);
+    load.wait_for_more(10, "writes after the second handover");
+    load.finish_without_failures(&rt, tasks, &client, "across a graceful handover");
     assert!(ha.metric(target, "ringfs_master_handovers_total") >= 1);
 }
 
@@ -704,10 +724,7 @@ fn a_promoted_shadow_votes_and_a_whole_cluster_kill_loses_nothing() {
     })
     .unwrap();
     let leader = ha.leader_among(&[1, 2, 3]);
-    wait("the shadow to join as a learner", || {
-        let s = ha.status(leader)?;
-        s["learners"].as_array()?.contains(&4.into()).then_some(())
-    });
+    ha.wait_for_learner(leader, 4);
     rt.block_on(client.admin_membership(ringfs_wire::msg::MembershipOp::Promote, 4))
         .unwrap();
     let voters = ha.status(leader).unwrap()["voters"].clone();
@@ -760,10 +777,7 @@ fn five_voters_lose_two_and_hand_over_without_a_failed_request() {
     ha.kill_master(follower);
     ha.kill_master(leader);
     let killed = Instant::now();
-    let before = load.acked();
-    wait("writes to go on with three voters of five", || {
-        (load.acked() >= before + 40).then_some(())
-    });
+    load.wait_for_more(40, "writes to go on with three voters of five");
     eprintln!(
         "unavailability after two of five died: {:?}",
         load.first_ack_after(killed).unwrap()
@@ -778,10 +792,7 @@ fn five_voters_lose_two_and_hand_over_without_a_failed_request() {
     let target = survivors.iter().copied().find(|&i| i != second).unwrap();
     rt.block_on(client.admin_failover(target)).unwrap();
     assert_eq!(ha.leader_among(&survivors), target);
-    let before = load.acked();
-    wait("writes after the handover among three", || {
-        (load.acked() >= before + 20).then_some(())
-    });
+    load.wait_for_more(20, "writes after the handover among three");
 
     // Both back and caught up, then a handover in the full group.
     ha.restart_master(leader);
@@ -795,18 +806,8 @@ fn five_voters_lose_two_and_hand_over_without_a_failed_request() {
     }
     rt.block_on(client.admin_failover(leader)).unwrap();
     assert_eq!(ha.leader_among(&ALL), leader);
-    let before = load.acked();
-    wait("writes after the handover among five", || {
-        (load.acked() >= before + 20).then_some(())
-    });
-
-    load.finish(&rt, tasks);
-    let failures = load.failures.lock().unwrap().clone();
-    assert!(
-        failures.is_empty(),
-        "requests failed with five voters: {failures:?}"
-    );
-    load.check(&rt, &client);
+    load.wait_for_more(20, "writes after the handover among five");
+    load.finish_without_failures(&rt, tasks, &client, "with five voters");
     assert!(ha.metric(target, "ringfs_master_handovers_total") >= 1);
     assert_eq!(
         ha.status(leader).unwrap()["voters"],
@@ -824,10 +825,7 @@ fn a_shadow_reads_a_clients_own_writes_or_says_it_is_behind() {
     let rt = runtime();
     let client = ha.client(patient());
     let leader = ha.leader_among(&[1, 2, 3]);
-    wait("the shadow to join as a learner", || {
-        let s = ha.status(leader)?;
-        s["learners"].as_array()?.contains(&4.into()).then_some(())
-    });
+    ha.wait_for_learner(leader, 4);
     rt.block_on(client.mkdir("/mine", false)).unwrap();
     let written = ha.status(leader).unwrap()["applied_index"]
         .as_u64()
@@ -862,10 +860,7 @@ fn voters_and_shadows_are_removed_and_added_through_raft() {
     let rt = runtime();
     let client = ha.client(patient());
     let leader = ha.leader_among(&[1, 2, 3]);
-    wait("the shadow to join as a learner", || {
-        let s = ha.status(leader)?;
-        s["learners"].as_array()?.contains(&4.into()).then_some(())
-    });
+    ha.wait_for_learner(leader, 4);
     let removed = [1, 2, 3].into_iter().find(|&i| i != leader).unwrap();
     rt.block_on(client.admin_membership(MembershipOp::Remove, removed))
         .unwrap();
