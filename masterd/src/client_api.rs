@@ -81,20 +81,22 @@ fn fail(f: Fail) -> Body {
 
 fn propose_error(master: &Master, e: ProposeError) -> Body {
     match e {
-        // The leader the proposer names first (a handover's target is
-        // known before openraft here hears from it).
-        ProposeError::NotLeader { leader: Some(to) } if to != master.id => {
-            match master.config.master(to) {
-                Some(m) => not_leader_to(
+        // The leader the proposer names goes first: a handover's target is
+        // known before openraft here hears from it.
+        ProposeError::NotLeader { leader } => {
+            let named = leader
+                .filter(|&l| l != master.id)
+                .and_then(|l| Some((l, master.config.master(l)?.client_addr.clone())));
+            match named {
+                Some((to, addr)) => not_leader_to(
                     master,
-                    &format!("master {} is not the leader; master {to} is", master.id),
+                    &format!("master {} is not the leader", master.id),
                     to,
-                    m.client_addr.clone(),
+                    addr,
                 ),
                 None => not_leader(master),
             }
         }
-        ProposeError::NotLeader { .. } => not_leader(master),
         ProposeError::Busy => Body::ErrorReply(Box::new(ErrorReply {
             code: ErrorCode::Busy,
             message: Some("proposal queue full".into()),
