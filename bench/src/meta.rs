@@ -10,9 +10,11 @@
 //!   (`--files` empty files, exclusive), `stats` (every file) and `renames`
 //!   (every file to a new name in its directory), each run by
 //!   `--clients` × `--depth` tokio tasks on `--client-threads` threads, each
-//!   with its own connection and its own `RequestId` client id, one request
-//!   in flight per connection (`ringfs_client::link::Link` is lock-step, so
-//!   queue depth is more connections, not pipelining);
+//!   with its own `RequestId` client id and one request in flight. With
+//!   `--connections C` the tasks share C multiplexed links
+//!   (`ringfs_client::mux::MuxLink`, what the client library uses, design
+//!   note 018), task w on link w mod C; with `--connections 0` each task has
+//!   its own lock-step `Link`, as before 2026-11-22;
 //! - per phase: ops/s over the phase's wall clock, p50/p99/p999/max latency at
 //!   the client (hdrhistogram), and from `/metrics` deltas the op-log
 //!   records per fsync, ops per fsync and ops per proposal, plus the CPU of
@@ -41,6 +43,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hdrhistogram::Histogram;
 use ringfs_client::conn::Conn;
 use ringfs_client::link::Link;
+use ringfs_client::mux::MuxLink;
 use ringfs_wire::auth::ClusterKey;
 use ringfs_wire::config::Config;
 use ringfs_wire::frame::FrameLimits;
@@ -84,13 +87,19 @@ pub struct Args {
     /// of the master whose `client_addr` is --addr, for /metrics).
     #[arg(long, requires = "addr")]
     pub config: Option<PathBuf>,
-    /// Concurrent clients per phase, each a task with its own connection.
+    /// Concurrent clients per phase, each a task with one request in flight.
     #[arg(long, default_value_t = 16)]
     pub clients: usize,
-    /// Requests in flight per client. The connection is lock-step, so each
-    /// client runs this many connections (tasks), one request each.
+    /// Requests in flight per client: each client runs this many tasks.
     #[arg(long, default_value_t = 1)]
     pub depth: usize,
+    /// Multiplexed connections the client tasks share, as one `Client` of
+    /// the client library does (default: as many as it opens to a master;
+    /// at most 64 requests in flight on each, the master's per-connection
+    /// bound, and more tasks wait for a slot). 0: every task has its own
+    /// lock-step connection (the layout before 2026-11-22).
+    #[arg(long, default_value_t = ringfs_client::mux::MUX_LINKS_PER_ADDR_MAX)]
+    pub connections: usize,
     /// Threads of the bench's tokio runtime, which drive every client task.
     /// The bench shares the machine with the master: one OS thread per
     /// client (as before 2026-11-21) spent as much CPU on context switches
@@ -144,6 +153,7 @@ pub fn run(args: Args) -> Res<()> {
         args.dirs
     };
     let workers = args.clients * args.depth;
+    let links = links_label(args.connections, workers);
     let mut rounds: Vec<Vec<Sample>> = Vec::new();
     let settings;
     match (&args.addr, &args.config) {
@@ -152,7 +162,7 @@ pub fn run(args: Args) -> Res<()> {
             settings = format!("master {addr} (external: no restart or memory figures)");
             println!(
                 "ringfs-bench meta: {settings}, {} files in {dirs} dirs, {} clients x depth {} = {workers} \
-                 connections, {} round(s)",
+                 tasks on {links}, {} round(s)",
                 args.files, args.clients, args.depth, args.rounds
             );
             for round in 1..=args.rounds {
@@ -183,7 +193,7 @@ pub fn run(args: Args) -> Res<()> {
             settings = format!("own masterd {}", own.bin.display());
             println!(
                 "ringfs-bench meta: {settings} (--threads {}), work dir {}, {} files in {dirs} dirs, \
-                 {} clients x depth {} = {workers} connections, {} round(s)",
+                 {} clients x depth {} = {workers} tasks on {links}, {} round(s)",
                 args.masterd_threads,
                 work.path().display(),
                 args.files,
@@ -219,6 +229,7 @@ pub fn run(args: Args) -> Res<()> {
                 "dirs": dirs,
                 "clients": args.clients,
                 "depth": args.depth,
+                "connections": args.connections,
                 "rounds": args.rounds,
                 "masterd_threads": args.masterd_threads,
                 "checkpoint_every_records": args.checkpoint_every_records,
@@ -274,6 +285,20 @@ impl Target {
                 })?
                 .map_err(|e| format!("connecting to masterd {addr}: {e}"))
         }
+    }
+
+    /// A multiplexed connection, shared by several client tasks.
+    async fn connect_mux(&self) -> Res<MuxLink> {
+        let link = MuxLink::connect(&self.addr, &self.key, &self.cluster, FrameLimits::CONTROL);
+        tokio::time::timeout(IO_TIMEOUT, link)
+            .await
+            .map_err(|_| {
+                format!(
+                    "connecting to masterd {}: no answer within {IO_TIMEOUT:?}",
+                    self.addr
+                )
+            })?
+            .map_err(|e| format!("connecting to masterd {}: {e}", self.addr))
     }
 
     fn scrape(&self) -> Option<Scrape> {
@@ -734,7 +759,7 @@ fn run_phases(
     let workers = args.clients * args.depth;
     let limit = Duration::from_secs(args.timeout_secs);
     for phase in PHASES {
-        let p = run_phase(target, phase, plan, workers, args.client_threads, limit)?;
+        let p = run_phase(target, phase, plan, workers, args, limit)?;
         after(phase);
         let m = p.metrics(phase);
         println!("round {round}: {:8} {}", phase.name(), brief(&m));
@@ -814,39 +839,83 @@ impl PhaseOut {
     }
 }
 
-/// `workers` connections, each driven by a task on `client_threads`
-/// threads, split the phase's requests
-/// (worker w takes requests w, w + workers, ...); the clock runs from the
-/// moment all are connected to the last reply.
+/// How many connections the tasks use, for the banner.
+fn links_label(connections: usize, workers: usize) -> String {
+    if connections == 0 {
+        format!("{workers} lock-step connections")
+    } else {
+        format!("{connections} multiplexed connection(s)")
+    }
+}
+
+/// A client task's way to the master.
+enum Channel {
+    /// Its own lock-step connection.
+    Own(Box<Link>),
+    /// A multiplexed connection shared with other tasks.
+    Shared(Arc<MuxLink>),
+}
+
+impl Channel {
+    async fn call(&mut self, body: &Body) -> Result<ringfs_client::link::Reply, String> {
+        match self {
+            Channel::Own(link) => link.call(body, &[]).await,
+            Channel::Shared(link) => link.call(body, &[]).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
+/// `workers` tasks on `--client-threads` threads, each with one request in
+/// flight on its own connection or a shared one (`--connections`), split
+/// the phase's requests (worker w takes requests w, w + workers, ...); the
+/// clock runs from the moment all are connected to the last reply.
 fn run_phase(
     target: &Target,
     phase: Phase,
     plan: &Plan,
     workers: usize,
-    client_threads: usize,
+    args: &Args,
     limit: Duration,
 ) -> Res<PhaseOut> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(client_threads)
+        .worker_threads(args.client_threads)
         .enable_all()
         .build()
         .map_err(|e| format!("client runtime: {e}"))?;
     let n = plan.ops(phase);
     runtime.block_on(async {
+        let mut shared = Vec::with_capacity(args.connections);
+        for _ in 0..args.connections {
+            shared.push(Arc::new(target.connect_mux().await?));
+        }
         let barrier = Arc::new(tokio::sync::Barrier::new(workers + 1));
         let plan = Arc::new(plan.clone());
         let tasks: Vec<_> = (0..workers)
             .map(|w| {
                 let (barrier, plan) = (barrier.clone(), plan.clone());
                 let connect = target.connect_async();
+                let shared = shared.get(w % args.connections.max(1)).cloned();
                 tokio::spawn(async move {
-                    let link = connect.await;
+                    let channel = match shared {
+                        Some(link) => Ok(Channel::Shared(link)),
+                        None => connect.await.map(|l| Channel::Own(Box::new(l))),
+                    };
                     // Everyone reaches the barrier, connected or not.
                     barrier.wait().await;
-                    let mut link = link?;
+                    let mut channel = channel?;
                     let deadline = Instant::now() + limit;
                     let first = w as u64;
-                    worker(&mut link, phase, &plan, first, workers as u64, n, deadline).await
+                    worker(
+                        &mut channel,
+                        phase,
+                        &plan,
+                        first,
+                        workers as u64,
+                        n,
+                        deadline,
+                    )
+                    .await
                 })
             })
             .collect();
@@ -904,7 +973,7 @@ struct WorkerOut {
 }
 
 async fn worker(
-    link: &mut Link,
+    channel: &mut Channel,
     phase: Phase,
     plan: &Plan,
     first: u64,
@@ -936,7 +1005,7 @@ async fn worker(
         let t = Instant::now();
         let mut retries = 0;
         let failure = loop {
-            let r = tokio::time::timeout(IO_TIMEOUT, link.call(&body, &[]))
+            let r = tokio::time::timeout(IO_TIMEOUT, channel.call(&body))
                 .await
                 .map_err(|_| {
                     format!(

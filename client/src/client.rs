@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::link::Pool;
 use crate::locations::LocationCache;
 use crate::masters::{Masters, RetryPolicy};
+use crate::mux::MuxPool;
 use crate::streams::Streams;
 
 /// Largest data section the client sends or asks for in one frame.
@@ -101,7 +102,7 @@ impl Client {
                 reason: "no masters configured".into(),
             });
         }
-        let control = Pool::new(
+        let control = MuxPool::new(
             config.key.clone(),
             file.cluster_id.clone(),
             FrameLimits::CONTROL,

@@ -2,7 +2,8 @@
 //! master group and the chunkservers, for tokio programs.
 //!
 //! - [`Client`]: metadata operations against whichever master leads
-//!   ([`masters`]: `NotLeader` hints, bounded backoff, a total deadline);
+//!   ([`masters`]: `NotLeader` hints, bounded backoff, a total deadline),
+//!   many requests in flight on a few links per master ([`mux`]);
 //! - [`write::Writer`]: sequential writes, pushed along the replica chain,
 //!   several pieces in flight, `close` once durable everywhere;
 //! - [`read::Reader`]: reads verified block by block against CRC32C, falling
@@ -22,6 +23,7 @@ pub mod link;
 pub mod local;
 pub mod locations;
 pub mod masters;
+pub mod mux;
 pub mod read;
 mod streams;
 pub mod write;

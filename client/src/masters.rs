@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use ringfs_wire::msg::{Body, ErrorCode, ErrorReply, ReadStamp};
 
 use crate::error::Error;
-use crate::link::Pool;
+use crate::mux::MuxPool;
 
 /// Retry bounds for requests to the masters.
 #[derive(Clone, Debug)]
@@ -48,7 +48,9 @@ pub struct Masters {
     /// The master believed to lead: an index into `addrs`, or an address
     /// only a hint named.
     leader: Mutex<Option<String>>,
-    pool: Pool,
+    /// Multiplexed links (design note 018): a client's concurrent requests
+    /// share a few connections per master.
+    pool: MuxPool,
     policy: RetryPolicy,
     /// The newest applied index any master's answer was stamped with.
     /// Reads ask for at least this much, so whichever master answers
@@ -82,7 +84,7 @@ enum Next {
 }
 
 impl Masters {
-    pub fn new(addrs: Vec<String>, pool: Pool, policy: RetryPolicy) -> Masters {
+    pub fn new(addrs: Vec<String>, pool: MuxPool, policy: RetryPolicy) -> Masters {
         assert!(!addrs.is_empty(), "a cluster has at least one master");
         Masters {
             addrs,

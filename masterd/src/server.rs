@@ -4,7 +4,8 @@
 //! Client connections are pipelined: a reader takes frames and runs each
 //! request as its own task (at most [`REQUESTS_IN_FLIGHT_PER_CONNECTION`]),
 //! a writer sends replies as they finish, each echoing its request id, so
-//! one slow commit does not hold up the reads behind it. Chunkserver
+//! one slow commit does not hold up the reads behind it; replies that are
+//! ready together go out in one write. Chunkserver
 //! connections are lock-step (one Register/Heartbeat, one reply).
 
 use std::sync::Arc;
@@ -31,6 +32,10 @@ const READ_BUFFER_BYTES: usize = 16 << 10;
 // Every in-flight request of a connection must fit in its client's
 // idempotency window, or a late one would be refused as too old.
 const _: () = assert!(REQUESTS_IN_FLIGHT_PER_CONNECTION <= crate::state::REQUEST_WINDOW_PER_CLIENT);
+/// Replies gathered into one write, and their bytes: every reply of a
+/// connection's in-flight requests fits, and a large listing goes alone.
+const REPLIES_PER_WRITE_MAX: usize = REQUESTS_IN_FLIGHT_PER_CONNECTION;
+const REPLY_BYTES_PER_WRITE_MAX: usize = 256 << 10;
 /// Time a new connection gets to complete the handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -145,13 +150,22 @@ async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), Con
     let writer_task = tokio::spawn(async move {
         let mut encoder = Encoder::new();
         let mut out = Vec::new();
-        while let Some((id, body)) = rx.recv().await {
-            if let Err(e) = conn::encode_frame(&mut encoder, &mut out, id, &body, &[], &limits) {
-                // A reply over the frame limit: tell the client instead.
-                let small = error_body(ErrorCode::TooLarge, e.to_string());
-                if conn::encode_frame(&mut encoder, &mut out, id, &small, &[], &limits).is_err() {
+        while let Some(first) = rx.recv().await {
+            // One commit answers a whole batch: the replies that are ready
+            // leave in one send, not one syscall and wake-up each.
+            out.clear();
+            let mut next = Some(first);
+            let mut replies = 0;
+            while let Some((id, body)) = next {
+                if append_reply(&mut encoder, &mut out, id, &body, &limits).is_err() {
                     return;
                 }
+                replies += 1;
+                next = if replies < REPLIES_PER_WRITE_MAX && out.len() < REPLY_BYTES_PER_WRITE_MAX {
+                    rx.try_recv().ok()
+                } else {
+                    None
+                };
             }
             if writer.write_all(&out).await.is_err() {
                 return;
@@ -200,6 +214,22 @@ async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), Con
     // Let replies already computed reach the client (bounded by the channel).
     let _ = tokio::time::timeout(Duration::from_secs(5), writer_task).await;
     result
+}
+
+/// Appends the reply frame for request `id` to `out`; a reply over the
+/// frame limit becomes a `TooLarge` error for the client instead.
+fn append_reply(
+    encoder: &mut Encoder,
+    out: &mut Vec<u8>,
+    id: u64,
+    body: &Body,
+    limits: &FrameLimits,
+) -> Result<(), ConnError> {
+    if let Err(e) = encoder.frame(out, id, body, &[], limits) {
+        let small = error_body(ErrorCode::TooLarge, e.to_string());
+        encoder.frame(out, id, &small, &[], limits)?;
+    }
+    Ok(())
 }
 
 async fn serve_refusing(mut stream: TcpStream) -> Result<(), ConnError> {
