@@ -802,6 +802,17 @@ struct PhaseOut {
     after: Option<Scrape>,
     server_cpu_s: Option<f64>,
     client_cpu_s: Option<f64>,
+    /// Latencies of the requests that overlapped a checkpoint being
+    /// written, and of the others; `None` when no checkpoint was watched.
+    by_checkpoint: Option<CheckpointSplit>,
+}
+
+/// A phase's requests split by whether a checkpoint was being written
+/// while they waited (issue 4: checkpointing must not stall mutations).
+struct CheckpointSplit {
+    checkpoints: usize,
+    during: Histogram<u64>,
+    outside: Histogram<u64>,
 }
 
 impl PhaseOut {
@@ -835,6 +846,18 @@ impl PhaseOut {
         }
         m.push((ERRORS, self.errors as f64));
         m.push((BUSY, self.busy_retries as f64));
+        if let Some(split) = &self.by_checkpoint {
+            let us = |ns: u64| ns as f64 / 1000.0;
+            m.push((CKPTS_DURING, split.checkpoints as f64));
+            m.push((CKPT_REQS, split.during.len() as f64));
+            if !split.during.is_empty() {
+                m.push((CKPT_P99, us(split.during.value_at_quantile(0.99))));
+                m.push((CKPT_MAX, us(split.during.max())));
+            }
+            if !split.outside.is_empty() {
+                m.push((NO_CKPT_MAX, us(split.outside.max())));
+            }
+        }
         m
     }
 }
@@ -891,6 +914,8 @@ fn run_phase(
         }
         let barrier = Arc::new(tokio::sync::Barrier::new(workers + 1));
         let plan = Arc::new(plan.clone());
+        // Request start times are kept relative to this, in µs.
+        let epoch = Instant::now();
         let tasks: Vec<_> = (0..workers)
             .map(|w| {
                 let (barrier, plan) = (barrier.clone(), plan.clone());
@@ -906,16 +931,8 @@ fn run_phase(
                     let mut channel = channel?;
                     let deadline = Instant::now() + limit;
                     let first = w as u64;
-                    worker(
-                        &mut channel,
-                        phase,
-                        &plan,
-                        first,
-                        workers as u64,
-                        n,
-                        deadline,
-                    )
-                    .await
+                    let range = (first, workers as u64, n);
+                    worker(&mut channel, phase, &plan, range, epoch, deadline).await
                 })
             })
             .collect();
@@ -923,6 +940,11 @@ fn run_phase(
         let before = target.scrape();
         let srv0 = target.cpu_secs();
         let cli0 = proc_cpu_secs("/proc/self/stat");
+        let watcher = phase
+            .mutates()
+            .then(|| target.http.clone())
+            .flatten()
+            .map(CheckpointWatcher::start);
         barrier.wait().await;
         let t0 = Instant::now();
         let mut results = Vec::with_capacity(tasks.len());
@@ -930,6 +952,7 @@ fn run_phase(
             results.push(task.await.map_err(|e| format!("a client task failed: {e}")));
         }
         let secs = t0.elapsed().as_secs_f64();
+        let checkpoint_windows = watcher.map(|w| w.stop(epoch));
         let server_cpu_s = target.cpu_secs().zip(srv0).map(|(b, a)| b - a);
         let client_cpu_s = proc_cpu_secs("/proc/self/stat")
             .zip(cli0)
@@ -946,10 +969,13 @@ fn run_phase(
             after,
             server_cpu_s,
             client_cpu_s,
+            by_checkpoint: None,
         };
+        let mut samples = Vec::new();
         for r in results {
             let w = r??;
             out.hist.add(&w.hist).map_err(|e| e.to_string())?;
+            samples.extend_from_slice(&w.samples);
             out.ops += w.ops;
             out.errors += w.errors;
             out.busy_retries += w.busy_retries;
@@ -960,31 +986,36 @@ fn run_phase(
         if out.ops == 0 {
             return Err(format!("{}: no request completed", phase.name()));
         }
+        out.by_checkpoint =
+            checkpoint_windows.map(|windows| split_by_checkpoint(&samples, &windows));
         Ok(out)
     })
 }
 
 struct WorkerOut {
     hist: Histogram<u64>,
+    /// Per request: start (µs after the phase's epoch) and latency (µs).
+    samples: Vec<(u32, u32)>,
     ops: u64,
     errors: u64,
     busy_retries: u64,
     first_error: Option<String>,
 }
 
+/// Runs requests `first`, `first + step`, ... below `n` (`range`).
 async fn worker(
     channel: &mut Channel,
     phase: Phase,
     plan: &Plan,
-    first: u64,
-    step: u64,
-    n: u64,
+    (first, step, n): (u64, u64, u64),
+    epoch: Instant,
     deadline: Instant,
 ) -> Res<WorkerOut> {
     let client_id = unique_id() | 1;
     let mut seq = 0;
     let mut out = WorkerOut {
         hist: crate::latency_histogram(),
+        samples: Vec::with_capacity(n.div_ceil(step) as usize),
         ops: 0,
         errors: 0,
         busy_retries: 0,
@@ -1027,7 +1058,9 @@ async fn worker(
                 (other, _) => break Some(format!("unexpected reply {other:?}")),
             }
         };
-        out.hist.saturating_record(t.elapsed().as_nanos() as u64);
+        let took = t.elapsed();
+        out.hist.saturating_record(took.as_nanos() as u64);
+        out.samples.push((micros_u32(t - epoch), micros_u32(took)));
         out.ops += 1;
         if let Some(why) = failure {
             out.errors += 1;
@@ -1037,6 +1070,87 @@ async fn worker(
         i += step;
     }
     Ok(out)
+}
+
+fn micros_u32(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Polls masterd's `ringfs_master_checkpoint_in_progress` during a phase
+/// and keeps the windows in which a checkpoint was being written.
+struct CheckpointWatcher {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<(Instant, Instant)>>,
+}
+
+/// Poll period; windows are widened by one period at the start, so a
+/// request near a window's edge counts as during it.
+const CHECKPOINT_POLL: Duration = Duration::from_millis(10);
+
+impl CheckpointWatcher {
+    fn start(http: String) -> CheckpointWatcher {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut windows = Vec::new();
+            let mut open: Option<Instant> = None;
+            // Bounded by the phase: the caller stops it when the phase ends.
+            while !flag.load(Ordering::Relaxed) {
+                let now = Instant::now();
+                let running = http_get(&http, "/metrics")
+                    .map(|t| parse_metrics(&t).get("ringfs_master_checkpoint_in_progress") > 0.0)
+                    .unwrap_or(false);
+                match (running, open) {
+                    (true, None) => open = Some(now - CHECKPOINT_POLL),
+                    (false, Some(from)) => {
+                        windows.push((from, now));
+                        open = None;
+                    }
+                    _ => {}
+                }
+                std::thread::sleep(CHECKPOINT_POLL);
+            }
+            if let Some(from) = open {
+                windows.push((from, Instant::now()));
+            }
+            windows
+        });
+        CheckpointWatcher { stop, thread }
+    }
+
+    /// The windows, in µs after `epoch`.
+    fn stop(self, epoch: Instant) -> Vec<(u32, u32)> {
+        self.stop.store(true, Ordering::Relaxed);
+        let windows = self.thread.join().unwrap_or_default();
+        windows
+            .into_iter()
+            .map(|(a, b)| {
+                let from = a.saturating_duration_since(epoch);
+                (
+                    micros_u32(from),
+                    micros_u32(b.saturating_duration_since(epoch)),
+                )
+            })
+            .collect()
+    }
+}
+
+/// Splits request latencies by whether a request overlapped a window.
+fn split_by_checkpoint(samples: &[(u32, u32)], windows: &[(u32, u32)]) -> CheckpointSplit {
+    let mut during = crate::latency_histogram();
+    let mut outside = crate::latency_histogram();
+    for &(start, took) in samples {
+        let end = start.saturating_add(took);
+        let overlaps = windows.iter().any(|&(a, b)| start <= b && end >= a);
+        let h = if overlaps { &mut during } else { &mut outside };
+        // The histograms hold ns, as the phase's does.
+        h.saturating_record(u64::from(took) * 1000);
+    }
+    CheckpointSplit {
+        checkpoints: windows.len(),
+        during,
+        outside,
+    }
 }
 
 fn expect_attr(conn: &mut Conn, path: &str) -> Res<()> {
@@ -1364,6 +1478,11 @@ const SRV_CORES: &str = "srv cores";
 const CLI_CORES: &str = "cli cores";
 const ERRORS: &str = "errors";
 const BUSY: &str = "busy";
+const CKPTS_DURING: &str = "ckpts during";
+const CKPT_REQS: &str = "reqs during ckpt";
+const CKPT_P99: &str = "ckpt p99 us";
+const CKPT_MAX: &str = "ckpt max us";
+const NO_CKPT_MAX: &str = "no-ckpt max us";
 const COLUMNS: [&str; 11] = [
     OPS_S, P50, P99, P999, MAX, REC_FSYNC, OPS_FSYNC, OPS_PROP, SRV_CORES, CLI_CORES, ERRORS,
 ];
@@ -1660,5 +1779,26 @@ mod tests {
         assert_eq!(s.min(), Some(1.0));
         assert_eq!(s.max(), Some(10.0));
         assert_eq!(s.cell(), "2.50 [1.00..10.00]");
+    }
+
+    #[test]
+    fn requests_touching_a_checkpoint_window_count_as_during_it() {
+        // Windows [100, 200] and [1000, 1100] µs.
+        let windows = [(100, 200), (1000, 1100)];
+        let samples = [
+            (0, 50),      // ends before the first window
+            (0, 100),     // ends at its start: during
+            (150, 10),    // inside
+            (200, 5_000), // starts at the first's end, spans the second
+            (300, 600),   // between them
+            (1101, 1),    // after the last
+        ];
+        let split = split_by_checkpoint(&samples, &windows);
+        assert_eq!(split.checkpoints, 2);
+        assert_eq!(split.during.len(), 3);
+        assert_eq!(split.outside.len(), 3);
+        // Three significant digits.
+        assert!((4_995..=5_005).contains(&(split.during.max() / 1000)));
+        assert!((599..=601).contains(&(split.outside.max() / 1000)));
     }
 }

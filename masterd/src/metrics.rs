@@ -145,7 +145,7 @@ pub fn render(master: &Master) -> String {
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
     let sh = &master.shared;
-    let counters: [(&str, &str, u64); 22] = [
+    let counters: [(&str, &str, u64); 23] = [
         (
             "ringfs_master_unborn_chunks_created_total",
             "counter",
@@ -252,6 +252,11 @@ pub fn render(master: &Master) -> String {
             "ringfs_master_checkpoint_last_ms",
             "gauge",
             sh.checkpoint_last_ms.load(Ordering::Relaxed),
+        ),
+        (
+            "ringfs_master_checkpoint_in_progress",
+            "gauge",
+            sh.checkpoints_in_progress.load(Ordering::Relaxed),
         ),
         (
             "ringfs_master_applied_index",

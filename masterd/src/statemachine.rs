@@ -32,6 +32,9 @@ pub struct Shared {
     pub checkpoint_last_ms: AtomicU64,
     pub checkpoint_last_bytes: AtomicU64,
     pub checkpoint_last_index: AtomicU64,
+    /// Checkpoints being written now (forked, not yet published or
+    /// failed): operators and the meta bench see when one runs.
+    pub checkpoints_in_progress: AtomicU64,
     /// Checkpoints installed from the leader (a follower too far behind
     /// for the log).
     pub checkpoints_received: AtomicU64,
@@ -53,6 +56,7 @@ impl Shared {
             checkpoint_last_ms: AtomicU64::new(0),
             checkpoint_last_bytes: AtomicU64::new(0),
             checkpoint_last_index: AtomicU64::new(0),
+            checkpoints_in_progress: AtomicU64::new(0),
             checkpoints_received: AtomicU64::new(0),
             ops_applied: AtomicU64::new(0),
             ops_at_checkpoint: AtomicU64::new(0),
@@ -149,6 +153,30 @@ pub struct Builder {
     shared: Arc<Shared>,
     meta: CheckpointMeta,
     pending: Option<Result<checkpoint::PendingCheckpoint, checkpoint::CheckpointError>>,
+    /// Counts this checkpoint in progress until it is published or fails
+    /// (or the builder is dropped unused).
+    _in_progress: InProgress,
+}
+
+struct InProgress(Arc<Shared>);
+
+impl InProgress {
+    fn start(shared: &Arc<Shared>) -> InProgress {
+        shared
+            .checkpoints_in_progress
+            .fetch_add(1, Ordering::Relaxed);
+        InProgress(shared.clone())
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        let before = self
+            .0
+            .checkpoints_in_progress
+            .fetch_sub(1, Ordering::Relaxed);
+        assert!(before > 0, "checkpoint in-progress count underflow");
+    }
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
@@ -256,6 +284,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         // On the state-machine worker: nothing applies while we fork, so the
         // child's copy is exactly the state at `last_applied`.
         let meta = self.meta();
+        let in_progress = InProgress::start(&self.shared);
         let pending = {
             let state = self.shared.read();
             checkpoint::Checkpointer::start(&self.dir, &state, &meta)
@@ -270,6 +299,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             shared: self.shared.clone(),
             meta,
             pending: Some(pending),
+            _in_progress: in_progress,
         }
     }
 
