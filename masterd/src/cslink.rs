@@ -13,7 +13,7 @@ use ringfs_wire::msg::{
 };
 
 use crate::node::Master;
-use crate::registry::Registration;
+use crate::registry::{REPLACE_STEP_ENTRIES, Registration};
 use crate::types::{Done, Op};
 use crate::{client_api, duties};
 
@@ -74,10 +74,16 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
         .registry()
         .register(&registration, &chunks, r.report_complete, Instant::now());
     if r.report_complete {
+        // Before the reply: the chunkserver's next heartbeat, and every
+        // lookup after it, find its report applied.
+        let started = Instant::now();
+        apply_replacements(master).await;
         tracing::info!(
             node_id,
             addr = registration.listen_addr,
             rack = registration.rack,
+            chunks = chunks_reported(master, node_id),
+            apply_ms = started.elapsed().as_millis() as u64,
             "chunkserver registered"
         );
     }
@@ -88,6 +94,29 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
             .unwrap_or(u32::MAX),
         master_id: master.id,
     }))
+}
+
+/// Steps the registry's queued replacements (full reports, deaths) to
+/// their end, one bounded step per hold of the registry lock, so lookups,
+/// heartbeats and allocations get in between (`registry`, module docs).
+pub async fn apply_replacements(master: &Master) {
+    // Each step covers at least one part: this many finish 16 of them.
+    const REPLACE_STEPS_MAX: usize = crate::pagedmap::PARTS * 16;
+    for _ in 0..REPLACE_STEPS_MAX {
+        if !master.registry().replace_step(REPLACE_STEP_ENTRIES) {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    // Still more (many at once): the duties tick goes on with them.
+}
+
+fn chunks_reported(master: &Master, node: u64) -> u64 {
+    master
+        .registry()
+        .servers
+        .get(&node)
+        .map_or(0, |s| s.chunk_count)
 }
 
 pub async fn heartbeat(master: &Master, h: Heartbeat) -> Body {

@@ -127,8 +127,18 @@ pub async fn run(master: std::sync::Arc<Master>) {
         let now = Instant::now();
         let timeout = Duration::from_millis(master.tuning().chunkserver_timeout_ms);
         let dead = master.registry().expire(now, timeout);
-        for node in dead {
+        for node in &dead {
             tracing::warn!(node, "chunkserver silent for {timeout:?}: dead");
+        }
+        // The dead's replicas (hidden from lookups already), in bounded
+        // steps; the chunk pass judges only once they are gone.
+        let started = Instant::now();
+        crate::cslink::apply_replacements(&master).await;
+        if !dead.is_empty() {
+            tracing::info!(
+                ms = started.elapsed().as_millis() as u64,
+                "replicas of dead chunkservers dropped"
+            );
         }
         master.leases.sweep(now);
         // Only once this leader has applied its own term's first entry, so
@@ -206,7 +216,8 @@ fn scan_slice(master: &Master, now: Instant) -> Vec<Delete> {
         let state = master.shared.read();
         let reg = master.registry();
         let mut d = master.duties.lock().unwrap_or_else(|e| e.into_inner());
-        if !d.scan.due(now) {
+        // A table half replaced would show replicas missing or left over.
+        if !d.scan.due(now) || reg.replacing() {
             break;
         }
         let Duties {

@@ -201,6 +201,23 @@ impl<V: Default> PagedMap<V> {
         self.parts.len()
     }
 
+    /// The part `key` is in, in every map.
+    pub fn part_of(key: u64) -> usize {
+        place(key).part
+    }
+
+    /// Keeps the entries of part `part` for which `keep` says so; returns
+    /// how many entries it looked at (a bounded walk's cost).
+    pub fn retain_part(&mut self, part: usize, mut keep: impl FnMut(u64, &mut V) -> bool) -> usize {
+        let p = &mut self.parts[part];
+        let before = p.len();
+        p.retain(part, &mut keep);
+        let after = p.len();
+        assert!(after <= before && before <= self.len);
+        self.len = self.len - before + after;
+        before
+    }
+
     /// The entries of part `part` (< [`PagedMap::part_count`]). A key is
     /// in the same part of every map.
     pub fn part_iter(&self, part: usize) -> impl Iterator<Item = (u64, &V)> {
@@ -495,6 +512,33 @@ mod tests {
             let kb: Vec<u64> = b.part_iter(part).map(|(k, _)| k).collect();
             assert_eq!(ka, kb, "part {part}");
         }
+    }
+
+    #[test]
+    fn retaining_one_part_leaves_the_others_and_keeps_the_count() {
+        // Near keys and a far one (past every directory).
+        let mut map: PagedMap<u64> = (0..20_000u64)
+            .chain([u64::MAX - 3])
+            .map(|k| (k, k))
+            .collect();
+        let far_part = PagedMap::<u64>::part_of(u64::MAX - 3);
+        assert!(map.part_iter(far_part).any(|(k, _)| k == u64::MAX - 3));
+        let part = PagedMap::<u64>::part_of(130);
+        let in_part = map.part_iter(part).count();
+        let looked = map.retain_part(part, |k, _| k % 2 == 0);
+        assert_eq!(looked, in_part);
+        assert_eq!(map.len(), map.iter().count());
+        for (k, _) in map.part_iter(part) {
+            assert_eq!(k % 2, 0);
+            assert_eq!(PagedMap::<u64>::part_of(k), part);
+        }
+        assert_eq!(map.get(&131), None);
+        assert_eq!(map.get(&130), Some(&130));
+        let next_page = 131 + PAGE_SLOTS as u64;
+        assert_eq!(map.get(&next_page), Some(&next_page));
+        map.retain_part(far_part, |_, _| false);
+        assert_eq!(map.get(&(u64::MAX - 3)), None);
+        assert_eq!(map.len(), map.iter().count());
     }
 
     #[test]

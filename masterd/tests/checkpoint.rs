@@ -1058,6 +1058,7 @@ fn ten_million_chunks_chunk_pass() {
         };
         registry.register(&r, &[], true, Instant::now());
     }
+    registry.finish_replacements();
     three_replicas_each(&state, &mut registry);
     for round in 0..2 {
         if round == 1 {
@@ -1068,13 +1069,13 @@ fn ten_million_chunks_chunk_pass() {
             for node in 1..=2 {
                 assert!(registry.heartbeat(node, &[], &[], &[], later));
             }
-            let forget = Instant::now();
             let dead = registry.expire(later, Duration::from_secs(60));
-            eprintln!(
-                "10M chunks: a chunkserver's death dropped its replicas in {:?} (registry lock held)",
-                forget.elapsed()
-            );
             assert_eq!(dead, vec![3]);
+            let (whole, longest, steps) = replace_in_steps(&mut registry);
+            eprintln!(
+                "10M chunks: a chunkserver's death dropped its replicas in {whole:?}, \
+                 {steps} steps (registry lock held) {longest}"
+            );
         }
         let now = Instant::now();
         let view = View {
@@ -1120,5 +1121,66 @@ fn ten_million_chunks_chunk_pass() {
             steps[steps.len() - 1],
             scan.needed.len(),
         );
+    }
+    // Node 3 comes back: its full report of 10 M chunks replaces what the
+    // registry knew of it, under the registry lock.
+    let report: Vec<ringfs_wire::msg::ChunkReport> = state
+        .chunks
+        .chunks
+        .iter()
+        .map(|(handle, _)| ringfs_wire::msg::ChunkReport {
+            handle,
+            version: 1,
+            length_bytes: 4096,
+            state: ringfs_wire::msg::ReplicaState::Ok,
+        })
+        .collect();
+    let r = Registration {
+        node_id: 3,
+        listen_addr: "127.0.0.1:1",
+        http_addr: "127.0.0.1:2",
+        rack: "",
+        capacity_bytes: 100,
+        used_bytes: 10,
+    };
+    // In frames of 10,000, as chunkd sends it (`REGISTER_BATCH`), each
+    // taken under its own hold of the lock.
+    let t = Instant::now();
+    let mut longest_frame = Duration::ZERO;
+    let frames = report.chunks(10_000).count();
+    for (i, frame) in report.chunks(10_000).enumerate() {
+        let s = Instant::now();
+        registry.register(&r, frame, i + 1 == frames, Instant::now());
+        longest_frame = longest_frame.max(s.elapsed());
+    }
+    let received = t.elapsed();
+    let (whole, longest, steps) = replace_in_steps(&mut registry);
+    eprintln!(
+        "10M chunks: a chunkserver's full report of them all: {frames} frames taken in \
+         {received:?} (the longest hold {longest_frame:?}), applied in {whole:?}, \
+         {steps} steps {longest}"
+    );
+    assert_eq!(registry.replicas(report[report.len() / 2].handle).len(), 3);
+}
+
+/// Runs the registry's replacements as masterd does, one bounded step per
+/// lock hold: (whole, "p99 / max" of the steps, steps).
+fn replace_in_steps(registry: &mut masterd::registry::Registry) -> (Duration, String, usize) {
+    let t = Instant::now();
+    let mut steps = Vec::new();
+    loop {
+        let s = Instant::now();
+        let more = registry.replace_step(masterd::registry::REPLACE_STEP_ENTRIES);
+        steps.push(s.elapsed());
+        if !more {
+            let whole = t.elapsed();
+            steps.sort();
+            let tail = format!(
+                "p99 {:?} / max {:?}",
+                steps[steps.len() * 99 / 100],
+                steps[steps.len() - 1]
+            );
+            return (whole, tail, steps.len());
+        }
     }
 }
