@@ -102,8 +102,14 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
 pub async fn apply_replacements(master: &Master) {
     // Each step covers at least one part: this many finish 16 of them.
     const REPLACE_STEPS_MAX: usize = crate::pagedmap::PARTS * 16;
+    let mut spent = Vec::new();
     for _ in 0..REPLACE_STEPS_MAX {
-        if !master.registry().replace_step(REPLACE_STEP_ENTRIES) {
+        let more = master
+            .registry()
+            .replace_step(REPLACE_STEP_ENTRIES, &mut spent);
+        // Freed with the lock let go (`Registry::replace_step`).
+        spent.clear();
+        if !more {
             return;
         }
         tokio::task::yield_now().await;

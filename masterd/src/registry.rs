@@ -354,8 +354,11 @@ impl Registry {
 
     /// Runs queued replacements for up to `budget` entries (at least one
     /// part); true while some remain. Callers drop the registry lock
-    /// between steps.
-    pub fn replace_step(&mut self, budget: usize) -> bool {
+    /// between steps. The report lists used up go to `spent`, for the
+    /// caller to free after it let go of the lock: freeing the last of a
+    /// 10 M-chunk report hands ~300 MiB back to the kernel (the allocator
+    /// trims its heap), 20 ms under the lock when it was done here.
+    pub fn replace_step(&mut self, budget: usize, spent: &mut Vec<Vec<ChunkReport>>) -> bool {
         let mut looked = 0;
         while looked < budget {
             let parts = self.locations.part_count();
@@ -375,11 +378,13 @@ impl Registry {
                 stored.remove_node(node);
                 !stored.is_empty()
             });
-            for c in report.unwrap_or_default() {
+            let report = report.unwrap_or_default();
+            for c in &report {
                 debug_assert_eq!(PagedMap::<Replicas>::part_of(c.handle), part);
-                self.upsert(node, &c);
+                self.upsert(node, c);
                 looked += 1;
             }
+            spent.push(report);
         }
         !self.replacing.is_empty()
     }
@@ -391,7 +396,7 @@ impl Registry {
 
     /// Runs every queued replacement to its end under one hold (tests).
     pub fn finish_replacements(&mut self) {
-        while self.replace_step(usize::MAX) {}
+        while self.replace_step(usize::MAX, &mut Vec::new()) {}
     }
 
     /// The not-yet-applied report of `node`'s part holding `handle`.
@@ -928,7 +933,7 @@ mod replacement_tests {
                         }
                     }
                     Event::Step(budget) => {
-                        reg.replace_step(budget);
+                        reg.replace_step(budget, &mut Vec::new());
                     }
                 }
                 // Whatever is half done, lookups never name a dead node.

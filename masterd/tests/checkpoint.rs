@@ -1170,8 +1170,10 @@ fn replace_in_steps(registry: &mut masterd::registry::Registry) -> (Duration, St
     let mut steps = Vec::new();
     loop {
         let s = Instant::now();
-        let more = registry.replace_step(masterd::registry::REPLACE_STEP_ENTRIES);
+        let mut spent = Vec::new();
+        let more = registry.replace_step(masterd::registry::REPLACE_STEP_ENTRIES, &mut spent);
         steps.push(s.elapsed());
+        drop(spent);
         if !more {
             let whole = t.elapsed();
             steps.sort();
