@@ -8,6 +8,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
+use std::time::Instant;
 
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncReadAt, AsyncReadAtExt, AsyncWriteAtExt};
@@ -197,6 +198,8 @@ pub struct Store {
     pub unsettled: Rc<Unsettled>,
     /// Counts of the chunks in `chunks` (each chunk keeps its part current).
     pub totals: Rc<Totals>,
+    /// The order the scrubber takes chunks in (`crate::scrub`).
+    pub scrub_order: crate::scrub::ScrubOrder,
     chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
     creating: RefCell<HashSet<u64>>,
     next_dir: std::cell::Cell<usize>,
@@ -216,6 +219,7 @@ impl Store {
             open: Rc::new(OpenFiles::new(open_chunks_max)),
             unsettled: Rc::default(),
             totals: Rc::default(),
+            scrub_order: crate::scrub::ScrubOrder::default(),
             chunks: RefCell::new(BTreeMap::new()),
             creating: RefCell::new(HashSet::new()),
             next_dir: std::cell::Cell::new(0),
@@ -263,12 +267,17 @@ impl Store {
 
     /// Puts `chunk` in the map, counted; a chunk it replaces leaves the
     /// totals (the caller decides what else happens to it).
-    fn put(chunks: &mut BTreeMap<u64, Rc<Chunk>>, chunk: Rc<Chunk>) -> Option<Rc<Chunk>> {
+    fn put(&self, chunks: &mut BTreeMap<u64, Rc<Chunk>>, chunk: Rc<Chunk>) -> Option<Rc<Chunk>> {
         chunk.join_totals();
-        let old = chunks.insert(chunk.handle, chunk);
+        let (handle, instance) = (chunk.handle, chunk.data_file_id());
+        let old = chunks.insert(handle, chunk);
         if let Some(old) = &old {
             old.leave_totals();
         }
+        self.scrub_order.push(handle, instance, Instant::now());
+        self.scrub_order.compact_if_sparse(chunks.len(), |h, i| {
+            chunks.get(&h).is_some_and(|c| c.data_file_id() == i)
+        });
         old
     }
 
@@ -304,10 +313,10 @@ impl Store {
                     quarantine(&loser_dir, &loser, "duplicate handle on another data dir");
                     stats.quarantined += 1;
                     if keep_new {
-                        Store::put(&mut chunks, Rc::new(chunk));
+                        self.put(&mut chunks, Rc::new(chunk));
                     }
                 } else {
-                    Store::put(&mut chunks, Rc::new(chunk));
+                    self.put(&mut chunks, Rc::new(chunk));
                 }
                 stats.chunks += 1;
                 Ok(())
@@ -368,7 +377,7 @@ impl Store {
         let r = self.create_inner(handle, version).await;
         self.creating.borrow_mut().remove(&handle);
         let chunk = Rc::new(r?);
-        Store::put(&mut self.chunks.borrow_mut(), chunk.clone());
+        self.put(&mut self.chunks.borrow_mut(), chunk.clone());
         Ok(chunk)
     }
 
@@ -407,7 +416,7 @@ impl Store {
     /// Installs a chunk built elsewhere (a clone): replaces any replica of
     /// the same handle.
     pub fn install(&self, chunk: Chunk) -> Option<Rc<Chunk>> {
-        let old = Store::put(&mut self.chunks.borrow_mut(), Rc::new(chunk));
+        let old = self.put(&mut self.chunks.borrow_mut(), Rc::new(chunk));
         if let Some(old) = &old {
             old.mark_deleted();
         }
