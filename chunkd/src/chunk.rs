@@ -1031,8 +1031,9 @@ impl Chunk {
                     continue;
                 }
                 let piece = left.min(buffer_bytes);
-                buf.zero_from(piece as usize);
-                buf.set_len_bytes(align_up(piece, align) as usize);
+                let io_len = align_up(piece, align) as usize;
+                buf.zero_range(piece as usize, io_len);
+                buf.set_len_bytes(io_len);
                 if end == new_length && piece == left && !end.is_multiple_of(BLOCK) {
                     // Keep the new last partial block for appends.
                     let tail_start = (end / BLOCK) * BLOCK;

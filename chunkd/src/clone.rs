@@ -229,8 +229,9 @@ async fn pull(
                 continue;
             }
             let n = (buf.capacity() as u64).min(left);
-            buf.zero_from(n as usize);
-            buf.set_len_bytes(align_up(n, align) as usize);
+            let io_len = align_up(n, align) as usize;
+            buf.zero_range(n as usize, io_len);
+            buf.set_len_bytes(io_len);
             let mut file = data;
             let compio::BufResult(r, buf) = file.write_all_at(buf, at).await;
             back.push(buf);

@@ -212,6 +212,18 @@ impl AlignedBuf {
             self.full_mut()[from..].fill(0);
         }
     }
+
+    /// Zeroes `[from, to)` (clamped to the capacity): just the padding an
+    /// O_DIRECT write of `to` bytes carries past `from` bytes of data. A
+    /// 4 KiB write in a 1 MiB pool buffer zeroes nothing, where
+    /// [`AlignedBuf::zero_from`] would clear the other 1020 KiB (5 % of
+    /// chunkd's CPU in a small-file profile).
+    pub fn zero_range(&mut self, from: usize, to: usize) {
+        let to = to.min(self.capacity);
+        if from < to {
+            self.full_mut()[from..to].fill(0);
+        }
+    }
 }
 
 impl Drop for AlignedBuf {
@@ -257,6 +269,21 @@ mod tests {
         assert_eq!(b.bytes()[10], 7);
         b.zero_from(5);
         assert_eq!(b.full()[10], 0);
+    }
+
+    #[test]
+    fn zero_range_clears_only_the_padding() {
+        let mut b = AlignedBuf::zeroed(8192, 4096);
+        b.full_mut().fill(9);
+        b.zero_range(100, 4096);
+        assert!(b.full()[..100].iter().all(|&x| x == 9));
+        assert!(b.full()[100..4096].iter().all(|&x| x == 0));
+        assert!(b.full()[4096..].iter().all(|&x| x == 9));
+        // Clamped to the capacity; an empty range is nothing.
+        b.zero_range(8000, 1 << 20);
+        assert!(b.full()[8000..].iter().all(|&x| x == 0));
+        b.zero_range(50, 50);
+        assert_eq!(b.full()[50], 9);
     }
 
     #[test]
