@@ -37,6 +37,23 @@ pub struct Reply {
     pub data: Vec<u8>,
 }
 
+/// A TCP connection to `addr`, authenticated as a client with the cluster
+/// key (lock-step and multiplexed links start alike).
+pub(crate) async fn connect_as_client(
+    addr: &str,
+    key: &ClusterKey,
+    cluster_id: &str,
+) -> Result<TcpStream, ConnError> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let me = Identity {
+        kind: PeerKind::Client,
+        node_id: 0,
+    };
+    frames::initiate_handshake(&mut stream, key, cluster_id, me).await?;
+    Ok(stream)
+}
+
 impl Link {
     pub async fn connect(
         addr: &str,
@@ -44,13 +61,7 @@ impl Link {
         cluster_id: &str,
         limits: FrameLimits,
     ) -> Result<Link, ConnError> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let me = Identity {
-            kind: PeerKind::Client,
-            node_id: 0,
-        };
-        frames::initiate_handshake(&mut stream, key, cluster_id, me).await?;
+        let stream = connect_as_client(addr, key, cluster_id).await?;
         Ok(Link {
             stream: BufReader::with_capacity(READ_BUFFER_BYTES, stream),
             encoder: Encoder::new(),

@@ -21,12 +21,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ringfs_wire::auth::{ClusterKey, Identity};
+use ringfs_wire::auth::ClusterKey;
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::Encoder;
-use ringfs_wire::msg::{Body, PeerKind};
+use ringfs_wire::msg::Body;
 use tokio::io::{AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -120,13 +119,7 @@ impl MuxLink {
         cluster_id: &str,
         limits: FrameLimits,
     ) -> Result<MuxLink, ConnError> {
-        let mut stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        let me = Identity {
-            kind: PeerKind::Client,
-            node_id: 0,
-        };
-        frames::initiate_handshake(&mut stream, key, cluster_id, me).await?;
+        let stream = crate::link::connect_as_client(addr, key, cluster_id).await?;
         let (reader, writer) = stream.into_split();
         let waiting = Arc::new(Mutex::new(Waiting::default()));
         let (tx, rx) = mpsc::channel(MUX_REQUESTS_IN_FLIGHT_MAX);
@@ -375,7 +368,9 @@ impl MuxPool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ringfs_wire::msg::{Ping, Pong};
+    use ringfs_wire::auth::Identity;
+    use ringfs_wire::msg::{PeerKind, Ping, Pong};
+    use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
     const CLUSTER: &str = "mux-test";

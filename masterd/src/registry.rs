@@ -608,17 +608,22 @@ impl Registry {
 pub(crate) mod testing {
     use super::*;
 
-    /// Registers `node` (utilisation `used` of 100) with its full report.
-    pub fn register(reg: &mut Registry, node: NodeId, used: u64, chunks: &[ChunkReport]) {
-        let r = Registration {
+    /// What a chunkserver on loopback says of itself (utilisation `used`
+    /// of 100).
+    pub fn registration(node: NodeId, used: u64) -> Registration<'static> {
+        Registration {
             node_id: node,
             listen_addr: "127.0.0.1:1",
             http_addr: "127.0.0.1:2",
             rack: "",
             capacity_bytes: 100,
             used_bytes: used,
-        };
-        reg.register(&r, chunks, true, Instant::now());
+        }
+    }
+
+    /// Registers `node` (utilisation `used` of 100) with its full report.
+    pub fn register(reg: &mut Registry, node: NodeId, used: u64, chunks: &[ChunkReport]) {
+        reg.register(&registration(node, used), chunks, true, Instant::now());
         reg.finish_replacements();
     }
 }
@@ -863,14 +868,7 @@ mod replacement_tests {
             for e in events {
                 match e {
                     Event::Report(node, pairs) => {
-                        let r = Registration {
-                            node_id: node,
-                            listen_addr: "127.0.0.1:1",
-                            http_addr: "127.0.0.1:2",
-                            rack: "",
-                            capacity_bytes: 100,
-                            used_bytes: 0,
-                        };
+                        let r = super::testing::registration(node, 0);
                         let report: Vec<ChunkReport> = pairs
                             .iter()
                             .map(|&(h, v)| chunk(h, v, ReplicaState::Ok))
