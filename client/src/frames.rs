@@ -29,6 +29,12 @@ pub enum ConnError {
     Protocol(String),
 }
 
+/// A wait that ran out (connect, or a reply), as the I/O error callers
+/// see for any other broken link.
+pub fn timed_out(what: String) -> ConnError {
+    ConnError::Io(io::Error::new(io::ErrorKind::TimedOut, what))
+}
+
 /// A received frame, header and meta CRC-checked.
 pub struct Frame {
     pub header: FrameHeader,

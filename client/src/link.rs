@@ -143,9 +143,9 @@ impl Pool {
         .await
         {
             Ok(r) => r,
-            Err(_) => Err(ConnError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connecting to {addr} took over {:?}", self.connect_timeout),
+            Err(_) => Err(frames::timed_out(format!(
+                "connecting to {addr} took over {:?}",
+                self.connect_timeout
             ))),
         }
     }
@@ -188,9 +188,8 @@ impl Pool {
                 self.forget(addr);
                 Err(e)
             }
-            Err(_) => Err(ConnError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{addr} did not answer within {timeout:?}"),
+            Err(_) => Err(frames::timed_out(format!(
+                "{addr} did not answer within {timeout:?}"
             ))),
         }
     }

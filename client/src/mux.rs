@@ -321,9 +321,9 @@ impl MuxPool {
         let link = match tokio::time::timeout(self.connect_timeout, connect).await {
             Ok(r) => Arc::new(r?),
             Err(_) => {
-                return Err(ConnError::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {addr} took over {:?}", self.connect_timeout),
+                return Err(frames::timed_out(format!(
+                    "connecting to {addr} took over {:?}",
+                    self.connect_timeout
                 )));
             }
         };
@@ -357,9 +357,8 @@ impl MuxPool {
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(ConnError::Io(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("{addr} did not answer within {timeout:?}"),
+            Err(_) => Err(frames::timed_out(format!(
+                "{addr} did not answer within {timeout:?}"
             ))),
         }
     }
