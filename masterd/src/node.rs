@@ -70,6 +70,10 @@ pub struct Master {
     read_gate: tokio::sync::Mutex<Option<(Instant, u64)>>,
 }
 
+/// Entries per AppendEntries at most (openraft's default is 300): see
+/// note 020.
+pub const MAX_PAYLOAD_ENTRIES: u64 = 16;
+
 /// Longest wait for a leadership confirmation (a heartbeat round).
 pub const READ_CONFIRM_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -91,6 +95,7 @@ fn raft_config(t: &MasterTuning) -> Result<openraft::Config, StartError> {
         election_timeout_min: t.election_timeout_min_ms,
         election_timeout_max: t.election_timeout_max_ms,
         heartbeat_interval: t.raft_heartbeat_interval_ms,
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.checkpoint_every_records),
         // Entries kept behind the newest checkpoint: at least one whole
         // checkpoint interval, so that if the newest checkpoint turns out
