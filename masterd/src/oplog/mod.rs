@@ -64,8 +64,9 @@ pub const CACHE_BYTES_MAX: u64 = 32 << 20;
 pub const CACHE_ENTRIES_MAX: usize = 64 * 1024;
 /// `limited_get_log_entries` stops after this many payload bytes: one
 /// AppendEntries must go and come back within openraft's deadline for it,
-/// the heartbeat interval (50 ms), on a loaded host too. Past it the
-/// request is dropped and sent again on a new connection (note 020).
+/// the heartbeat interval (`raft_heartbeat_interval_ms`, 50 ms by default),
+/// on a loaded host too. Past it the request is dropped and sent again on
+/// a new connection (note 020).
 pub const LIMITED_READ_BYTES_MAX: u64 = 1 << 20;
 /// A changed committed id reaches the meta file within this long.
 pub const COMMITTED_SAVE_INTERVAL_MS: u64 = 100;
