@@ -379,6 +379,7 @@ fn core_thread(
             usize::try_from(settings.open_chunks_max / settings.cores as u64)
                 .unwrap_or(usize::MAX)
                 .max(1),
+            settings.data_dir_reserved_bytes,
         );
         let mut stats = RecoveryStats::default();
         for f in &found {

@@ -98,6 +98,7 @@ fn run(args: Args) -> Result<(), String> {
         heartbeat_interval: Duration::from_millis(file.master.heartbeat_interval_ms.max(10)),
         bench_skip_read_verify: args.bench_skip_read_verify,
         open_chunks_max: tuning.open_chunks_max,
+        data_dir_reserved_bytes: tuning.data_dir_reserved_bytes,
     };
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGTERM,

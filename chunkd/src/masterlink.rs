@@ -768,9 +768,11 @@ async fn dir_reports(core: &Rc<Core>) -> Result<DirsNow, LinkError> {
     for ((dir, stat), chunk_count) in core.store.dirs.iter().zip(stats).zip(counts) {
         let (capacity, used) = match &stat {
             Some(s) => {
+                // The reserve counts as used: the master places new
+                // chunks by what is left.
                 let capacity = s.f_blocks.saturating_mul(s.f_frsize);
-                let available = s.f_bavail.saturating_mul(s.f_frsize);
-                (capacity, capacity.saturating_sub(available))
+                let usable = crate::store::usable_bytes(s, core.store.reserved_bytes);
+                (capacity, capacity.saturating_sub(usable))
             }
             None => (0, 0),
         };

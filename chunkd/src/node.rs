@@ -43,6 +43,9 @@ pub struct Settings {
     /// Chunks whose files stay open, over all cores (0: as many as the
     /// open-files limit allows; resolved by `Daemon::start`).
     pub open_chunks_max: u64,
+    /// Bytes of each data dir's filesystem left free (config
+    /// `data_dir_reserved_bytes`).
+    pub data_dir_reserved_bytes: u64,
 }
 
 /// A replica state change the masters must hear about.

@@ -205,6 +205,16 @@ pub struct Store {
     next_dir: std::cell::Cell<usize>,
     pub chunk_size_bytes: u64,
     pub log_bytes: u32,
+    /// Bytes of each data dir's filesystem that no new chunk may take.
+    pub reserved_bytes: u64,
+}
+
+/// Bytes of a data dir's filesystem ringfs may still use: what an
+/// unprivileged user could allocate, less the reserve.
+pub fn usable_bytes(stat: &rustix::fs::StatVfs, reserved_bytes: u64) -> u64 {
+    stat.f_bavail
+        .saturating_mul(stat.f_frsize)
+        .saturating_sub(reserved_bytes)
 }
 
 impl Store {
@@ -213,6 +223,7 @@ impl Store {
         chunk_size_bytes: u64,
         log_bytes: u32,
         open_chunks_max: usize,
+        reserved_bytes: u64,
     ) -> Store {
         Store {
             dirs,
@@ -225,6 +236,7 @@ impl Store {
             next_dir: std::cell::Cell::new(0),
             chunk_size_bytes,
             log_bytes,
+            reserved_bytes,
         }
     }
 
@@ -329,24 +341,28 @@ impl Store {
         }
     }
 
-    /// Picks a data dir for a new chunk: among the dirs with room, those
-    /// within 10 % (at least 1 GiB) of the most free space take turns, so
-    /// equal disks fill evenly and a fuller disk is skipped.
+    /// Picks a data dir for a new chunk: among the dirs with room beyond
+    /// the reserve, those within 10 % (at least 1 GiB) of the most free
+    /// space take turns, so equal disks fill evenly and a fuller disk is
+    /// skipped.
     pub(crate) fn choose_dir(&self) -> ChunkResult<Rc<DataDir>> {
-        let need = self.chunk_size_bytes + self.chunk_size_bytes / 16;
+        let need = ringfs_wire::config::room_for_new_chunk_bytes(self.chunk_size_bytes);
         let free: Vec<(u64, &Rc<DataDir>)> = self
             .dirs
             .iter()
             .filter_map(|d| {
                 let stat = rustix::fs::statvfs(&d.path).ok()?;
-                Some((stat.f_bavail.saturating_mul(stat.f_frsize), d))
+                Some((usable_bytes(&stat, self.reserved_bytes), d))
             })
             .filter(|(f, _)| *f >= need)
             .collect();
-        let most =
-            free.iter().map(|(f, _)| *f).max().ok_or_else(|| {
-                ChunkError::NoSpace("no data dir has room for another chunk".into())
-            })?;
+        let most = free.iter().map(|(f, _)| *f).max().ok_or_else(|| {
+            ChunkError::NoSpace(format!(
+                "no data dir has {need} bytes free for another chunk beyond the \
+                 {} reserved (data_dir_reserved_bytes)",
+                self.reserved_bytes
+            ))
+        })?;
         let slack = (most / 10).max(1 << 30);
         let candidates: Vec<&Rc<DataDir>> = free
             .iter()

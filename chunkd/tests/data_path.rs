@@ -285,3 +285,26 @@ fn chunks_spread_over_data_dirs_list_delete_and_survive_restart() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("belongs to cluster"), "{stderr}");
 }
+
+#[test]
+fn no_chunk_is_created_within_the_reserve() {
+    use ringfs_wire::msg::PeerKind;
+    let env = Env::new(CHUNK);
+    // More than any disk: every byte of the filesystem is reserved.
+    env.add_chunkserver_tuning("data_dir_reserved_bytes = 4611686018427387904");
+    let d0 = env.data_dir("d0");
+    let cs = env.start(std::slice::from_ref(&d0), &["--cores", "2"]);
+    let mut master = cs.conn(&env, PeerKind::Master);
+    for handle in [1u64, 2] {
+        let r = create(&mut master, 1, handle, 1);
+        let e = r.error().expect("a create within the reserve is refused");
+        assert_eq!(e.code, ErrorCode::NoSpace, "{:?}", e.message);
+        let message = e.message.clone().unwrap_or_default();
+        assert!(message.contains("data_dir_reserved_bytes"), "{message}");
+    }
+    // Nothing was left behind, and the server still serves.
+    let mut client = cs.conn(&env, PeerKind::Client);
+    assert!(list_all(&mut client).is_empty());
+    let files = std::fs::read_dir(d0.join("chunks")).unwrap().count();
+    assert_eq!(files, 0, "a refused create left files");
+}

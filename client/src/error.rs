@@ -21,8 +21,10 @@ pub enum Error {
     DirectoryNotEmpty { what: String },
     #[error("{what}: invalid path ({reason})")]
     InvalidPath { what: String, reason: String },
-    #[error("{what}: no space left on the chunkservers")]
-    NoSpace { what: String },
+    /// No chunkserver has room for a new chunk; retrying does not help
+    /// until space is freed or added.
+    #[error("{what}: no space left on the chunkservers ({reason})")]
+    NoSpace { what: String, reason: String },
     /// Not enough of the cluster answered in time; `retry_after` is the
     /// last hint the cluster gave (a hint, not a promise).
     #[error("{what}: unavailable ({reason}); retry in about {} ms", retry_after.as_millis())]
@@ -59,7 +61,7 @@ impl Error {
             ErrorCode::InvalidPath | ErrorCode::RenameIntoSelf => {
                 Error::InvalidPath { what, reason }
             }
-            ErrorCode::NoSpace => Error::NoSpace { what },
+            ErrorCode::NoSpace => Error::NoSpace { what, reason },
             ErrorCode::Unavailable
             | ErrorCode::Busy
             | ErrorCode::Timeout

@@ -2,8 +2,10 @@
 //! chunk with its first lease, create the replicas, grant the lease.
 //!
 //! The commit and the creation are two steps, so a leader can die between
-//! them: the chunk then exists in the namespace with a committed first
-//! lease, and no chunkserver has it. A later `get_lease` finds no replica
+//! them, or every chosen chunkserver can refuse for want of space (the
+//! master's view of free space is a heartbeat old): the chunk then exists
+//! in the namespace with a committed first lease, and no chunkserver has
+//! it. A later `get_lease` finds no replica
 //! and, only when it can prove that no replica was ever created (see
 //! [`recreate_unborn`]), creates them afresh; otherwise the chunk is
 //! reported missing like any lost chunk.
@@ -12,7 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use ringfs_wire::msg::{Body, ChunkReport, CreateChunk, ReplicaState};
+use ringfs_wire::msg::{Body, ChunkReport, CreateChunk, ErrorCode, ReplicaState};
 
 use crate::chunks::LeaseRecord;
 use crate::lease::{LeaseError, Located, addr_of, get_lease, grant, unreachable_outcome};
@@ -67,11 +69,17 @@ pub async fn allocate(
     assert_eq!(version, 1, "a new chunk starts at version 1");
     let turn = master.leases.grant_turn(handle).await;
     let epoch = master.epoch();
-    let created = create_replicas(master, handle, version, &chosen, epoch).await;
+    let Creation { created, refused } =
+        create_replicas(master, handle, version, &chosen, epoch).await;
     let primary = chosen[0];
     if !created.contains(&primary) {
         drop(turn);
         drop(marked);
+        if let Some(why) = all_out_of_space(&created, &refused) {
+            // Unborn until space is freed: a later allocate of this index
+            // finds it and creates it then (`recreate_unborn`).
+            return Err(LeaseError::NoSpace { why });
+        }
         // The committed first lease names a primary that has no replica:
         // the next grant bumps the version and picks a live one.
         return get_lease(master, handle).await;
@@ -87,12 +95,14 @@ pub async fn allocate(
 }
 
 /// Chooses the chunkservers for a new chunk of `inode` (the first one is
-/// the primary), or says why none can be chosen yet.
+/// the primary) among the live ones with room for it, or says why none can
+/// be chosen (yet).
 fn place(master: &Master, inode: u64, goal: u8) -> Result<Vec<NodeId>, LeaseError> {
-    let file_chunks = {
+    let (file_chunks, chunk_size_bytes) = {
         let state = master.shared.read();
         let node = state.ns.get(inode).ok_or(Fail::NotFound)?;
-        node.file().ok_or(Fail::IsDirectory)?.chunks.to_vec()
+        let chunks = node.file().ok_or(Fail::IsDirectory)?.chunks.to_vec();
+        (chunks, state.chunk_size_bytes)
     };
     let chosen = {
         let reg = master.registry();
@@ -102,11 +112,25 @@ fn place(master: &Master, inode: u64, goal: u8) -> Result<Vec<NodeId>, LeaseErro
                 *per_node.entry(l.node).or_default() += 1;
             }
         }
-        let candidates: Vec<Candidate> = reg
+        let live: Vec<Candidate> = reg
             .live_servers()
             .map(|s| Candidate::of(s, per_node.get(&s.node_id).copied().unwrap_or(0)))
             .collect();
-        placement::choose(&candidates, usize::from(goal), &[], &[])
+        if let Some(why) = placement::out_of_space(&live, chunk_size_bytes) {
+            // Chunkservers with room may not have registered yet.
+            if !registrations_settled(master) {
+                return Err(LeaseError::Unavailable {
+                    retry_after: Duration::from_millis(200),
+                    why: format!("{why}; waiting for registrations"),
+                });
+            }
+            return Err(LeaseError::NoSpace { why });
+        }
+        let with_room: Vec<Candidate> = live
+            .into_iter()
+            .filter(|c| c.has_room(chunk_size_bytes))
+            .collect();
+        placement::choose(&with_room, usize::from(goal), &[], &[])
     };
     if chosen.is_empty() {
         return Err(LeaseError::Unavailable {
@@ -134,7 +158,7 @@ fn place(master: &Master, inode: u64, goal: u8) -> Result<Vec<NodeId>, LeaseErro
             inode,
             placed = chosen.len(),
             goal,
-            "placing a chunk below its goal: not enough live chunkservers"
+            "placing a chunk below its goal: not enough live chunkservers with room"
         );
     }
     Ok(chosen)
@@ -147,15 +171,33 @@ fn registrations_settled(master: &Master) -> bool {
     master.leases.leading_for(Instant::now()) >= grace
 }
 
-/// Sends `CreateChunk` to every chosen node; returns the ones that created
-/// it, already entered in the registry (their next report confirms it).
+/// What `create_replicas` did.
+struct Creation {
+    /// Nodes that created the chunk.
+    created: Vec<NodeId>,
+    /// Nodes that did not, with the code they answered (or the link's).
+    refused: Vec<(NodeId, ErrorCode)>,
+}
+
+/// `Some(why)` when no node created a chunk and every one of them said it
+/// is out of space (the master's view of their free space was stale).
+fn all_out_of_space(created: &[NodeId], refused: &[(NodeId, ErrorCode)]) -> Option<String> {
+    let full = !refused.is_empty() && refused.iter().all(|(_, c)| *c == ErrorCode::NoSpace);
+    (created.is_empty() && full).then(|| {
+        let nodes: Vec<NodeId> = refused.iter().map(|(n, _)| *n).collect();
+        format!("chunkservers {nodes:?} have no data dir with room for a new chunk")
+    })
+}
+
+/// Sends `CreateChunk` to every chosen node; the ones that created it are
+/// entered in the registry at once (their next report confirms it).
 async fn create_replicas(
     master: &Master,
     handle: u64,
     version: u64,
     chosen: &[NodeId],
     epoch: u64,
-) -> Vec<NodeId> {
+) -> Creation {
     let creates = chosen.iter().map(|&node| {
         let body = Body::CreateChunk(Box::new(CreateChunk {
             epoch,
@@ -171,18 +213,23 @@ async fn create_replicas(
                         .cs
                         .command(&a, &body)
                         .await
-                        .map_err(|e| e.to_string()),
+                        .map_err(|e| (e.code(), e.to_string())),
                 ),
-                None => (node, Err("not registered".to_string())),
+                None => (
+                    node,
+                    Err((ErrorCode::Unavailable, "not registered".to_string())),
+                ),
             }
         }
     });
     let mut created = Vec::new();
+    let mut refused = Vec::new();
     for (node, result) in join_all(creates).await {
         match result {
             Ok(()) => created.push(node),
-            Err(e) => {
-                tracing::warn!(handle, node, error = %e, "create chunk failed; re-replication will make up")
+            Err((code, e)) => {
+                tracing::warn!(handle, node, error = %e, "create chunk failed; re-replication will make up");
+                refused.push((node, code));
             }
         }
     }
@@ -202,7 +249,9 @@ async fn create_replicas(
             Instant::now(),
         );
     }
-    created
+    drop(reg);
+    assert_eq!(created.len() + refused.len(), chosen.len());
+    Creation { created, refused }
 }
 
 /// Why a chunk with no replica may (or may not) be created afresh.
@@ -266,13 +315,54 @@ pub fn judge_unborn(
 /// Creates the replicas of a chunk whose allocation committed but whose
 /// replicas were never created ([`judge_unborn`]). Called by `get_lease`
 /// holding the chunk's grant turn, when no good replica exists. Returns
-/// why not when it may not.
+/// why not when it may not: `NoSpace` when space is what is missing,
+/// otherwise `Unavailable`.
 pub async fn recreate_unborn(
     master: &Master,
     handle: u64,
     version: u64,
     record: Option<LeaseRecord>,
-) -> Result<(), &'static str> {
+) -> Result<(), LeaseError> {
+    let unavailable = |why: &str| LeaseError::Unavailable {
+        retry_after: Duration::from_secs(1),
+        why: format!("no live replica of chunk {handle} at version {version} ({why})"),
+    };
+    let found = find_unborn(master, handle, version, record);
+    let (inode, goal) = found.map_err(unavailable)?;
+    let chosen = match place(master, inode, goal) {
+        Ok(chosen) => chosen,
+        Err(no_space @ LeaseError::NoSpace { .. }) => return Err(no_space),
+        Err(_) => return Err(unavailable("no chunkserver to place it on")),
+    };
+    tracing::warn!(
+        handle,
+        inode,
+        nodes = ?chosen,
+        "creating the replicas of a chunk that was allocated but never created"
+    );
+    let Creation { created, refused } =
+        create_replicas(master, handle, version, &chosen, master.epoch()).await;
+    if let Some(why) = all_out_of_space(&created, &refused) {
+        return Err(LeaseError::NoSpace { why });
+    }
+    if created.is_empty() {
+        return Err(unavailable("no chunkserver created it"));
+    }
+    master
+        .metrics
+        .unborn_chunks_created
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
+/// The chunk's file and replication goal when [`judge_unborn`] says it may
+/// be created afresh; otherwise why not.
+fn find_unborn(
+    master: &Master,
+    handle: u64,
+    version: u64,
+    record: Option<LeaseRecord>,
+) -> Result<(u64, u8), &'static str> {
     let (inode, chunk_start_bytes, file_length_bytes, goal) = {
         let state = master.shared.read();
         let Some(chunk) = state.chunks.get(handle) else {
@@ -302,25 +392,10 @@ pub async fn recreate_unborn(
         file_length_bytes,
         registrations_settled(master),
     );
-    if let Unborn::Missing(why) = verdict {
-        return Err(why);
+    match verdict {
+        Unborn::Missing(why) => Err(why),
+        Unborn::Recreate => Ok((inode, goal)),
     }
-    let chosen = place(master, inode, goal).map_err(|_| "no chunkserver to place it on")?;
-    tracing::warn!(
-        handle,
-        inode,
-        nodes = ?chosen,
-        "creating the replicas of a chunk allocated by a leader that died before creating them"
-    );
-    let created = create_replicas(master, handle, version, &chosen, master.epoch()).await;
-    if created.is_empty() {
-        return Err("no chunkserver created it");
-    }
-    master
-        .metrics
-        .unborn_chunks_created
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
 }
 
 #[cfg(test)]
@@ -334,6 +409,20 @@ mod tests {
             granted_at_ms: 1,
             duration_ms: 60_000,
         })
+    }
+
+    #[test]
+    fn no_space_only_when_every_chosen_server_said_so() {
+        use ErrorCode::{NoSpace, Unavailable};
+        let why = all_out_of_space(&[], &[(1, NoSpace), (2, NoSpace)]).expect("all full");
+        assert!(why.contains("[1, 2]"), "{why}");
+        // One created it, or one failed for another reason: not a space problem.
+        assert_eq!(all_out_of_space(&[3], &[(1, NoSpace), (2, NoSpace)]), None);
+        assert_eq!(
+            all_out_of_space(&[], &[(1, NoSpace), (2, Unavailable)]),
+            None
+        );
+        assert_eq!(all_out_of_space(&[], &[]), None);
     }
 
     #[test]

@@ -403,8 +403,14 @@ impl Scan {
         if budget == 0 || self.needed.is_empty() {
             return out;
         }
-        let candidates: Vec<Candidate> =
-            v.reg.live_servers().map(|s| Candidate::of(s, 0)).collect();
+        // A clone may grow to a whole chunk: only servers with room for one.
+        let chunk_size_bytes = v.state.chunk_size_bytes;
+        let candidates: Vec<Candidate> = v
+            .reg
+            .live_servers()
+            .map(|s| Candidate::of(s, 0))
+            .filter(|c| c.has_room(chunk_size_bytes))
+            .collect();
         let mut settled = Vec::new();
         let examined: Vec<u64> = self
             .needed

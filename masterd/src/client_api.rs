@@ -121,6 +121,7 @@ fn lease_error(master: &Master, e: LeaseError) -> Body {
             retry_after_ms: u32::try_from(retry_after.as_millis()).unwrap_or(u32::MAX),
             ..ErrorReply::default()
         })),
+        LeaseError::NoSpace { why } => error(ErrorCode::NoSpace, why),
     }
 }
 

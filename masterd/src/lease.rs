@@ -43,6 +43,11 @@ pub enum LeaseError {
         retry_after: Duration,
         why: String,
     },
+    /// No chunkserver has room for a new chunk: retrying does not help
+    /// until space is freed or added.
+    NoSpace {
+        why: String,
+    },
 }
 
 impl From<ProposeError> for LeaseError {
@@ -361,12 +366,7 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
     if good.is_empty() {
         // Perhaps its allocation committed and the leader died before
         // creating any replica: then nothing was ever written to it.
-        if let Err(why) = allocate::recreate_unborn(master, handle, version, record).await {
-            return Err(LeaseError::Unavailable {
-                retry_after: Duration::from_secs(1),
-                why: format!("no live replica of chunk {handle} at version {version} ({why})"),
-            });
-        }
+        allocate::recreate_unborn(master, handle, version, record).await?;
         good = master.registry().good_replicas(handle, version);
     }
     let primary = same_primary.unwrap_or_else(|| pick_primary(master, &good));
@@ -614,6 +614,7 @@ pub fn error_code(e: &LeaseError) -> ErrorCode {
             ErrorCode::Unavailable
         }
         LeaseError::Unavailable { .. } => ErrorCode::Unavailable,
+        LeaseError::NoSpace { .. } => ErrorCode::NoSpace,
     }
 }
 

@@ -1,6 +1,7 @@
-//! Where new replicas go (DESIGN §4): distinct live chunkservers, at least
-//! two racks when the cluster has more than one, least utilised first, and
-//! no chunkserver holding more than its share of one file's chunks.
+//! Where new replicas go (DESIGN §4): distinct live chunkservers with room
+//! for a chunk, at least two racks when the cluster has more than one,
+//! least utilised first, and no chunkserver holding more than its share of
+//! one file's chunks.
 //!
 //! Pure: the caller snapshots the registry into [`Candidate`]s, so the
 //! choice is testable and the registry lock is not held while choosing.
@@ -14,6 +15,8 @@ pub struct Candidate {
     pub rack: String,
     /// Used / capacity.
     pub utilisation: f64,
+    /// Capacity less used, as last reported (the reserve counts as used).
+    pub free_bytes: u64,
     /// Replicas of the file's chunks this server already holds.
     pub file_replicas: u64,
 }
@@ -25,9 +28,31 @@ impl Candidate {
             node: server.node_id,
             rack: server.rack.clone(),
             utilisation: server.utilisation(),
+            free_bytes: server.capacity_bytes.saturating_sub(server.used_bytes),
             file_replicas,
         }
     }
+
+    /// Whether it reported room for a new chunk of `chunk_size_bytes`
+    /// (the rule chunkservers apply when they create one).
+    pub fn has_room(&self, chunk_size_bytes: u64) -> bool {
+        self.free_bytes >= ringfs_wire::config::room_for_new_chunk_bytes(chunk_size_bytes)
+    }
+}
+
+/// Why no chunkserver can take a new chunk when some are live: none of
+/// `live` has room. `None` when one has, or none is live.
+pub fn out_of_space(live: &[Candidate], chunk_size_bytes: u64) -> Option<String> {
+    if live.is_empty() || live.iter().any(|c| c.has_room(chunk_size_bytes)) {
+        return None;
+    }
+    let most_free = live.iter().map(|c| c.free_bytes).max().unwrap_or(0);
+    Some(format!(
+        "none of the {} live chunkservers has room for a new chunk: it needs {} bytes free \
+         beyond the reserve (data_dir_reserved_bytes), the most any has is {most_free}",
+        live.len(),
+        ringfs_wire::config::room_for_new_chunk_bytes(chunk_size_bytes),
+    ))
 }
 
 /// Picks up to `count` nodes, none of them in `exclude` (current holders).
@@ -98,8 +123,36 @@ mod tests {
             node,
             rack: rack.into(),
             utilisation,
+            free_bytes: u64::MAX,
             file_replicas,
         }
+    }
+
+    #[test]
+    fn full_servers_are_named_and_skipped() {
+        let chunk = 64 << 20;
+        let room = ringfs_wire::config::room_for_new_chunk_bytes(chunk);
+        let mut c = [
+            cand(1, "", 0.1, 0),
+            cand(2, "", 0.2, 0),
+            cand(3, "", 0.3, 0),
+        ];
+        assert_eq!(out_of_space(&c, chunk), None);
+        c[0].free_bytes = room - 1;
+        c[1].free_bytes = 0;
+        // One server with room: no verdict, and it is the one kept.
+        assert_eq!(out_of_space(&c, chunk), None);
+        let with_room: Vec<Candidate> = c.iter().filter(|c| c.has_room(chunk)).cloned().collect();
+        assert_eq!(choose(&with_room, 3, &[], &[]), vec![3]);
+        c[2].free_bytes = room - 1;
+        let why = out_of_space(&c, chunk).expect("every server is full");
+        assert!(why.contains(&format!("{room} bytes")), "{why}");
+        assert!(
+            why.contains(&format!("most any has is {}", room - 1)),
+            "{why}"
+        );
+        // No live server is not a space problem.
+        assert_eq!(out_of_space(&[], chunk), None);
     }
 
     #[test]

@@ -616,8 +616,10 @@ pub(crate) mod testing {
             listen_addr: "127.0.0.1:1",
             http_addr: "127.0.0.1:2",
             rack: "",
-            capacity_bytes: 100,
-            used_bytes: used,
+            // `used` percent of 100 TiB: utilisation as given, and room
+            // for any chunk on every server below 100.
+            capacity_bytes: 100 << 40,
+            used_bytes: used << 40,
         }
     }
 

@@ -1053,8 +1053,8 @@ fn ten_million_chunks_chunk_pass() {
             listen_addr: "127.0.0.1:1",
             http_addr: "127.0.0.1:2",
             rack: "",
-            capacity_bytes: 100,
-            used_bytes: 10,
+            capacity_bytes: 100 << 40,
+            used_bytes: 10 << 40,
         };
         registry.register(&r, &[], true, Instant::now());
     }
@@ -1140,8 +1140,8 @@ fn ten_million_chunks_chunk_pass() {
         listen_addr: "127.0.0.1:1",
         http_addr: "127.0.0.1:2",
         rack: "",
-        capacity_bytes: 100,
-        used_bytes: 10,
+        capacity_bytes: 100 << 40,
+        used_bytes: 10 << 40,
     };
     // In frames of 10,000, as chunkd sends it (`REGISTER_BATCH`), each
     // taken under its own hold of the lock.

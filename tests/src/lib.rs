@@ -77,6 +77,8 @@ pub struct Options {
     pub checkpoint_every_records: u64,
     pub checkpoint_every_ops: u64,
     pub log_kept_behind_checkpoint_records: u64,
+    /// `[chunkserver] data_dir_reserved_bytes` of every chunkserver.
+    pub data_dir_reserved_bytes: u64,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             checkpoint_every_records: 1_000_000,
             checkpoint_every_ops: 1_000_000,
             log_kept_behind_checkpoint_records: 10_000,
+            data_dir_reserved_bytes: 0,
         }
     }
 }
@@ -145,6 +148,7 @@ log_kept_behind_checkpoint_records = {kept}
 [chunkserver]
 buffer_pool_buffers_per_core = 24
 buffer_bytes = 1048576
+data_dir_reserved_bytes = {reserved}
 "#,
                 chunk = o.chunk_size_bytes,
                 repl = o.default_replication,
@@ -155,6 +159,7 @@ buffer_bytes = 1048576
                 ckpt = o.checkpoint_every_records,
                 ckpt_ops = o.checkpoint_every_ops,
                 kept = o.log_kept_behind_checkpoint_records,
+                reserved = o.data_dir_reserved_bytes,
             ),
         )
         .unwrap();

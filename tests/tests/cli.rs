@@ -162,3 +162,47 @@ fn unreachable_cluster_exits_unavailable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_full_cluster_refuses_new_chunks_with_no_space() {
+    // Every byte of every data dir reserved: no chunkserver has room.
+    let env = Env::new(&Options {
+        data_dir_reserved_bytes: 1 << 62,
+        ..Options::default()
+    });
+    let _m = start_master(&env);
+    let _cs: Vec<Daemon> = ["cs1", "cs2", "cs3"]
+        .iter()
+        .map(|n| start_chunkd(&env, n, "r"))
+        .collect();
+    let cli = Cli { env: &env };
+    let local = env.path("local");
+    write(&local.join("big"), &pattern(5, 2_500_000));
+    write(&local.join("empty"), b"");
+
+    // Metadata and a file with no chunk need no space.
+    cli.json(&["mkdir", "/a"]);
+    let put = cli.json(&["put", local.join("empty").to_str().unwrap(), "/a/empty"]);
+    assert_eq!(put["length_bytes"], 0);
+    // The chunkservers report the reserve as used.
+    let status = cli.json(&["admin", "status"]);
+    for cs in status["chunkservers"].as_array().unwrap() {
+        assert_eq!(cs["used_bytes"], cs["capacity_bytes"], "{cs}");
+    }
+    // A write that needs a chunk fails with a typed error that says why,
+    // long before the command's deadline: no retrying against a full disk.
+    let out = cli.run(&[
+        "--deadline-ms",
+        "30000",
+        "put",
+        local.join("big").to_str().unwrap(),
+        "/a/big",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no space left"), "{stderr}");
+    assert!(stderr.contains("data_dir_reserved_bytes"), "{stderr}");
+    // What it created stays incomplete, never a short file that looks whole.
+    assert_eq!(cli.json(&["stat", "/a/big"])["complete"], false);
+    assert_eq!(cli.json(&["stat", "/a/empty"])["complete"], true);
+}

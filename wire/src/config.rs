@@ -135,6 +135,19 @@ pub struct ChunkserverTuning {
     /// as the open-files limit allows (a quarter of it, at most 8192, is
     /// kept for sockets and the rest).
     pub open_chunks_max: u64,
+    /// Bytes of each data dir's filesystem that ringfs leaves free: no new
+    /// chunk is placed where less than this plus [`room_for_new_chunk_bytes`]
+    /// is available, and chunkservers report it as used.
+    pub data_dir_reserved_bytes: u64,
+}
+
+/// Free bytes a data dir needs, beyond its reserve, to take a new chunk:
+/// the chunk at full size and a sixteenth more for its meta file and the
+/// filesystem's own blocks. The master places new chunks only on
+/// chunkservers reporting this much free, and a chunkserver creates one
+/// only in a data dir that has it.
+pub fn room_for_new_chunk_bytes(chunk_size_bytes: u64) -> u64 {
+    chunk_size_bytes.saturating_add(chunk_size_bytes / 16)
 }
 
 impl Default for ChunkserverTuning {
@@ -145,6 +158,7 @@ impl Default for ChunkserverTuning {
             buffer_bytes: 1 << 20,
             push_buffer_max_bytes: 256 << 20,
             open_chunks_max: 0,
+            data_dir_reserved_bytes: 0,
         }
     }
 }
