@@ -44,7 +44,12 @@ pub async fn allocate(
     }
     master.leases.note_leader(master.epoch(), Instant::now());
     let marked = master.leases.mark_allocating(inode, index);
-    let chosen = place(master, inode, goal)?;
+    let chosen = place(
+        master,
+        inode,
+        goal,
+        placement::mix(inode).wrapping_add(index),
+    )?;
     let duration = master.leases.duration;
     let committed = master
         .proposer
@@ -96,8 +101,8 @@ pub async fn allocate(
 
 /// Chooses the chunkservers for a new chunk of `inode` (the first one is
 /// the primary) among the live ones with room for it, or says why none can
-/// be chosen (yet).
-fn place(master: &Master, inode: u64, goal: u8) -> Result<Vec<NodeId>, LeaseError> {
+/// be chosen (yet). `seed` orders equally full servers (`placement::choose`).
+fn place(master: &Master, inode: u64, goal: u8, seed: u64) -> Result<Vec<NodeId>, LeaseError> {
     let (file_chunks, chunk_size_bytes) = {
         let state = master.shared.read();
         let node = state.ns.get(inode).ok_or(Fail::NotFound)?;
@@ -130,7 +135,7 @@ fn place(master: &Master, inode: u64, goal: u8) -> Result<Vec<NodeId>, LeaseErro
             .into_iter()
             .filter(|c| c.has_room(chunk_size_bytes))
             .collect();
-        placement::choose(&with_room, usize::from(goal), &[], &[])
+        placement::choose(&with_room, usize::from(goal), &[], &[], seed)
     };
     if chosen.is_empty() {
         return Err(LeaseError::Unavailable {
@@ -329,7 +334,7 @@ pub async fn recreate_unborn(
     };
     let found = find_unborn(master, handle, version, record);
     let (inode, goal) = found.map_err(unavailable)?;
-    let chosen = match place(master, inode, goal) {
+    let chosen = match place(master, inode, goal, placement::mix(handle)) {
         Ok(chosen) => chosen,
         Err(no_space @ LeaseError::NoSpace { .. }) => return Err(no_space),
         Err(_) => return Err(unavailable("no chunkserver to place it on")),

@@ -453,7 +453,9 @@ impl Scan {
                 .filter(|c| free(&c.node))
                 .cloned()
                 .collect();
-            let Some(&target) = placement::choose(&open, 1, &holders, &racks).first() else {
+            let Some(&target) =
+                placement::choose(&open, 1, &holders, &racks, placement::mix(handle)).first()
+            else {
                 continue;
             };
             *busy.entry(source).or_default() += 1;

@@ -369,7 +369,7 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
         allocate::recreate_unborn(master, handle, version, record).await?;
         good = master.registry().good_replicas(handle, version);
     }
-    let primary = same_primary.unwrap_or_else(|| pick_primary(master, &good));
+    let primary = same_primary.unwrap_or_else(|| pick_primary(master, handle, &good));
     let committed = master
         .proposer
         .propose(Op::GrantLease {
@@ -493,20 +493,13 @@ pub(crate) async fn grant(
     Ok(lease)
 }
 
-fn pick_primary(master: &Master, good: &[Location]) -> NodeId {
+fn pick_primary(master: &Master, handle: u64, good: &[Location]) -> NodeId {
     let reg = master.registry();
+    let load = |node: NodeId| reg.servers.get(&node).map_or(u32::MAX, |s| s.ops_in_flight);
+    // Equally loaded (idle) servers take turns by chunk, not lowest id first.
+    let seed = crate::placement::mix(handle);
     good.iter()
-        .min_by(|a, b| {
-            let la = reg
-                .servers
-                .get(&a.node)
-                .map_or(u32::MAX, |s| s.ops_in_flight);
-            let lb = reg
-                .servers
-                .get(&b.node)
-                .map_or(u32::MAX, |s| s.ops_in_flight);
-            la.cmp(&lb).then(a.node.cmp(&b.node))
-        })
+        .min_by_key(|l| (load(l.node), crate::placement::mix(l.node ^ seed), l.node))
         .map(|l| l.node)
         .unwrap_or(0)
 }

@@ -1,7 +1,10 @@
 //! Where new replicas go (DESIGN §4): distinct live chunkservers with room
 //! for a chunk, at least two racks when the cluster has more than one,
 //! least utilised first, and no chunkserver holding more than its share of
-//! one file's chunks.
+//! one file's chunks. Servers whose utilisation is within the same percent
+//! count as equal and are taken in an order drawn from a per-chunk seed, so
+//! equally full servers share new chunks, and their primaries, instead of
+//! the lowest node id taking every one.
 //!
 //! Pure: the caller snapshots the registry into [`Candidate`]s, so the
 //! choice is testable and the registry lock is not held while choosing.
@@ -55,13 +58,27 @@ pub fn out_of_space(live: &[Candidate], chunk_size_bytes: u64) -> Option<String>
     ))
 }
 
+/// Utilisation steps below which servers count as equally full.
+const UTILISATION_STEPS: f64 = 100.0;
+
+/// A well-mixed 64-bit value of `x` (splitmix64's finaliser): the order of
+/// equally full servers for one seed.
+pub fn mix(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
 /// Picks up to `count` nodes, none of them in `exclude` (current holders).
-/// `existing_racks` are the racks already holding a replica.
+/// `existing_racks` are the racks already holding a replica. `seed` (e.g.
+/// from the chunk's file and index) orders servers that are equally full.
 pub fn choose(
     candidates: &[Candidate],
     count: usize,
     exclude: &[NodeId],
     existing_racks: &[&str],
+    seed: u64,
 ) -> Vec<NodeId> {
     let mut pool: Vec<&Candidate> = candidates
         .iter()
@@ -75,14 +92,15 @@ pub fn choose(
         candidates.iter().map(|c| c.file_replicas).sum::<u64>() + count as u64;
     // A server's fair share of this file: every replica spread evenly, plus one.
     let share_cap = total_file_replicas.div_ceil(live) + 1;
-    pool.sort_by(|a, b| {
-        let over_a = a.file_replicas >= share_cap;
-        let over_b = b.file_replicas >= share_cap;
-        over_a
-            .cmp(&over_b)
-            .then(a.utilisation.total_cmp(&b.utilisation))
-            .then(a.file_replicas.cmp(&b.file_replicas))
-            .then(a.node.cmp(&b.node))
+    let fullness = |c: &Candidate| (c.utilisation * UTILISATION_STEPS).floor() as u64;
+    pool.sort_by_key(|c| {
+        (
+            c.file_replicas >= share_cap,
+            fullness(c),
+            c.file_replicas,
+            mix(c.node ^ seed),
+            c.node,
+        )
     });
     let distinct_racks = {
         let mut racks: Vec<&str> = candidates.iter().map(|c| c.rack.as_str()).collect();
@@ -143,7 +161,7 @@ mod tests {
         // One server with room: no verdict, and it is the one kept.
         assert_eq!(out_of_space(&c, chunk), None);
         let with_room: Vec<Candidate> = c.iter().filter(|c| c.has_room(chunk)).cloned().collect();
-        assert_eq!(choose(&with_room, 3, &[], &[]), vec![3]);
+        assert_eq!(choose(&with_room, 3, &[], &[], 0), vec![3]);
         c[2].free_bytes = room - 1;
         let why = out_of_space(&c, chunk).expect("every server is full");
         assert!(why.contains(&format!("{room} bytes")), "{why}");
@@ -163,9 +181,37 @@ mod tests {
             cand(3, "", 0.5, 0),
             cand(4, "", 0.3, 0),
         ];
-        assert_eq!(choose(&c, 3, &[], &[]), vec![2, 4, 3]);
-        assert_eq!(choose(&c, 3, &[2], &[]), vec![4, 3, 1]);
-        assert_eq!(choose(&c, 9, &[], &[]).len(), 4);
+        assert_eq!(choose(&c, 3, &[], &[], 0), vec![2, 4, 3]);
+        assert_eq!(choose(&c, 3, &[2], &[], 0), vec![4, 3, 1]);
+        assert_eq!(choose(&c, 9, &[], &[], 0).len(), 4);
+    }
+
+    #[test]
+    fn equally_full_servers_share_new_chunks_and_primaries() {
+        // Three servers on one filesystem report the same utilisation, a
+        // fourth is a percent fuller.
+        let c = [
+            cand(1, "", 0.500, 0),
+            cand(2, "", 0.503, 0),
+            cand(3, "", 0.509, 0),
+            cand(4, "", 0.51, 0),
+        ];
+        let mut first = std::collections::HashMap::new();
+        for seed in 0..3000u64 {
+            let chosen = choose(&c, 3, &[], &[], mix(seed));
+            assert_eq!(chosen.len(), 3);
+            assert!(!chosen.contains(&4), "a fuller server taken: {chosen:?}");
+            *first.entry(chosen[0]).or_insert(0u32) += 1;
+        }
+        for node in 1..=3 {
+            let n = first.get(&node).copied().unwrap_or(0);
+            assert!(
+                (800..1200).contains(&n),
+                "node {node} first {n} of 3000: {first:?}"
+            );
+        }
+        // The same seed, the same choice.
+        assert_eq!(choose(&c, 3, &[], &[], 7), choose(&c, 3, &[], &[], 7));
     }
 
     #[test]
@@ -176,11 +222,11 @@ mod tests {
             cand(3, "a", 0.3, 0),
             cand(4, "b", 0.9, 0),
         ];
-        let chosen = choose(&c, 3, &[], &[]);
+        let chosen = choose(&c, 3, &[], &[], 0);
         assert_eq!(chosen[0], 1);
         assert!(chosen.contains(&4), "{chosen:?}");
         // Re-replication next to replicas on rack a only must add rack b.
-        assert_eq!(choose(&c, 1, &[1, 2], &["a", "a"]), vec![4]);
+        assert_eq!(choose(&c, 1, &[1, 2], &["a", "a"], 0), vec![4]);
     }
 
     #[test]
@@ -190,6 +236,6 @@ mod tests {
             cand(2, "", 0.5, 0),
             cand(3, "", 0.6, 0),
         ];
-        assert_eq!(choose(&c, 1, &[], &[]), vec![2]);
+        assert_eq!(choose(&c, 1, &[], &[], 0), vec![2]);
     }
 }
