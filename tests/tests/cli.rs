@@ -50,6 +50,17 @@ impl Cli<'_> {
     }
 }
 
+/// A master and three chunkservers, stopped when dropped.
+fn start_cluster(env: &Env) -> Vec<Daemon> {
+    let mut daemons = vec![start_master(env)];
+    daemons.extend(
+        ["cs1", "cs2", "cs3"]
+            .iter()
+            .map(|n| start_chunkd(env, n, "r")),
+    );
+    daemons
+}
+
 fn write(path: &Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
 }
@@ -57,11 +68,7 @@ fn write(path: &Path, data: &[u8]) {
 #[test]
 fn file_commands_output_and_exit_codes() {
     let env = Env::new(&Options::default());
-    let _m = start_master(&env);
-    let _cs: Vec<Daemon> = ["cs1", "cs2", "cs3"]
-        .iter()
-        .map(|n| start_chunkd(&env, n, "r"))
-        .collect();
+    let _daemons = start_cluster(&env);
     let cli = Cli { env: &env };
     let local = env.path("local");
     let data = pattern(3, 2_500_000);
@@ -170,11 +177,7 @@ fn a_full_cluster_refuses_new_chunks_with_no_space() {
         data_dir_reserved_bytes: 1 << 62,
         ..Options::default()
     });
-    let _m = start_master(&env);
-    let _cs: Vec<Daemon> = ["cs1", "cs2", "cs3"]
-        .iter()
-        .map(|n| start_chunkd(&env, n, "r"))
-        .collect();
+    let _daemons = start_cluster(&env);
     let cli = Cli { env: &env };
     let local = env.path("local");
     write(&local.join("big"), &pattern(5, 2_500_000));
