@@ -232,10 +232,10 @@ pub fn kind_name(body: &Body) -> &'static str {
 
 pub async fn handle(master: &Master, body: Body) -> Body {
     let kind = kind_name(&body);
+    let started = std::time::Instant::now();
     let reply = dispatch(master, body).await;
-    master
-        .metrics
-        .count(kind, !matches!(reply, Body::ErrorReply(_)));
+    let ok = !matches!(reply, Body::ErrorReply(_));
+    master.metrics.answered(kind, ok, started.elapsed());
     reply
 }
 

@@ -2,6 +2,9 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ringfs_wire::latency::{BUCKETS, LATENCY_BUCKET_LE, bucket_index, duration_ns};
 
 use crate::node::Master;
 use crate::registry::Liveness;
@@ -32,10 +35,42 @@ pub const REQUEST_KINDS: [&str; 22] = [
     "other",
 ];
 
+/// One request kind's latency histogram. Buckets are stored per bucket,
+/// not cumulative, so an observation is one add; the scrape accumulates.
+#[derive(Default)]
+pub struct Latency {
+    buckets: [AtomicU64; BUCKETS],
+    sum_ns: AtomicU64,
+}
+
+impl Latency {
+    pub fn observe(&self, took: Duration) {
+        let ns = duration_ns(took);
+        self.buckets[bucket_index(ns)].fetch_add(1, Ordering::Relaxed);
+        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Appends the Prometheus lines of this histogram, labelled `op`.
+    fn render(&self, out: &mut String, name: &str, op: &str) {
+        let mut cumulative = 0u64;
+        for (le, bucket) in LATENCY_BUCKET_LE.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{op=\"{op}\",le=\"{le}\"}} {cumulative}");
+        }
+        let secs = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "{name}_sum{{op=\"{op}\"}} {secs}");
+        // From the buckets, so `_count` always equals the `+Inf` bucket.
+        let _ = writeln!(out, "{name}_count{{op=\"{op}\"}} {cumulative}");
+    }
+}
+
 #[derive(Default)]
 pub struct Metrics {
     pub requests: [AtomicU64; REQUEST_KINDS.len()],
     pub request_errors: [AtomicU64; REQUEST_KINDS.len()],
+    /// Time from a client request's arrival to its reply, per kind (the
+    /// commit of a mutation included).
+    pub request_latency: [Latency; REQUEST_KINDS.len()],
     pub connections: AtomicU64,
     pub handshake_failures: AtomicU64,
     pub bad_frames: AtomicU64,
@@ -62,16 +97,26 @@ pub struct Metrics {
     pub unborn_chunks_created: AtomicU64,
 }
 
+fn kind_index(kind: &str) -> usize {
+    REQUEST_KINDS
+        .iter()
+        .position(|k| *k == kind)
+        .unwrap_or(REQUEST_KINDS.len() - 1)
+}
+
 impl Metrics {
     pub fn count(&self, kind: &str, ok: bool) {
-        let i = REQUEST_KINDS
-            .iter()
-            .position(|k| *k == kind)
-            .unwrap_or(REQUEST_KINDS.len() - 1);
+        let i = kind_index(kind);
         self.requests[i].fetch_add(1, Ordering::Relaxed);
         if !ok {
             self.request_errors[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A client request of `kind` answered after `took`.
+    pub fn answered(&self, kind: &str, ok: bool, took: Duration) {
+        self.count(kind, ok);
+        self.request_latency[kind_index(kind)].observe(took);
     }
 
     pub fn leases_extended(&self, n: u64) {
@@ -141,6 +186,13 @@ pub fn render(master: &Master) -> String {
             "ringfs_master_request_errors_total{{op=\"{kind}\"}} {}",
             m.request_errors[i].load(Ordering::Relaxed)
         );
+    }
+    let _ = writeln!(
+        out,
+        "# TYPE ringfs_master_request_latency_seconds histogram"
+    );
+    for (i, kind) in REQUEST_KINDS.iter().enumerate() {
+        m.request_latency[i].render(&mut out, "ringfs_master_request_latency_seconds", kind);
     }
     let log = &master.oplog_stats;
     let p = &master.proposer.stats;
@@ -378,5 +430,45 @@ pub async fn watch_raft(master: std::sync::Arc<Master>) {
         if l.is_some() {
             leader = l;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histograms_are_cumulative_and_count_every_request() {
+        let m = Metrics::default();
+        m.answered("create", true, Duration::from_micros(40));
+        m.answered("create", false, Duration::from_millis(3));
+        m.answered("create", true, Duration::from_secs(20));
+        m.answered("no such kind", true, Duration::from_micros(1));
+        let mut out = String::new();
+        m.request_latency[kind_index("create")].render(&mut out, "x", "create");
+        let value = |line: &str| -> String {
+            out.lines()
+                .find(|l| l.starts_with(line))
+                .unwrap_or_else(|| panic!("no {line} in {out}"))
+                .rsplit(' ')
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(value("x_bucket{op=\"create\",le=\"0.00005\"}"), "1");
+        assert_eq!(value("x_bucket{op=\"create\",le=\"0.0025\"}"), "1");
+        assert_eq!(value("x_bucket{op=\"create\",le=\"0.005\"}"), "2");
+        assert_eq!(value("x_bucket{op=\"create\",le=\"10\"}"), "2");
+        assert_eq!(value("x_bucket{op=\"create\",le=\"+Inf\"}"), "3");
+        assert_eq!(value("x_count{op=\"create\"}"), "3");
+        let sum: f64 = value("x_sum{op=\"create\"}").parse().unwrap();
+        assert!((sum - 20.00304).abs() < 1e-6, "{sum}");
+        assert_eq!(
+            m.request_errors[kind_index("create")].load(Ordering::Relaxed),
+            1
+        );
+        // Unknown kinds land in "other", timed as well.
+        let other = kind_index("other");
+        assert_eq!(m.requests[other].load(Ordering::Relaxed), 1);
     }
 }

@@ -117,6 +117,20 @@ fn file_commands_output_and_exit_codes() {
     let fsck = cli.json(&["fsck", "/"]);
     assert_eq!(fsck["files_checked"].as_u64(), Some(1));
 
+    // The master times every request it answers, per kind.
+    let created = metric(
+        &env.master_http,
+        "ringfs_master_requests_total{op=\"create\"}",
+    );
+    assert!(created >= 1);
+    assert_eq!(
+        metric(
+            &env.master_http,
+            "ringfs_master_request_latency_seconds_count{op=\"create\"}"
+        ),
+        created
+    );
+
     let status = cli.json(&["admin", "status"]);
     assert_eq!(status["masters"][0]["role"], "leader");
     assert_eq!(status["chunkservers"].as_array().unwrap().len(), 3);

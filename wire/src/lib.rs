@@ -8,6 +8,7 @@
 //! - [`config`]: the cluster's TOML configuration file.
 //! - [`checksum`]: CRC32C block math.
 //! - [`ids`]: identifiers and fixed units.
+//! - [`latency`]: the latency histogram buckets of every `/metrics`.
 //!
 //! No I/O (beyond reading the config and key files) and no async runtime:
 //! masterd (tokio) and chunkd (compio) drive these from their own runtimes.
@@ -17,6 +18,7 @@ pub mod checksum;
 pub mod config;
 pub mod frame;
 pub mod ids;
+pub mod latency;
 pub mod message;
 
 #[rustfmt::skip]
