@@ -1747,6 +1747,22 @@ pub(crate) async fn write_meta_file(
     base: &MetaBase,
     first_batch: &[LogRecord],
 ) -> ChunkResult<(compio::fs::File, LogEnd)> {
+    let (file, log_end, ()) =
+        write_meta_file_with(dir, base, first_batch, async { Ok(()) }).await?;
+    Ok((file, log_end))
+}
+
+/// [`write_meta_file`], running `alongside` (a new chunk's data file
+/// creation) while the temporary file is created and written, and
+/// finishing it before the rename: the directory fsync that makes the meta
+/// file's name durable then covers whatever `alongside` created in the
+/// same directory.
+pub(crate) async fn write_meta_file_with<T>(
+    dir: &DataDir,
+    base: &MetaBase,
+    first_batch: &[LogRecord],
+    alongside: impl std::future::Future<Output = ChunkResult<T>>,
+) -> ChunkResult<(compio::fs::File, LogEnd, T)> {
     let layout = base.layout();
     let mut encoded = base
         .encode()
@@ -1780,16 +1796,21 @@ pub(crate) async fn write_meta_file(
     let tmp = dir.meta_tmp_path(base.handle);
     let path = dir.meta_path(base.handle);
     let ctx = |what: &str| format!("{what} {}", tmp.display());
-    let file = dio::open_direct(&tmp, true, true)
-        .await
-        .map_err(|e| ChunkError::io(ctx("creating"), e))?;
-    // O_DSYNC: the write returns once the bytes and the size that reads
-    // them back are durable, so no fsync is needed before the rename.
-    let compio::BufResult(r, _) = (&file).write_all_at(buf, 0).await;
-    r.map_err(|e| ChunkError::io(ctx("writing"), e))?;
+    let write_tmp = async {
+        let file = dio::open_direct(&tmp, true, true)
+            .await
+            .map_err(|e| ChunkError::io(ctx("creating"), e))?;
+        // O_DSYNC: the write returns once the bytes and the size that reads
+        // them back are durable, so no fsync is needed before the rename.
+        let compio::BufResult(r, _) = (&file).write_all_at(buf, 0).await;
+        r.map_err(|e| ChunkError::io(ctx("writing"), e))?;
+        Ok::<_, ChunkError>(file)
+    };
+    let (file, along) = futures_util::future::join(write_tmp, alongside).await;
+    let (file, along) = (file?, along?);
     compio::fs::rename(&tmp, &path)
         .await
         .map_err(|e| ChunkError::io(ctx("renaming"), e))?;
     dir.sync_chunks_dir().await?;
-    Ok((file, log_end))
+    Ok((file, log_end, along))
 }

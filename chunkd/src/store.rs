@@ -14,7 +14,7 @@ use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncReadAt, AsyncReadAtExt, AsyncWriteAtExt};
 use ringfs_wire::checksum::{BLOCK_BYTES, crc32c};
 
-use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, LogEnd, write_meta_file};
+use crate::chunk::{Chunk, ChunkSummary, DataDir, DataFile, LogEnd, write_meta_file_with};
 use crate::dio::{self, AlignedBuf, align_up};
 use crate::error::{ChunkError, ChunkResult};
 use crate::meta::{self, ChunkState, MetaBase, MetaLayout};
@@ -400,7 +400,6 @@ impl Store {
     async fn create_inner(&self, handle: u64, version: u64) -> ChunkResult<Chunk> {
         let dir = self.choose_dir()?;
         let data_file_id = random_nonzero()?;
-        let data = create_data_file(&dir, handle, data_file_id).await?;
         let base = MetaBase {
             handle,
             chunk_size_bytes: self.chunk_size_bytes,
@@ -412,7 +411,16 @@ impl Store {
             log_bytes: self.log_bytes,
             crcs: Vec::new(),
         };
-        let (meta_file, _) = write_meta_file(&dir, &base, &[]).await?;
+        // The data file is created while the meta file is written; both
+        // names are durable with the directory fsync after the meta's
+        // rename, before the create is acknowledged.
+        let (meta_file, _, data) = write_meta_file_with(
+            &dir,
+            &base,
+            &[],
+            create_data_file(&dir, handle, data_file_id),
+        )
+        .await?;
         let replayed = meta::replay(&base, &[]).map_err(|e| ChunkError::Internal(e.to_string()))?;
         let data = DataFile {
             file: data,
