@@ -365,7 +365,8 @@ pub async fn get_lease(master: &Master, handle: u64) -> Result<Located, LeaseErr
     let mut good = good;
     if good.is_empty() {
         // Perhaps its allocation committed and the leader died before
-        // creating any replica: then nothing was ever written to it.
+        // creating any replica, or every chosen server was out of space:
+        // then nothing was ever written to it.
         allocate::recreate_unborn(master, handle, version, record).await?;
         good = master.registry().good_replicas(handle, version);
     }

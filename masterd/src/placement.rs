@@ -58,7 +58,8 @@ pub fn out_of_space(live: &[Candidate], chunk_size_bytes: u64) -> Option<String>
     ))
 }
 
-/// Utilisation steps below which servers count as equally full.
+/// Steps utilisation is counted in (whole percents): servers in the same
+/// step count as equally full.
 const UTILISATION_STEPS: f64 = 100.0;
 
 /// A well-mixed 64-bit value of `x` (splitmix64's finaliser): the order of
