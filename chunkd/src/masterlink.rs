@@ -542,6 +542,8 @@ async fn register(hub: &Rc<Hub>, s: &mut Session) -> Result<Registered, LinkErro
             chunks: Some(reports[range].to_vec()),
             report_complete: i == last,
             highest_epoch,
+            capacity_bytes: dirs.capacity_bytes,
+            used_bytes: dirs.used_bytes,
         }));
         match s.call(&body).await? {
             Body::RegisterReply(r) => {

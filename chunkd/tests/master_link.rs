@@ -177,6 +177,11 @@ fn registers_with_every_master_and_keeps_the_assigned_node_id() {
         );
         assert!(dir.healthy && dir.capacity_bytes > 0 && dir.used_bytes <= dir.capacity_bytes);
     }
+    // Both dirs are on the test's one filesystem: the node's total counts
+    // it once, not once per dir.
+    assert_eq!(first.capacity_bytes, dirs[0].capacity_bytes);
+    assert_eq!(dirs[0].capacity_bytes, dirs[1].capacity_bytes);
+    assert!(first.used_bytes > 0 && first.used_bytes <= first.capacity_bytes);
     // The shadow refuses registrations as "read-only" yet takes them; once
     // the node has its id, it registers with the shadow under it too.
     cs.wait_until("a registration with the shadow as the new node", || {

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use ringfs_wire::msg::{
-    Body, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply, Register, RegisterReply,
+    Body, DataDir, ErrorCode, ErrorReply, Heartbeat, HeartbeatReply, Register, RegisterReply,
 };
 
 use crate::node::Master;
@@ -61,13 +61,14 @@ pub async fn register(master: &Master, r: Register, peer_node_id: u64) -> Body {
         );
     }
     let dirs = r.dirs.unwrap_or_default();
+    let (capacity_bytes, used_bytes) = node_totals(r.capacity_bytes, r.used_bytes, &dirs);
     let registration = Registration {
         node_id,
         listen_addr: r.listen_addr.as_deref().unwrap_or(""),
         http_addr: r.http_addr.as_deref().unwrap_or(""),
         rack: r.rack.as_deref().unwrap_or(""),
-        capacity_bytes: dirs.iter().map(|d| d.capacity_bytes).sum(),
-        used_bytes: dirs.iter().map(|d| d.used_bytes).sum(),
+        capacity_bytes,
+        used_bytes,
     };
     let chunks = r.chunks.unwrap_or_default();
     master
@@ -115,6 +116,19 @@ pub async fn apply_replacements(master: &Master) {
         tokio::task::yield_now().await;
     }
     // Still more (many at once): the duties tick goes on with them.
+}
+
+/// A node's capacity and use as it registers: its own totals, in which
+/// data dirs sharing a filesystem count once (each dir reports its whole
+/// filesystem); from a chunkserver that sends none (both 0: it predates
+/// them), the sum of its dirs, which counts a shared filesystem once per
+/// dir until its first heartbeat brings the totals.
+fn node_totals(capacity_bytes: u64, used_bytes: u64, dirs: &[DataDir]) -> (u64, u64) {
+    if capacity_bytes != 0 || used_bytes != 0 {
+        return (capacity_bytes, used_bytes);
+    }
+    let sum = |f: fn(&DataDir) -> u64| dirs.iter().map(f).fold(0u64, u64::saturating_add);
+    (sum(|d| d.capacity_bytes), sum(|d| d.used_bytes))
 }
 
 fn chunks_reported(master: &Master, node: u64) -> u64 {
@@ -167,4 +181,33 @@ pub async fn heartbeat(master: &Master, h: Heartbeat) -> Body {
         commands: Some(commands),
         extended_leases: Some(extended),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(capacity_bytes: u64, used_bytes: u64) -> DataDir {
+        DataDir {
+            capacity_bytes,
+            used_bytes,
+            healthy: true,
+            ..DataDir::default()
+        }
+    }
+
+    #[test]
+    fn a_node_registers_with_its_own_totals_or_the_sum_of_its_dirs() {
+        // Two dirs on one 10 GB filesystem: the node says 10, not 20.
+        let dirs = [dir(10, 4), dir(10, 4)];
+        assert_eq!(node_totals(10, 4, &dirs), (10, 4));
+        // A chunkserver from before the totals: the dirs' sum.
+        assert_eq!(node_totals(0, 0, &dirs), (20, 8));
+        assert_eq!(node_totals(0, 0, &[]), (0, 0));
+        assert_eq!(
+            node_totals(0, 0, &[dir(u64::MAX, 1), dir(5, 1)]),
+            (u64::MAX, 2),
+            "no overflow on hostile figures"
+        );
+    }
 }

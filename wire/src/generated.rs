@@ -24888,6 +24888,13 @@ mod root {
             pub report_complete: bool,
             ///  Highest master epoch this chunkserver has persisted.
             pub highest_epoch: u64,
+            ///  The node's totals, with data dirs that share a filesystem counted
+            ///  once (the dirs' own figures are each their whole filesystem's).
+            ///  Both 0 from chunkservers that predate them: the master then sums
+            ///  the dirs.
+            pub capacity_bytes: u64,
+            /// The field `used_bytes` in the table `Register`
+            pub used_bytes: u64,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -24903,6 +24910,8 @@ mod root {
                     chunks: ::core::default::Default::default(),
                     report_complete: false,
                     highest_epoch: 0,
+                    capacity_bytes: 0,
+                    used_bytes: 0,
                 }
             }
         }
@@ -24932,6 +24941,8 @@ mod root {
                 field_chunks: impl ::planus::WriteAsOptional<::planus::Offset<[self::ChunkReport]>>,
                 field_report_complete: impl ::planus::WriteAsDefault<bool, bool>,
                 field_highest_epoch: impl ::planus::WriteAsDefault<u64, u64>,
+                field_capacity_bytes: impl ::planus::WriteAsDefault<u64, u64>,
+                field_used_bytes: impl ::planus::WriteAsDefault<u64, u64>,
             ) -> ::planus::Offset<Self> {
                 let prepared_node_id = field_node_id.prepare(builder, &0);
                 let prepared_listen_addr = field_listen_addr.prepare(builder);
@@ -24942,14 +24953,22 @@ mod root {
                 let prepared_chunks = field_chunks.prepare(builder);
                 let prepared_report_complete = field_report_complete.prepare(builder, &false);
                 let prepared_highest_epoch = field_highest_epoch.prepare(builder, &0);
+                let prepared_capacity_bytes = field_capacity_bytes.prepare(builder, &0);
+                let prepared_used_bytes = field_used_bytes.prepare(builder, &0);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<22> =
+                let mut table_writer: ::planus::table_writer::TableWriter<26> =
                     ::core::default::Default::default();
                 if prepared_node_id.is_some() {
                     table_writer.write_entry::<u64>(0);
                 }
                 if prepared_highest_epoch.is_some() {
                     table_writer.write_entry::<u64>(8);
+                }
+                if prepared_capacity_bytes.is_some() {
+                    table_writer.write_entry::<u64>(9);
+                }
+                if prepared_used_bytes.is_some() {
+                    table_writer.write_entry::<u64>(10);
                 }
                 if prepared_listen_addr.is_some() {
                     table_writer.write_entry::<::planus::Offset<str>>(1);
@@ -24983,6 +25002,16 @@ mod root {
                             prepared_highest_epoch
                         {
                             object_writer.write::<_, _, 8>(&prepared_highest_epoch);
+                        }
+                        if let ::core::option::Option::Some(prepared_capacity_bytes) =
+                            prepared_capacity_bytes
+                        {
+                            object_writer.write::<_, _, 8>(&prepared_capacity_bytes);
+                        }
+                        if let ::core::option::Option::Some(prepared_used_bytes) =
+                            prepared_used_bytes
+                        {
+                            object_writer.write::<_, _, 8>(&prepared_used_bytes);
                         }
                         if let ::core::option::Option::Some(prepared_listen_addr) =
                             prepared_listen_addr
@@ -25051,6 +25080,8 @@ mod root {
                     &self.chunks,
                     self.report_complete,
                     self.highest_epoch,
+                    self.capacity_bytes,
+                    self.used_bytes,
                 )
             }
         }
@@ -25255,6 +25286,73 @@ mod root {
         }
 
         impl<T0, T1, T2, T3, T4, T5, T6, T7, T8> RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)> {
+            /// Setter for the [`capacity_bytes` field](Register#structfield.capacity_bytes).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn capacity_bytes<T9>(
+                self,
+                value: T9,
+            ) -> RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
+            where
+                T9: ::planus::WriteAsDefault<u64, u64>,
+            {
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8) = self.0;
+                RegisterBuilder((v0, v1, v2, v3, v4, v5, v6, v7, v8, value))
+            }
+
+            /// Sets the [`capacity_bytes` field](Register#structfield.capacity_bytes) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn capacity_bytes_as_default(
+                self,
+            ) -> RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, ::planus::DefaultValue)>
+            {
+                self.capacity_bytes(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1, T2, T3, T4, T5, T6, T7, T8, T9>
+            RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9)>
+        {
+            /// Setter for the [`used_bytes` field](Register#structfield.used_bytes).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn used_bytes<T10>(
+                self,
+                value: T10,
+            ) -> RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
+            where
+                T10: ::planus::WriteAsDefault<u64, u64>,
+            {
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9) = self.0;
+                RegisterBuilder((v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, value))
+            }
+
+            /// Sets the [`used_bytes` field](Register#structfield.used_bytes) to the default value.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn used_bytes_as_default(
+                self,
+            ) -> RegisterBuilder<(
+                T0,
+                T1,
+                T2,
+                T3,
+                T4,
+                T5,
+                T6,
+                T7,
+                T8,
+                T9,
+                ::planus::DefaultValue,
+            )> {
+                self.used_bytes(::planus::DefaultValue)
+            }
+        }
+
+        impl<T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10>
+            RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
+        {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [Register].
             #[inline]
             pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<Register>
@@ -25275,8 +25373,10 @@ mod root {
                 T6: ::planus::WriteAsOptional<::planus::Offset<[self::ChunkReport]>>,
                 T7: ::planus::WriteAsDefault<bool, bool>,
                 T8: ::planus::WriteAsDefault<u64, u64>,
+                T9: ::planus::WriteAsDefault<u64, u64>,
+                T10: ::planus::WriteAsDefault<u64, u64>,
             > ::planus::WriteAs<::planus::Offset<Register>>
-            for RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)>
+            for RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
             type Prepared = ::planus::Offset<Register>;
 
@@ -25296,8 +25396,10 @@ mod root {
                 T6: ::planus::WriteAsOptional<::planus::Offset<[self::ChunkReport]>>,
                 T7: ::planus::WriteAsDefault<bool, bool>,
                 T8: ::planus::WriteAsDefault<u64, u64>,
+                T9: ::planus::WriteAsDefault<u64, u64>,
+                T10: ::planus::WriteAsDefault<u64, u64>,
             > ::planus::WriteAsOptional<::planus::Offset<Register>>
-            for RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)>
+            for RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
             type Prepared = ::planus::Offset<Register>;
 
@@ -25320,13 +25422,15 @@ mod root {
                 T6: ::planus::WriteAsOptional<::planus::Offset<[self::ChunkReport]>>,
                 T7: ::planus::WriteAsDefault<bool, bool>,
                 T8: ::planus::WriteAsDefault<u64, u64>,
+                T9: ::planus::WriteAsDefault<u64, u64>,
+                T10: ::planus::WriteAsDefault<u64, u64>,
             > ::planus::WriteAsOffset<Register>
-            for RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8)>
+            for RegisterBuilder<(T0, T1, T2, T3, T4, T5, T6, T7, T8, T9, T10)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<Register> {
-                let (v0, v1, v2, v3, v4, v5, v6, v7, v8) = &self.0;
-                Register::create(builder, v0, v1, v2, v3, v4, v5, v6, v7, v8)
+                let (v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10) = &self.0;
+                Register::create(builder, v0, v1, v2, v3, v4, v5, v6, v7, v8, v9, v10)
             }
         }
 
@@ -25410,6 +25514,22 @@ mod root {
                     self.0.access(8, "Register", "highest_epoch")?.unwrap_or(0),
                 )
             }
+
+            /// Getter for the [`capacity_bytes` field](Register#structfield.capacity_bytes).
+            #[inline]
+            pub fn capacity_bytes(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(
+                    self.0.access(9, "Register", "capacity_bytes")?.unwrap_or(0),
+                )
+            }
+
+            /// Getter for the [`used_bytes` field](Register#structfield.used_bytes).
+            #[inline]
+            pub fn used_bytes(&self) -> ::planus::Result<u64> {
+                ::core::result::Result::Ok(
+                    self.0.access(10, "Register", "used_bytes")?.unwrap_or(0),
+                )
+            }
         }
 
         impl<'a> ::core::fmt::Debug for RegisterRef<'a> {
@@ -25437,6 +25557,8 @@ mod root {
                 }
                 f.field("report_complete", &self.report_complete());
                 f.field("highest_epoch", &self.highest_epoch());
+                f.field("capacity_bytes", &self.capacity_bytes());
+                f.field("used_bytes", &self.used_bytes());
                 f.finish()
             }
         }
@@ -25464,6 +25586,8 @@ mod root {
                     },
                     report_complete: ::core::convert::TryInto::try_into(value.report_complete()?)?,
                     highest_epoch: ::core::convert::TryInto::try_into(value.highest_epoch()?)?,
+                    capacity_bytes: ::core::convert::TryInto::try_into(value.capacity_bytes()?)?,
+                    used_bytes: ::core::convert::TryInto::try_into(value.used_bytes()?)?,
                 })
             }
         }
@@ -25540,7 +25664,7 @@ mod root {
         /// The table `RegisterReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `RegisterReply` in the file `wire/schema/chunkserver.fbs:51`
+        /// * Table `RegisterReply` in the file `wire/schema/chunkserver.fbs:57`
         #[derive(
             Clone,
             Debug,
@@ -25959,7 +26083,7 @@ mod root {
         /// The table `ScrubProgress` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `ScrubProgress` in the file `wire/schema/chunkserver.fbs:58`
+        /// * Table `ScrubProgress` in the file `wire/schema/chunkserver.fbs:64`
         #[derive(
             Clone,
             Debug,
@@ -26414,7 +26538,7 @@ mod root {
         /// The table `CommandResult` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `CommandResult` in the file `wire/schema/chunkserver.fbs:65`
+        /// * Table `CommandResult` in the file `wire/schema/chunkserver.fbs:71`
         #[derive(
             Clone,
             Debug,
@@ -26787,7 +26911,7 @@ mod root {
         ///  steady mutation keeps its primary without a version bump.
         ///
         /// Generated from these locations:
-        /// * Table `LeaseHeld` in the file `wire/schema/chunkserver.fbs:75`
+        /// * Table `LeaseHeld` in the file `wire/schema/chunkserver.fbs:81`
         #[derive(
             Clone,
             Debug,
@@ -27140,7 +27264,7 @@ mod root {
         ///  counted on the chunkserver from when it sent the heartbeat asking.
         ///
         /// Generated from these locations:
-        /// * Table `LeaseExtension` in the file `wire/schema/chunkserver.fbs:83`
+        /// * Table `LeaseExtension` in the file `wire/schema/chunkserver.fbs:89`
         #[derive(
             Clone,
             Debug,
@@ -27557,7 +27681,7 @@ mod root {
         /// The table `Heartbeat` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `Heartbeat` in the file `wire/schema/chunkserver.fbs:90`
+        /// * Table `Heartbeat` in the file `wire/schema/chunkserver.fbs:96`
         #[derive(
             Clone,
             Debug,
@@ -28457,7 +28581,7 @@ mod root {
         /// The table `CreateChunk` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `CreateChunk` in the file `wire/schema/chunkserver.fbs:107`
+        /// * Table `CreateChunk` in the file `wire/schema/chunkserver.fbs:113`
         #[derive(
             Clone,
             Debug,
@@ -28812,7 +28936,7 @@ mod root {
         /// The enum `DeleteReason` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Enum `DeleteReason` in the file `wire/schema/chunkserver.fbs:113`
+        /// * Enum `DeleteReason` in the file `wire/schema/chunkserver.fbs:119`
         #[derive(
             Copy,
             Clone,
@@ -28999,7 +29123,7 @@ mod root {
         /// The table `DeleteChunk` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `DeleteChunk` in the file `wire/schema/chunkserver.fbs:126`
+        /// * Table `DeleteChunk` in the file `wire/schema/chunkserver.fbs:132`
         #[derive(
             Clone,
             Debug,
@@ -29364,7 +29488,7 @@ mod root {
         ///  Sent to every replica before a new primary lease (the version is already committed).
         ///
         /// Generated from these locations:
-        /// * Table `BumpVersion` in the file `wire/schema/chunkserver.fbs:133`
+        /// * Table `BumpVersion` in the file `wire/schema/chunkserver.fbs:139`
         #[derive(
             Clone,
             Debug,
@@ -29777,7 +29901,7 @@ mod root {
         ///  Pull a copy of a chunk from a peer, verify every block, then install it.
         ///
         /// Generated from these locations:
-        /// * Table `CloneChunk` in the file `wire/schema/chunkserver.fbs:141`
+        /// * Table `CloneChunk` in the file `wire/schema/chunkserver.fbs:147`
         #[derive(
             Clone,
             Debug,
@@ -30182,7 +30306,7 @@ mod root {
         ///  the master believes (docs/design/ on leases).
         ///
         /// Generated from these locations:
-        /// * Table `GrantLease` in the file `wire/schema/chunkserver.fbs:151`
+        /// * Table `GrantLease` in the file `wire/schema/chunkserver.fbs:157`
         #[derive(
             Clone,
             Debug,
@@ -30653,7 +30777,7 @@ mod root {
         /// The table `RevokeLease` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `RevokeLease` in the file `wire/schema/chunkserver.fbs:159`
+        /// * Table `RevokeLease` in the file `wire/schema/chunkserver.fbs:165`
         #[derive(
             Clone,
             Debug,
@@ -30957,7 +31081,7 @@ mod root {
         /// The union `ChunkCommand` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Union `ChunkCommand` in the file `wire/schema/chunkserver.fbs:164`
+        /// * Union `ChunkCommand` in the file `wire/schema/chunkserver.fbs:170`
         #[derive(
             Clone,
             Debug,
@@ -31417,7 +31541,7 @@ mod root {
         /// The table `CommandEnvelope` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `CommandEnvelope` in the file `wire/schema/chunkserver.fbs:173`
+        /// * Table `CommandEnvelope` in the file `wire/schema/chunkserver.fbs:179`
         #[derive(
             Clone,
             Debug,
@@ -31765,7 +31889,7 @@ mod root {
         /// The table `HeartbeatReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `HeartbeatReply` in the file `wire/schema/chunkserver.fbs:178`
+        /// * Table `HeartbeatReply` in the file `wire/schema/chunkserver.fbs:184`
         #[derive(
             Clone,
             Debug,
