@@ -7,8 +7,9 @@
 //! flight each, one thread per connection. Clients compute block CRCs on
 //! writes and verify them on reads, as the real client does. Cases: 1 MiB
 //! sequential writes and reads at QD 1, 8, 32 and 64 KiB random reads at
-//! QD 32; reads again with chunkd started with `--bench-skip-read-verify`
-//! to price the server's read verification. Each round runs every case;
+//! QD 32; then each read case again, alternating chunkd's read verification
+//! off and on (ABBA, one process, so both sides see the same caches) to
+//! price the server's read verification. Each round runs every case;
 //! the summary gives the median over rounds and min..max, and ratios are
 //! taken per round (chunkd and fio measured minutes apart, not days).
 //! See docs/BENCHMARKS.md for the method.
@@ -50,6 +51,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// fio may take this long beyond its runtime (start-up, file checks).
 const FIO_SLACK: Duration = Duration::from_secs(120);
+/// Verification A/B per read case: this many ABBA cycles (on, off, off,
+/// on), each segment a quarter of a case's runtime (at least a second).
+/// ABBA cancels a linear drift of the host's speed within a cycle; many
+/// short segments average out its jumps.
+const VERIFY_AB_CYCLES: usize = 4;
+/// chunkd must show a flipped verification switch on /metrics within this.
+const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 type Res<T> = Result<T, String>;
 
@@ -295,12 +303,12 @@ role = "voter"
         })
     }
 
-    fn start(&self, skip_read_verify: bool) -> Res<Chunkd> {
+    fn start(&self) -> Res<Chunkd> {
         let n = 1 + self
             .starts
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = self.logs.join(format!("chunkd-{n}.log"));
-        Chunkd::start(self, &log, skip_read_verify)
+        Chunkd::start(self, &log)
     }
 
     fn connect(&self, cs: &Chunkd, kind: PeerKind) -> Res<Conn> {
@@ -312,7 +320,7 @@ role = "voter"
     /// measured write is an overwrite of allocated, written space (as fio's
     /// are, on its zero-filled file).
     fn setup(&self) -> Res<()> {
-        let mut cs = self.start(false)?;
+        let mut cs = self.start()?;
         let mut master = self.connect(&cs, PeerKind::Master)?;
         for handle in self.layout.handles() {
             let body = Body::CreateChunk(Box::new(CreateChunk {
@@ -371,7 +379,7 @@ role = "voter"
             println!("round {round}: {case:22} {system:18} {}", m.brief());
         };
 
-        let mut cs = self.start(false)?;
+        let mut cs = self.start()?;
         self.grant_leases(&cs)?;
         for c in &cases {
             let m = self
@@ -390,20 +398,15 @@ role = "voter"
                 }
             }
         }
-        cs.stop()?;
-
-        let reads: Vec<&Case> = cases.iter().filter(|c| c.op != Op::SeqWrite).collect();
-        if !reads.is_empty() {
-            let mut cs = self.start(true)?;
-            for c in reads {
-                let m = self
-                    .phase(&cs, c.op, c.depth, Some(self.runtime))?
-                    .metrics();
-                say(&c.name, CHUNKD_NOVERIFY, &m);
-                got.insert((c.name.clone(), CHUNKD_NOVERIFY), m);
-            }
-            cs.stop()?;
+        for c in cases.iter().filter(|c| c.op != Op::SeqWrite) {
+            let (on, off) = self.verify_ab(&cs, c, round)?;
+            let (on, off) = (on.metrics(), off.metrics());
+            say(&c.name, CHUNKD_VERIFY_AB, &on);
+            say(&c.name, CHUNKD_NOVERIFY, &off);
+            got.insert((c.name.clone(), CHUNKD_VERIFY_AB), on);
+            got.insert((c.name.clone(), CHUNKD_NOVERIFY), off);
         }
+        cs.stop()?;
 
         let mut rows = Vec::new();
         for c in &cases {
@@ -417,8 +420,10 @@ role = "voter"
                 })
             };
             push(CHUNKD, chunkd.clone());
-            if let Some(nv) = get(CHUNKD_NOVERIFY) {
-                push(CHUNKD_NOVERIFY, nv.clone());
+            for system in [CHUNKD_VERIFY_AB, CHUNKD_NOVERIFY] {
+                if let Some(m) = get(system) {
+                    push(system, m.clone());
+                }
             }
             for (fio_system, ratio_system) in [(FIO, RATIO_FIO), (FIO_SYNC, RATIO_FIO_SYNC)] {
                 if let Some(f) = get(fio_system) {
@@ -433,18 +438,46 @@ role = "voter"
                     push(ratio_system, ratio);
                 }
             }
-            if let Some(nv) = get(CHUNKD_NOVERIFY) {
+            if let (Some(v), Some(nv)) = (get(CHUNKD_VERIFY_AB), get(CHUNKD_NOVERIFY)) {
                 let mut m = Metrics::from([
-                    (MIBS, (1.0 - chunkd[MIBS] / nv[MIBS]) * 100.0),
-                    (P99, (chunkd[P99] / nv[P99] - 1.0) * 100.0),
+                    (MIBS, (1.0 - v[MIBS] / nv[MIBS]) * 100.0),
+                    (P99, (v[P99] / nv[P99] - 1.0) * 100.0),
                 ]);
-                if let (Some(a), Some(b)) = (chunkd.get(SRV_CPU), nv.get(SRV_CPU)) {
+                if let (Some(a), Some(b)) = (v.get(SRV_CPU), nv.get(SRV_CPU)) {
                     m.insert(SRV_CPU, (a / b - 1.0) * 100.0);
                 }
                 push(VERIFY_COST, m);
             }
         }
         Ok(rows)
+    }
+
+    /// One read case with chunkd's read verification on and off in ABBA
+    /// order on one process; returns (on, off), each the sum of its
+    /// segments. Leaves verification on.
+    fn verify_ab(&self, cs: &Chunkd, c: &Case, round: usize) -> Res<(Phase, Phase)> {
+        let segment = (self.runtime / 4).max(Duration::from_secs(1));
+        let (mut on, mut off): (Option<Phase>, Option<Phase>) = (None, None);
+        for verify in [true, false, false, true].repeat(VERIFY_AB_CYCLES) {
+            cs.set_read_verify(verify)?;
+            let p = self.phase(cs, c.op, c.depth, Some(segment))?;
+            println!(
+                "round {round}: {:22} verify {:3} segment {:>7.0} MiB/s",
+                c.name,
+                if verify { "on" } else { "off" },
+                p.mib_per_s()
+            );
+            let side = if verify { &mut on } else { &mut off };
+            match side {
+                Some(sum) => sum.absorb(p)?,
+                None => *side = Some(p),
+            }
+        }
+        cs.set_read_verify(true)?;
+        match (on, off) {
+            (Some(on), Some(off)) => Ok((on, off)),
+            _ => Err("verification A/B ran no segment".into()),
+        }
     }
 
     /// Runs `depth` connections doing `op` for `runtime`, or, without a
@@ -689,7 +722,8 @@ fn verify_read(reply: &ReadChunkReply, data: &[u8], offset: u64, len: u32) -> Re
 // ---------------------------------------------------------------- results
 
 const CHUNKD: &str = "chunkd";
-const CHUNKD_NOVERIFY: &str = "chunkd no-verify";
+const CHUNKD_VERIFY_AB: &str = "chunkd A/B verify";
+const CHUNKD_NOVERIFY: &str = "chunkd A/B no-verify";
 const FIO: &str = "fio";
 const FIO_SYNC: &str = "fio fdatasync=1";
 const RATIO_FIO: &str = "chunkd/fio (x)";
@@ -738,6 +772,19 @@ struct Phase {
 }
 
 impl Phase {
+    /// Adds another measurement of the same case (A/B segments): bytes,
+    /// requests, time, latencies and CPU add up.
+    fn absorb(&mut self, other: Phase) -> Res<()> {
+        self.bytes += other.bytes;
+        self.ops += other.ops;
+        self.secs += other.secs;
+        self.hist.add(&other.hist).map_err(|e| e.to_string())?;
+        let sum = |a: Option<f64>, b: Option<f64>| Some(a? + b?);
+        self.server_cpu_s = sum(self.server_cpu_s, other.server_cpu_s);
+        self.client_cpu_s = sum(self.client_cpu_s, other.client_cpu_s);
+        Ok(())
+    }
+
     fn mib_per_s(&self) -> f64 {
         self.bytes as f64 / MIB as f64 / self.secs
     }
@@ -896,7 +943,8 @@ fn print_summary(summary: &[Summary], rounds: usize) {
     println!(
         "  {RATIO_FIO}: chunkd over fio in the same round (MiB/s column: throughput, p99 column: p99)\n  \
          {RATIO_FIO_SYNC}: throughput of chunkd over fio --fdatasync=1 (fio's clat leaves its syncs out)\n  \
-         {VERIFY_COST}: chunkd against chunkd --bench-skip-read-verify: MiB/s column % throughput lost,\n    \
+         {VERIFY_COST}: {CHUNKD_VERIFY_AB} against {CHUNKD_NOVERIFY} (one process, verification switched\n    \
+         in ABBA segments): MiB/s column % throughput lost,\n    \
          p99 column % higher p99, srv CPU column % more chunkd CPU per GiB\n  \
          srv CPU-s/GiB: CPU seconds of the chunkd process (of fio, in fio rows) per GiB moved;\n  \
          cli CPU-s/GiB: the bench process (the clients: framing, copies, CRCs)"
@@ -1000,16 +1048,18 @@ fn crc_cost() -> CrcCost {
 struct Chunkd {
     child: Option<Child>,
     addr: String,
+    http: String,
     log: PathBuf,
 }
 
 impl Chunkd {
-    fn start(ctx: &Ctx, log: &Path, skip_read_verify: bool) -> Res<Chunkd> {
+    fn start(ctx: &Ctx, log: &Path) -> Res<Chunkd> {
         let stderr = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = Command::new(&ctx.chunkd_bin);
         cmd.arg("--config")
             .arg(&ctx.config)
             .args(["--listen", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+            .arg("--bench-read-verify-signals")
             .arg("--data")
             .arg(&ctx.data)
             .arg("--cores")
@@ -1018,9 +1068,6 @@ impl Chunkd {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
-        if skip_read_verify {
-            cmd.arg("--bench-skip-read-verify");
-        }
         let mut child = cmd
             .spawn()
             .map_err(|e| format!("starting {}: {e}", ctx.chunkd_bin.display()))?;
@@ -1037,18 +1084,20 @@ impl Chunkd {
         let mut cs = Chunkd {
             child: Some(child),
             addr: String::new(),
+            http: String::new(),
             log: log.to_path_buf(),
         };
         match rx.recv_timeout(START_TIMEOUT) {
             Ok(line) if line.starts_with("chunkd ready") => {
-                cs.addr = line
-                    .split_whitespace()
-                    .find_map(|kv| kv.strip_prefix("listen="))
-                    .unwrap_or_default()
-                    .to_owned();
-                if cs.addr.is_empty() {
-                    return Err(format!("no listen= in chunkd's ready line: {line:?}"));
-                }
+                let field = |key: &str| {
+                    line.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix(key))
+                        .filter(|v| !v.is_empty() && *v != "-")
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("no {key} in chunkd's ready line: {line:?}"))
+                };
+                cs.addr = field("listen=")?;
+                cs.http = field("http=")?;
                 Ok(cs)
             }
             other => {
@@ -1064,6 +1113,36 @@ impl Chunkd {
 
     fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Flips the benchmark switch (SIGUSR2 on, SIGUSR1 off) and waits until
+    /// `/metrics` shows it: reads sent after that see the new setting.
+    fn set_read_verify(&self, on: bool) -> Res<()> {
+        let pid = self.pid().ok_or("chunkd is not running")?;
+        let status = Command::new("kill")
+            .arg(if on { "-USR2" } else { "-USR1" })
+            .arg(pid.to_string())
+            .status()
+            .map_err(|e| format!("kill: {e}"))?;
+        if !status.success() {
+            return Err(format!(
+                "signalling chunkd {pid}: kill exited with {status}"
+            ));
+        }
+        let want = format!("ringfs_chunkd_read_verify {}", u8::from(on));
+        let deadline = Instant::now() + SWITCH_TIMEOUT;
+        loop {
+            let metrics = crate::http_get(&self.http, "/metrics")?;
+            if metrics.lines().any(|l| l.trim() == want) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "chunkd did not show {want:?} within {SWITCH_TIMEOUT:?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// User + system CPU seconds of the process so far.

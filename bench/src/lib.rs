@@ -17,7 +17,16 @@ pub mod failover;
 /// and memory per file (NNThroughputBenchmark-style).
 pub mod meta;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
 use ringfs_wire::msg::{Body, ReadChunk, ReadChunkReply};
+
+/// Timeout of one `/metrics` or `/status` scrape.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Largest HTTP response read.
+const HTTP_BYTES_MAX: u64 = 16 << 20;
 
 /// The control message of the micro-benchmarks: a typical read request.
 pub fn typical_control_message() -> Body {
@@ -101,4 +110,36 @@ pub fn spread(values: &[f64]) -> Option<Spread> {
         min: v[0],
         max: v[n - 1],
     })
+}
+
+/// A GET on a daemon's HTTP address; the body of a 200 response, else
+/// an error naming the status. Bounded in time and size.
+pub fn http_get(addr: &str, path: &str) -> Result<String, String> {
+    let sock: SocketAddr = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut s = TcpStream::connect_timeout(&sock, HTTP_TIMEOUT).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(HTTP_TIMEOUT))
+        .and_then(|()| s.set_write_timeout(Some(HTTP_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    s.take(HTTP_BYTES_MAX)
+        .read_to_end(&mut raw)
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or("no end of the response head")?;
+    let status = head.lines().next().unwrap_or_default();
+    if status.split_whitespace().nth(1) != Some("200") {
+        return Err(format!("GET {path}: {status}"));
+    }
+    Ok(body.to_owned())
 }

@@ -31,8 +31,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -53,10 +52,6 @@ use serde_json::{Value, json};
 const CLUSTER: &str = "ringfs-bench-meta";
 /// Connect, send and receive timeout of every client connection.
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
-/// Timeout of one `/metrics` or `/status` scrape.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
-/// Largest HTTP response read.
-const HTTP_BYTES_MAX: u64 = 16 << 20;
 /// A first start (empty data dir) must print `ready` within this.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// SIGTERM to exit.
@@ -303,7 +298,7 @@ impl Target {
 
     fn scrape(&self) -> Option<Scrape> {
         let http = self.http.as_deref()?;
-        match http_get(http, "/metrics") {
+        match crate::http_get(http, "/metrics") {
             Ok(text) => Some(parse_metrics(&text)),
             Err(e) => {
                 println!("warning: /metrics on {http}: {e}");
@@ -313,7 +308,7 @@ impl Target {
     }
 
     fn status(&self) -> Option<Value> {
-        let text = http_get(self.http.as_deref()?, "/status").ok()?;
+        let text = crate::http_get(self.http.as_deref()?, "/status").ok()?;
         serde_json::from_str(&text).ok()
     }
 
@@ -1097,7 +1092,7 @@ impl CheckpointWatcher {
             // Bounded by the phase: the caller stops it when the phase ends.
             while !flag.load(Ordering::Relaxed) {
                 let now = Instant::now();
-                let running = http_get(&http, "/metrics")
+                let running = crate::http_get(&http, "/metrics")
                     .map(|t| parse_metrics(&t).get("ringfs_master_checkpoint_in_progress") > 0.0)
                     .unwrap_or(false);
                 match (running, open) {
@@ -1430,35 +1425,6 @@ fn parse_metrics(text: &str) -> Scrape {
 }
 
 /// A bounded HTTP/1.1 GET; the body of a 200 response.
-fn http_get(addr: &str, path: &str) -> Res<String> {
-    let sock: SocketAddr = addr
-        .to_socket_addrs()
-        .map_err(|e| format!("{addr}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{addr}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&sock, HTTP_TIMEOUT).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(HTTP_TIMEOUT))
-        .and_then(|()| s.set_write_timeout(Some(HTTP_TIMEOUT)))
-        .map_err(|e| e.to_string())?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    s.take(HTTP_BYTES_MAX)
-        .read_to_end(&mut raw)
-        .map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or("no end of the response head")?;
-    let status = head.lines().next().unwrap_or_default();
-    if status.split_whitespace().nth(1) != Some("200") {
-        return Err(format!("GET {path}: {status}"));
-    }
-    Ok(body.to_owned())
-}
 
 // ---------------------------------------------------------------- results
 

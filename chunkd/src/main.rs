@@ -43,6 +43,10 @@ struct Args {
     /// Benchmark only: do not verify CRCs on reads (measures their cost).
     #[arg(long, hide = true)]
     bench_skip_read_verify: bool,
+    /// Benchmark only: SIGUSR1 turns read verification off, SIGUSR2 back
+    /// on, so one process (one cache state) can run both sides of an A/B.
+    #[arg(long, hide = true)]
+    bench_read_verify_signals: bool,
 }
 
 fn main() -> ExitCode {
@@ -100,11 +104,13 @@ fn run(args: Args) -> Result<(), String> {
         open_chunks_max: tuning.open_chunks_max,
         data_dir_reserved_bytes: tuning.data_dir_reserved_bytes,
     };
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGINT,
-    ])
-    .map_err(|e| format!("installing signal handlers: {e}"))?;
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1, SIGUSR2};
+    let mut wanted = vec![SIGTERM, SIGINT];
+    if args.bench_read_verify_signals {
+        wanted.extend([SIGUSR1, SIGUSR2]);
+    }
+    let mut signals = signal_hook::iterator::Signals::new(&wanted)
+        .map_err(|e| format!("installing signal handlers: {e}"))?;
     raise_open_files_limit();
     let daemon = Daemon::start(settings, config.key.clone())?;
     let r = &daemon.recovery;
@@ -125,8 +131,18 @@ fn run(args: Args) -> Result<(), String> {
     );
     use std::io::Write;
     let _ = std::io::stdout().flush();
-    if let Some(sig) = signals.forever().next() {
-        tracing::info!("signal {sig}: shutting down");
+    for sig in signals.forever() {
+        match sig {
+            SIGUSR1 | SIGUSR2 => {
+                let on = sig == SIGUSR2;
+                daemon.node.set_read_verify(on);
+                tracing::warn!(on, "benchmark switch: read verification");
+            }
+            _ => {
+                tracing::info!("signal {sig}: shutting down");
+                break;
+            }
+        }
     }
     daemon.stop();
     Ok(())

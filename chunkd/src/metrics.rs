@@ -283,6 +283,7 @@ pub struct NodeMetrics {
     stored_bytes: AtomicU64,
     corrupt_chunks: AtomicU64,
     highest_epoch: AtomicU64,
+    read_verify: AtomicU64,
     scrub_unverified_beyond_period_bytes: AtomicU64,
     scrub_verified_this_period_bytes: AtomicU64,
     /// f64 bits; `AtomicU64::new(0)` is 0.0.
@@ -296,6 +297,7 @@ impl NodeMetrics {
             stored_bytes: AtomicU64::new(0),
             corrupt_chunks: AtomicU64::new(0),
             highest_epoch: AtomicU64::new(0),
+            read_verify: AtomicU64::new(0),
             scrub_unverified_beyond_period_bytes: AtomicU64::new(0),
             scrub_verified_this_period_bytes: AtomicU64::new(0),
             scrub_coverage_ratio: AtomicU64::new(0),
@@ -313,6 +315,10 @@ impl NodeMetrics {
 
     pub fn set_corrupt_chunks(&self, n: u64) {
         self.corrupt_chunks.store(n, Relaxed);
+    }
+
+    pub fn set_read_verify(&self, on: bool) {
+        self.read_verify.store(u64::from(on), Relaxed);
     }
 
     /// Raises the highest epoch seen to `epoch` if it is higher. A max,
@@ -414,6 +420,7 @@ impl Metrics {
         t.stored_bytes = n.stored_bytes.load(Relaxed);
         t.corrupt_chunks = n.corrupt_chunks.load(Relaxed);
         t.highest_epoch = n.highest_epoch.load(Relaxed);
+        t.read_verify = n.read_verify.load(Relaxed);
         t.scrub_unverified_beyond_period_bytes =
             n.scrub_unverified_beyond_period_bytes.load(Relaxed);
         t.scrub_verified_this_period_bytes = n.scrub_verified_this_period_bytes.load(Relaxed);
@@ -546,6 +553,11 @@ impl Metrics {
             "Highest master epoch seen.",
             t.highest_epoch,
         );
+        w.gauge(
+            "read_verify",
+            "1 while reads verify block CRCs before sending; 0 only under a benchmark switch.",
+            t.read_verify,
+        );
 
         w.counter(
             "scrub_verified_bytes_total",
@@ -636,6 +648,7 @@ impl Metrics {
             "stored_bytes": t.stored_bytes,
             "corrupt_chunks": t.corrupt_chunks,
             "highest_epoch": t.highest_epoch,
+            "read_verify": t.read_verify == 1,
             "recovery_recomputed_blocks_total": t.recovery_recomputed_blocks,
             "open_chunks": t.open_chunks,
             "unsettled_chunks": t.unsettled_chunks,
@@ -684,6 +697,7 @@ struct Totals {
     stored_bytes: u64,
     corrupt_chunks: u64,
     highest_epoch: u64,
+    read_verify: u64,
     scrub_unverified_beyond_period_bytes: u64,
     scrub_verified_this_period_bytes: u64,
     scrub_coverage_ratio: f64,

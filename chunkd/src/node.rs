@@ -74,6 +74,9 @@ pub struct Node {
     pub ops_in_flight: AtomicU64,
     reports: Mutex<VecDeque<ReplicaEvent>>,
     pub reports_dropped: AtomicU64,
+    /// Whether reads verify block CRCs before sending. Always on, except
+    /// under the benchmark switches that price the verification.
+    read_verify: AtomicBool,
     /// Per core: chunks, stored bytes, corrupt chunks (published by each
     /// core's housekeeping; read by /metrics and /status).
     core_counts: Vec<[AtomicU64; 3]>,
@@ -87,6 +90,8 @@ impl Node {
         let cores = settings.cores;
         let metrics = Arc::new(Metrics::new(cores));
         metrics.node().raise_highest_epoch(epoch.highest());
+        let read_verify = !settings.bench_skip_read_verify;
+        metrics.node().set_read_verify(read_verify);
         Node {
             settings,
             key,
@@ -98,6 +103,7 @@ impl Node {
             ops_in_flight: AtomicU64::new(0),
             reports: Mutex::new(VecDeque::new()),
             reports_dropped: AtomicU64::new(0),
+            read_verify: AtomicBool::new(read_verify),
             core_counts: (0..cores).map(|_| Default::default()).collect(),
             core_scrub: (0..cores).map(|_| Default::default()).collect(),
         }
@@ -109,6 +115,18 @@ impl Node {
 
     pub fn cores(&self) -> usize {
         self.settings.cores
+    }
+
+    pub fn read_verify(&self) -> bool {
+        self.read_verify.load(Ordering::Relaxed)
+    }
+
+    /// Benchmark-only (`--bench-read-verify-signals`). The gauge follows
+    /// the switch, so whoever sees the gauge change knows reads started
+    /// after that see the switch.
+    pub fn set_read_verify(&self, on: bool) {
+        self.read_verify.store(on, Ordering::Relaxed);
+        self.metrics.node().set_read_verify(on);
     }
 
     pub fn is_stopping(&self) -> bool {

@@ -738,7 +738,7 @@ async fn read(
     bufs: Vec<AlignedBuf>,
 ) -> Run {
     let buffer_bytes = core.pool.buffer_bytes() as u64;
-    let verify = !core.node.settings.bench_skip_read_verify;
+    let verify = core.node.read_verify();
     let (r, leftover) = chunk
         .read(min_version, offset, len, bufs, buffer_bytes, verify)
         .await;

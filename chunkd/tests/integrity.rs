@@ -116,6 +116,65 @@ fn a_flipped_byte_on_disk_is_never_served() {
     });
 }
 
+/// The benchmark switch that prices read verification really turns it
+/// off (a corrupt block then reaches the client, whose end-to-end check is
+/// the only one left) and back on, and `/metrics` says which is in force.
+#[test]
+fn the_benchmark_verify_switch_turns_read_verification_off_and_on() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let cs = env.start(
+        std::slice::from_ref(&d0),
+        &[
+            "--cores",
+            "1",
+            "--scrub-period-secs",
+            "100000",
+            "--bench-read-verify-signals",
+        ],
+    );
+    assert_eq!(cs.metric("read_verify"), 1, "verification is on by default");
+    let handle = 0x32;
+    let (_m, mut client) = primary_chunk(&env, &cs, handle);
+    let data = pattern(8, 3 * BLOCK_BYTES);
+    expect_ok(&write(&mut client, 1, handle, 1, 0, &data));
+    flip_byte(&data_file(&d0, handle), B + 3);
+
+    cs.signal("USR1");
+    cs.wait_until("verification off", || cs.metric("read_verify") == 0);
+    let raw = client
+        .call(
+            &Body::ReadChunk(Box::new(ringfs_wire::msg::ReadChunk {
+                handle,
+                min_version: 0,
+                offset: B,
+                length: B as u32,
+            })),
+            &[],
+        )
+        .unwrap();
+    match raw.body {
+        Body::ReadChunkReply(reply) => {
+            let crcs = reply.block_crcs.unwrap_or_default();
+            assert_eq!(crcs.len(), 1);
+            assert_ne!(
+                ringfs_wire::checksum::crc32c(&raw.data),
+                crcs[0],
+                "unverified, the corrupt block is sent with its stored CRC"
+            );
+            let mut want = data[BLOCK_BYTES..2 * BLOCK_BYTES].to_vec();
+            want[3] ^= 0x40;
+            assert_eq!(raw.data, want);
+        }
+        other => panic!("verification off: {other:?}"),
+    }
+
+    cs.signal("USR2");
+    cs.wait_until("verification on", || cs.metric("read_verify") == 1);
+    let e = read(&mut client, handle, B, 1).expect_err("verified again");
+    assert_eq!(e.code, ErrorCode::ChecksumMismatch);
+}
+
 #[test]
 fn the_scrubber_finds_a_flipped_byte() {
     let env = Env::new(CHUNK);

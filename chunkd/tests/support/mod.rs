@@ -204,6 +204,12 @@ impl Chunkd {
         self.child.as_ref().map(|c| c.id()).unwrap_or(0)
     }
 
+    /// Sends signal `name` (e.g. "USR1") to the running process.
+    pub fn signal(&self, name: &str) {
+        let c = self.child.as_ref().expect("chunkd is running");
+        send_signal(c.id(), name);
+    }
+
     /// SIGKILL, by PID (our own child only).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -339,8 +345,13 @@ impl Drop for Chunkd {
 }
 
 fn unsafe_kill_term(pid: u32) {
+    send_signal(pid, "TERM");
+}
+
+/// `kill -NAME PID`, to our own child only.
+fn send_signal(pid: u32, name: &str) {
     let _ = Command::new("kill")
-        .arg("-TERM")
+        .arg(format!("-{name}"))
         .arg(pid.to_string())
         .status();
 }
