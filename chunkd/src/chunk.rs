@@ -155,6 +155,12 @@ struct LogState {
     done_below: u64,
     writing: bool,
     failed: Option<String>,
+    /// The chunk version of the last Version record queued (durable or
+    /// not). `Mem::version` moves only once that record is durable, so a
+    /// write checked against the old version can still be on its way to
+    /// the log: it must not be queued behind the new Version, or replay
+    /// finds the version going backwards and refuses the whole replica.
+    version_queued: u64,
 }
 
 pub struct Chunk {
@@ -356,6 +362,7 @@ impl Chunk {
                 done_below: 0,
                 writing: false,
                 failed: None,
+                version_queued: replayed.version,
             }),
             log_event: Event::new(),
             applying_event: Event::new(),
@@ -1335,6 +1342,25 @@ impl Chunk {
             return Err(ChunkError::Internal(format!(
                 "meta log failed earlier: {f}"
             )));
+        }
+        match &record {
+            LogRecord::Write { version, .. } if *version < log.version_queued => {
+                return Err(ChunkError::StaleVersion {
+                    ours: log.version_queued,
+                    theirs: *version,
+                });
+            }
+            // Two bumps racing (a retried command, a new leader's): the
+            // later version wins and the older is refused, never logged
+            // after it.
+            LogRecord::Version { version } if *version < log.version_queued => {
+                return Err(ChunkError::StaleVersion {
+                    ours: log.version_queued,
+                    theirs: *version,
+                });
+            }
+            LogRecord::Version { version } => log.version_queued = *version,
+            _ => {}
         }
         let id = log.next_record_id;
         log.next_record_id += 1;
