@@ -1424,8 +1424,6 @@ fn parse_metrics(text: &str) -> Scrape {
     )
 }
 
-/// A bounded HTTP/1.1 GET; the body of a 200 response.
-
 // ---------------------------------------------------------------- results
 
 const RESTART: &str = "restart";
