@@ -3,12 +3,13 @@
 //! aligned pool buffers, and the cluster-key handshake on both sides.
 
 use std::io;
+use std::time::{Duration, Instant};
 
 use compio::buf::{IntoInner, IoBuf};
 use compio::io::{AsyncReadExt, AsyncWriteExt};
 use compio::net::TcpStream;
 use ringfs_wire::auth::{self, Acceptor, ClusterKey, Identity, Initiator};
-use ringfs_wire::frame::{FrameError, FrameHeader, FrameLimits, HEADER_BYTES};
+use ringfs_wire::frame::{FrameError, FrameHeader, FrameLimits, HEADER_BYTES, handshake_reason};
 use ringfs_wire::message::{Encoder, decode_meta};
 use ringfs_wire::msg::{Body, BodyRef, ErrorCode, PeerKind};
 
@@ -57,9 +58,13 @@ impl FrameHead {
         decode_meta(&self.header, &self.meta).map_err(|e| ConnError::Message(e.to_string()))
     }
 
+    /// The body as owned types, copied only once `admit` has bounded what
+    /// the copy reaches: offsets shared by a hostile sender would repeat a
+    /// table or string once per offset.
     pub fn owned_body(&self) -> Result<Body, ConnError> {
         let body = self.body()?;
-        Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))
+        ringfs_wire::admit::to_owned(body, self.meta.len())
+            .map_err(|e| ConnError::Message(e.to_string()))
     }
 }
 
@@ -72,6 +77,30 @@ pub async fn read_head(
     let meta = read_vec(stream, header.meta_len as usize).await?;
     header.verify_meta(&meta)?;
     Ok(FrameHead { header, meta })
+}
+
+/// [`read_head`] for a request on a served connection: the header may
+/// take as long as it likes (an idle connection holds nothing), the meta
+/// after it at most `rest_timeout`. Returns the head and the deadline,
+/// counted from the header's arrival, for the rest of the request.
+pub async fn read_request_head(
+    stream: &mut TcpStream,
+    limits: &FrameLimits,
+    rest_timeout: Duration,
+) -> Result<(FrameHead, Instant), ConnError> {
+    let raw = read_vec(stream, HEADER_BYTES).await?;
+    let deadline = Instant::now() + rest_timeout;
+    let header = FrameHeader::decode(&raw, limits)?;
+    let meta = compio::time::timeout(rest_timeout, read_vec(stream, header.meta_len as usize))
+        .await
+        .map_err(|_| {
+            ConnError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("meta not received within {rest_timeout:?} of its header"),
+            ))
+        })??;
+    header.verify_meta(&meta)?;
+    Ok((FrameHead { header, meta }, deadline))
 }
 
 /// Reads `len` data bytes into `bufs` in order (each filled to its
@@ -185,15 +214,41 @@ pub async fn write_simple(
     r.map_err(ConnError::from)
 }
 
+/// Time a handshake gets, on either side: a peer that connects (or is
+/// connected to) and then says nothing would otherwise hold the
+/// connection, and whatever waits on it, forever.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn handshake_timed_out() -> ConnError {
+    ConnError::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("handshake not done within {HANDSHAKE_TIMEOUT:?}"),
+    ))
+}
+
 /// The acceptor side of the handshake (Hello → Challenge → Proof →
-/// Welcome). On failure the peer gets a typed error before the close.
+/// Welcome), within [`HANDSHAKE_TIMEOUT`]. On failure the peer gets a
+/// typed error before the close.
 pub async fn accept_handshake(
     stream: &mut TcpStream,
     key: &ClusterKey,
     cluster_id: &str,
     me: Identity,
 ) -> Result<Identity, ConnError> {
-    let limits = FrameLimits::CONTROL;
+    let exchange = accept_handshake_unbounded(stream, key, cluster_id, me);
+    compio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| handshake_timed_out())?
+}
+
+async fn accept_handshake_unbounded(
+    stream: &mut TcpStream,
+    key: &ClusterKey,
+    cluster_id: &str,
+    me: Identity,
+) -> Result<Identity, ConnError> {
+    // Nothing larger is read or sent before the peer is authenticated.
+    let limits = FrameLimits::HANDSHAKE;
     let mut encoder = Encoder::new();
     let nonce = auth::fresh_nonce().map_err(|e| ConnError::Protocol(e.to_string()))?;
     let acceptor = Acceptor::new(key, cluster_id, me, nonce);
@@ -242,7 +297,7 @@ pub async fn accept_handshake(
     match result {
         Ok((peer, _)) => Ok(peer),
         Err((code, reason)) => {
-            let body = ringfs_wire::message::error_body(code, reason.clone());
+            let body = ringfs_wire::message::error_body(code, handshake_reason(&reason));
             let _ =
                 write_simple(stream, &mut encoder, head.header.request_id, &body, &limits).await;
             Err(ConnError::Handshake { code, reason })
@@ -250,14 +305,28 @@ pub async fn accept_handshake(
     }
 }
 
-/// The initiator side, for chunkserver-to-chunkserver and master links.
+/// The initiator side, for chunkserver-to-chunkserver and master links,
+/// within [`HANDSHAKE_TIMEOUT`].
 pub async fn initiate_handshake(
     stream: &mut TcpStream,
     key: &ClusterKey,
     cluster_id: &str,
     me: Identity,
 ) -> Result<Identity, ConnError> {
-    let limits = FrameLimits::CONTROL;
+    let exchange = initiate_handshake_unbounded(stream, key, cluster_id, me);
+    compio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| handshake_timed_out())?
+}
+
+async fn initiate_handshake_unbounded(
+    stream: &mut TcpStream,
+    key: &ClusterKey,
+    cluster_id: &str,
+    me: Identity,
+) -> Result<Identity, ConnError> {
+    // Nothing larger is read or sent before the peer is authenticated.
+    let limits = FrameLimits::HANDSHAKE;
     let mut encoder = Encoder::new();
     let nonce = auth::fresh_nonce().map_err(|e| ConnError::Protocol(e.to_string()))?;
     let initiator = Initiator::new(key, cluster_id, me, nonce);

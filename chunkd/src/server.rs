@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::time::{Duration, Instant};
 
 use compio::net::{TcpListener, TcpSocket, TcpStream};
 use ringfs_wire::auth::Identity;
@@ -23,6 +24,11 @@ pub const CONNECTIONS_PER_CORE_MAX: usize = 1024;
 pub const LISTEN_BACKLOG: i32 = 1024;
 /// Most chunk reports in one ListChunks reply.
 pub const LIST_LIMIT_MAX: u32 = 10_000;
+/// Time the rest of a request (meta and data) gets once its header has
+/// arrived, and a reply gets to be taken: a peer that stalls mid-frame
+/// would otherwise hold the pool buffers lent to it forever. The time
+/// between requests stays unbounded (an idle connection holds nothing).
+pub const REQUEST_IO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Binds this core's listener on the shared address (`SO_REUSEPORT`: the
 /// kernel spreads connections over the cores).
@@ -79,12 +85,15 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) -> Result<(), 
         kind: PeerKind::Chunkserver,
         node_id: node.node_id(),
     };
+    // Bounded (conn::HANDSHAKE_TIMEOUT): peers that connect and send
+    // nothing must not hold this core's connection slots.
     let peer =
         conn::accept_handshake(&mut stream, &node.key, &node.settings.cluster_id, me).await?;
     let limits = FrameLimits::DATA;
     let mut encoder = Encoder::new();
     loop {
-        let head = match conn::read_head(&mut stream, &limits).await {
+        let read = conn::read_request_head(&mut stream, &limits, REQUEST_IO_TIMEOUT).await;
+        let (head, deadline) = match read {
             Ok(h) => h,
             Err(ConnError::Closed) => return Ok(()),
             Err(e @ ConnError::Frame(_)) => {
@@ -101,13 +110,14 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) -> Result<(), 
         let body = match head.owned_body() {
             Ok(b) => b,
             Err(e) => {
-                conn::skip_data(&mut stream, data_len).await?;
+                before(deadline, conn::skip_data(&mut stream, data_len)).await??;
                 let body = error_body(ErrorCode::BadRequest, e.to_string());
                 conn::write_simple(&mut stream, &mut encoder, request_id, &body, &limits).await?;
                 continue;
             }
         };
-        let (reply, pooled) = match handle(core, &mut stream, body, peer.kind, data_len).await? {
+        let handled = handle(core, &mut stream, body, peer.kind, data_len, deadline).await?;
+        let (reply, pooled) = match handled {
             Handled::Reply(reply, pooled) => (reply, pooled),
             Handled::Refused(body) => {
                 conn::write_simple(&mut stream, &mut encoder, request_id, &body, &limits).await?;
@@ -131,7 +141,18 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) -> Result<(), 
                 continue;
             }
         };
-        let (r, bufs) = conn::write_frame(&mut stream, head, reply.bufs, reply.data_len).await;
+        let write = conn::write_frame(&mut stream, head, reply.bufs, reply.data_len);
+        let written = compio::time::timeout(REQUEST_IO_TIMEOUT, write).await;
+        let Ok((r, bufs)) = written else {
+            // The buffers went with the dropped write; `pooled` still
+            // gives their count back to the pool.
+            drop(pooled);
+            core.metrics()
+                .set_buffer_pool_free_buffers(core.pool.free_buffers() as u64);
+            return Err(timed_out(format!(
+                "reply not taken within {REQUEST_IO_TIMEOUT:?}"
+            )));
+        };
         match pooled {
             Some(mut pooled) => pooled.restore(bufs),
             // E.g. a mutation of pushed data: the push's buffers.
@@ -139,6 +160,23 @@ async fn serve_connection(core: &Rc<Core>, mut stream: TcpStream) -> Result<(), 
         }
         r?;
     }
+}
+
+fn timed_out(what: String) -> ConnError {
+    ConnError::Io(std::io::Error::new(std::io::ErrorKind::TimedOut, what))
+}
+
+/// Runs `io` (reading the rest of a request) until `deadline`.
+async fn before<T>(
+    deadline: Instant,
+    io: impl std::future::Future<Output = T>,
+) -> Result<T, ConnError> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    compio::time::timeout(left, io).await.map_err(|_| {
+        timed_out(format!(
+            "request data not received within {REQUEST_IO_TIMEOUT:?} of its header"
+        ))
+    })
 }
 
 enum Handled {
@@ -154,26 +192,27 @@ async fn handle(
     body: Body,
     from: PeerKind,
     data_len: u64,
+    deadline: Instant,
 ) -> Result<Handled, ConnError> {
     let refuse = |code, msg: String| Ok(Handled::Refused(error_body(code, msg)));
     // Requests not about one chunk.
     match &body {
         Body::Ping(p) => {
-            conn::skip_data(stream, data_len).await?;
+            before(deadline, conn::skip_data(stream, data_len)).await??;
             let pong = Body::Pong(Box::new(Pong {
                 sent_at_us: p.sent_at_us,
             }));
             return Ok(Handled::Reply(Reply::body(pong, Vec::new()), None));
         }
         Body::ListChunks(l) => {
-            conn::skip_data(stream, data_len).await?;
+            before(deadline, conn::skip_data(stream, data_len)).await??;
             return Ok(Handled::Reply(
                 list_chunks(core, l.start_after, l.limit).await,
                 None,
             ));
         }
         Body::DeleteChunk(d) if d.handles.as_ref().is_some_and(|h| h.len() > 1) => {
-            conn::skip_data(stream, data_len).await?;
+            before(deadline, conn::skip_data(stream, data_len)).await??;
             return Ok(Handled::Reply(
                 delete_many(core, (**d).clone(), from).await,
                 None,
@@ -182,7 +221,7 @@ async fn handle(
         _ => {}
     }
     let Some((_, handle)) = ops::route_of(&body) else {
-        conn::skip_data(stream, data_len).await?;
+        before(deadline, conn::skip_data(stream, data_len)).await??;
         let name = ringfs_wire::msg::MessageKind::of_body(&body).name();
         return refuse(
             ErrorCode::Unsupported,
@@ -199,7 +238,7 @@ async fn handle(
     };
     let needed_bytes = match want_bytes {
         Some(len) if len > max_read => {
-            conn::skip_data(stream, data_len).await?;
+            before(deadline, conn::skip_data(stream, data_len)).await??;
             return refuse(
                 ErrorCode::TooLarge,
                 format!("a read may ask for at most {max_read} bytes, not {len}"),
@@ -218,7 +257,7 @@ async fn handle(
         let mut p = match core.pool.acquire(n).await {
             Ok(p) => p,
             Err(e) => {
-                conn::skip_data(stream, data_len).await?;
+                before(deadline, conn::skip_data(stream, data_len)).await??;
                 return refuse(ErrorCode::TooLarge, e.to_string());
             }
         };
@@ -232,7 +271,19 @@ async fn handle(
         pooled = Some(p);
     }
     if data_len > 0 {
-        let (r, b) = conn::read_data(stream, bufs, data_len).await;
+        // Counted from now: a wait for buffers above is this core's doing,
+        // not the peer's.
+        let deadline = deadline.max(Instant::now() + REQUEST_IO_TIMEOUT);
+        let Ok((r, b)) = before(deadline, conn::read_data(stream, bufs, data_len)).await else {
+            // The buffers went with the dropped read; dropping `pooled`
+            // gives their count back to the pool all the same.
+            drop(pooled);
+            core.metrics()
+                .set_buffer_pool_free_buffers(core.pool.free_buffers() as u64);
+            return Err(timed_out(format!(
+                "request data not received within {REQUEST_IO_TIMEOUT:?} of its header"
+            )));
+        };
         bufs = b;
         if let Err(e) = r {
             if let Some(p) = pooled.as_mut() {

@@ -633,3 +633,187 @@ fn bad_frames_and_wrong_keys_get_clear_errors() {
     let (code, _) = cs.http_get("/status");
     assert_eq!(code, 200);
 }
+
+/// `buffer_pool_free_buffers` of core 0 (a labelled gauge).
+fn free_buffers(cs: &Chunkd) -> u64 {
+    let (status, body) = cs.http_get("/metrics");
+    assert_eq!(status, 200);
+    let series = "ringfs_chunkd_buffer_pool_free_buffers{core=\"0\"} ";
+    body.lines()
+        .find_map(|l| l.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series} in /metrics"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Reads until the peer closes; returns how long that took (bounded by
+/// the stream's read timeout, which fails the test).
+fn time_to_close(stream: &mut std::net::TcpStream, since: Instant) -> Duration {
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return since.elapsed(),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return since.elapsed(),
+            Err(e) => panic!("the connection was not closed: {e}"),
+        }
+    }
+}
+
+#[test]
+fn a_silent_or_oversized_handshake_is_cut_off() {
+    let env = Env::new(CHUNK);
+    let cs = env.start(&[env.data_dir("d0")], &["--cores", "1"]);
+    // Connects and says nothing: closed after chunkd's 5 s handshake
+    // timeout, not held.
+    let mut silent = std::net::TcpStream::connect(&cs.addr).unwrap();
+    silent.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let took = time_to_close(&mut silent, Instant::now());
+    assert!(
+        took >= Duration::from_secs(4) && took < Duration::from_secs(15),
+        "closed after {took:?}"
+    );
+    // A Hello announcing more meta than a handshake needs is refused at
+    // its header, before anything is allocated for it.
+    let mut big = std::net::TcpStream::connect(&cs.addr).unwrap();
+    big.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut frame = Vec::new();
+    ringfs_wire::message::Encoder::new()
+        .frame(
+            &mut frame,
+            1,
+            &Body::Hello(Box::default()),
+            &[],
+            &ringfs_wire::frame::FrameLimits::HANDSHAKE,
+        )
+        .unwrap();
+    let header = ringfs_wire::frame::FrameHeader {
+        meta_len: 1 << 20,
+        ..ringfs_wire::frame::FrameHeader::decode(
+            &frame,
+            &ringfs_wire::frame::FrameLimits::HANDSHAKE,
+        )
+        .unwrap()
+    };
+    let sent = Instant::now();
+    big.write_all(&header.encode()).unwrap();
+    let took = time_to_close(&mut big, sent);
+    assert!(took < Duration::from_secs(3), "closed after {took:?}");
+    // Both are gone, and a proper client still gets in.
+    let mut c = cs.conn(&env, PeerKind::Client);
+    let r = c.call(&Body::Ping(Box::default()), &[]).unwrap();
+    assert!(matches!(r.body, Body::Pong(_)));
+}
+
+/// A request whose data stops coming holds the pool buffers lent to it
+/// only until chunkd's 30 s deadline for a request's data; then the
+/// connection is closed and the buffers come back.
+#[test]
+fn a_request_stalled_mid_data_is_closed_and_its_buffers_come_back() {
+    let env = Env::new(CHUNK);
+    let cs = env.start(&[env.data_dir("d0")], &["--cores", "1"]);
+    // Housekeeping publishes the gauge every 500 ms.
+    let mut start = 0;
+    cs.wait_until("the buffer gauge", || {
+        start = free_buffers(&cs);
+        start > 0
+    });
+    // Reads may block for the whole deadline and then some.
+    let mut c = Conn::connect(
+        &cs.addr,
+        &env.key,
+        CLUSTER,
+        PeerKind::Client,
+        Duration::from_secs(60),
+    )
+    .unwrap();
+    let data_len: u64 = 16 << 20;
+    let push = Body::PushData(Box::new(ringfs_wire::msg::PushData {
+        data_id: Some(ringfs_wire::msg::RequestId {
+            client_id: 7,
+            seq: 1,
+        }),
+        chain: None,
+        block_crcs: Some(vec![0; (data_len / B) as usize]),
+    }));
+    let mut head = Vec::new();
+    ringfs_wire::message::Encoder::new()
+        .head(
+            &mut head,
+            1,
+            &push,
+            data_len,
+            &ringfs_wire::frame::FrameLimits::DATA,
+        )
+        .unwrap();
+    c.send_raw(&head).unwrap();
+    c.send_raw(&vec![0u8; 1 << 20]).unwrap();
+    let stalled = Instant::now();
+    // The request holds its 16 buffers (1 MiB each in the test config).
+    cs.wait_until("the stalled request's buffers", || {
+        free_buffers(&cs) == start - 16
+    });
+    let r = c.receive();
+    let took = stalled.elapsed();
+    assert!(r.is_err(), "a stalled request got a reply: {:?}", r.ok());
+    assert!(
+        took >= Duration::from_secs(25) && took < Duration::from_secs(50),
+        "closed after {took:?}"
+    );
+    cs.wait_until("the buffers to come back", || free_buffers(&cs) == start);
+    // The core still serves.
+    let mut c = cs.conn(&env, PeerKind::Client);
+    let r = c.call(&Body::Ping(Box::default()), &[]).unwrap();
+    assert!(matches!(r.body, Body::Pong(_)));
+}
+
+/// Recovery reads a meta file only up to what its format allows: one
+/// grown past its layout (here sparse, one of them to 1 TiB, which a
+/// whole-file read would try to hold in memory) is quarantined like any
+/// other damaged meta file, and the other chunks come back.
+#[test]
+fn an_oversized_meta_file_is_quarantined_without_being_read_whole() {
+    let env = Env::new(CHUNK);
+    let d0 = env.data_dir("d0");
+    let mut cs = env.start(std::slice::from_ref(&d0), &["--cores", "1"]);
+    let mut master = cs.conn(&env, PeerKind::Master);
+    let (huge, longer, intact) = (0x71, 0x72, 0x73);
+    for h in [huge, longer, intact] {
+        expect_ok(&create(&mut master, 1, h, 1));
+    }
+    drop(master);
+    cs.kill9();
+    let meta = |h: u64| d0.join("chunks").join(format!("{h:016x}.meta"));
+    let grow = |h: u64, len: u64| {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(meta(h))
+            .unwrap();
+        f.set_len(len).unwrap();
+        f.sync_all().unwrap();
+    };
+    grow(huge, 1 << 40);
+    // Header page, one table page (4 MiB chunk), the default 256 KiB log:
+    // one page more than the layout has room for.
+    grow(longer, (4 + 4 + 256 + 4) << 10);
+    cs.restart(&env);
+    assert!(
+        cs.ready_line.contains("quarantined=2"),
+        "{}\n{}",
+        cs.ready_line,
+        cs.stderr()
+    );
+    let mut client = cs.conn(&env, PeerKind::Client);
+    for h in [huge, longer] {
+        assert_eq!(
+            read(&mut client, h, 0, 1).unwrap_err().code,
+            ErrorCode::NotFound
+        );
+        assert!(!meta(h).exists(), "{h:#x} is moved to quarantine");
+    }
+    match info(&mut client, intact).body {
+        Body::ChunkInfoReply(i) => assert!(i.report.is_some()),
+        other => panic!("{other:?}"),
+    }
+}

@@ -6,6 +6,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
+use ringfs_wire::admit;
 use ringfs_wire::auth::{self, ClusterKey, Identity, Initiator};
 use ringfs_wire::frame::{FrameHeader, FrameLimits, HEADER_BYTES};
 use ringfs_wire::message::{Encoder, decode_meta};
@@ -167,8 +168,18 @@ impl Conn {
     /// Reads one reply frame.
     pub fn receive(&mut self) -> Result<Response, ConnError> {
         let (header, meta, data) = self.receive_raw()?;
+        // Only replies are taken, and copied only once `admit` has bounded
+        // what the copy reaches: shared offsets would repeat a table or
+        // string once per offset.
+        if !admit::is_reply(header.kind) {
+            return Err(ConnError::Unexpected(format!(
+                "{:?}, which is not a reply",
+                header.kind
+            )));
+        }
         let body = decode_meta(&header, &meta).map_err(|e| ConnError::Message(e.to_string()))?;
-        let body = Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))?;
+        let body =
+            admit::to_owned(body, meta.len()).map_err(|e| ConnError::Message(e.to_string()))?;
         Ok(Response { body, data })
     }
 

@@ -5,7 +5,7 @@
 use std::io;
 
 use ringfs_wire::auth::{self, Acceptor, ClusterKey, Identity, Initiator};
-use ringfs_wire::frame::{FrameError, FrameHeader, FrameLimits, HEADER_BYTES};
+use ringfs_wire::frame::{FrameError, FrameHeader, FrameLimits, HEADER_BYTES, handshake_reason};
 use ringfs_wire::message::{Encoder, decode_meta, error_body};
 use ringfs_wire::msg::{Body, BodyRef, ErrorCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -126,7 +126,8 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     cluster_id: &str,
     me: Identity,
 ) -> Result<Identity, ConnError> {
-    let limits = FrameLimits::CONTROL;
+    // Nothing larger is read or sent before the peer is authenticated.
+    let limits = FrameLimits::HANDSHAKE;
     let mut encoder = Encoder::new();
     let nonce = auth::fresh_nonce().map_err(|e| ConnError::Protocol(e.to_string()))?;
     let acceptor = Acceptor::new(key, cluster_id, me, nonce);
@@ -181,7 +182,7 @@ pub async fn accept_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     match result {
         Ok(peer) => Ok(peer),
         Err((code, reason)) => {
-            let body = error_body(code, reason.clone());
+            let body = error_body(code, handshake_reason(&reason));
             let mut out = Vec::new();
             if encode_frame(
                 &mut encoder,
@@ -208,7 +209,8 @@ pub async fn initiate_handshake<S: AsyncRead + AsyncWrite + Unpin>(
     cluster_id: &str,
     me: Identity,
 ) -> Result<Identity, ConnError> {
-    let limits = FrameLimits::CONTROL;
+    // Nothing larger is read or sent before the peer is authenticated.
+    let limits = FrameLimits::HANDSHAKE;
     let mut encoder = Encoder::new();
     let nonce = auth::fresh_nonce().map_err(|e| ConnError::Protocol(e.to_string()))?;
     let initiator = Initiator::new(key, cluster_id, me, nonce);

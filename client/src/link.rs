@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use ringfs_wire::admit;
 use ringfs_wire::auth::{ClusterKey, Identity};
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::Encoder;
@@ -92,8 +93,17 @@ impl Link {
                 frame.header.request_id
             )));
         }
-        let body = frame.body()?;
-        let body = Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))?;
+        // Only replies are taken, and copied only once `admit` has bounded
+        // what the copy reaches: shared offsets would repeat a table or
+        // string once per offset.
+        let kind = frame.header.kind;
+        if !admit::is_reply(kind) {
+            return Err(ConnError::Protocol(format!(
+                "{kind:?} in answer to request {id}, which is not a reply"
+            )));
+        }
+        let body = admit::to_owned(frame.body()?, frame.meta.len())
+            .map_err(|e| ConnError::Message(e.to_string()))?;
         Ok(Reply {
             body,
             data: frame.data,

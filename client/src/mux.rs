@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ringfs_wire::admit;
 use ringfs_wire::auth::ClusterKey;
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::Encoder;
@@ -221,13 +222,10 @@ async fn read_replies(reader: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, limit
             }
         };
         let id = frame.header.request_id;
-        let reply = frame
-            .body()
-            .and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string())))
-            .map(|body| Reply {
-                body,
-                data: frame.data,
-            });
+        let reply = master_reply(&frame).map(|body| Reply {
+            body,
+            data: frame.data,
+        });
         let waiter = lock(&waiting).by_id.remove(&id);
         match (waiter, reply) {
             (Some(waiter), reply) => {
@@ -254,6 +252,20 @@ async fn read_replies(reader: OwnedReadHalf, waiting: Arc<Mutex<Waiting>>, limit
             (None, _) => {}
         }
     }
+}
+
+/// The body of a master's reply. The kind is checked on the header first:
+/// a master sends replies, and anything else is refused without being
+/// copied; a reply is copied only once `admit` has bounded what the copy
+/// reaches (shared offsets would repeat a table or string per offset).
+fn master_reply(frame: &frames::Frame) -> Result<Body, ConnError> {
+    let kind = frame.header.kind;
+    if !admit::is_master_reply(kind) {
+        return Err(ConnError::Protocol(format!(
+            "the master sent {kind:?}, which is not a reply"
+        )));
+    }
+    admit::to_owned(frame.body()?, frame.meta.len()).map_err(|e| ConnError::Message(e.to_string()))
 }
 
 /// Multiplexed links by address, at most [`MUX_LINKS_PER_ADDR_MAX`] each.
@@ -541,6 +553,57 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(pool.links_to(&addr), 1);
+    }
+
+    #[tokio::test]
+    async fn a_frame_that_is_not_a_reply_is_refused_unread() {
+        let key = ClusterKey::generate().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let server_key = key.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let me = Identity {
+                kind: PeerKind::Master,
+                node_id: 1,
+            };
+            frames::accept_handshake(&mut stream, &server_key, CLUSTER, me)
+                .await
+                .unwrap();
+            let limits = FrameLimits::CONTROL;
+            let mut encoder = Encoder::new();
+            // The first request is answered with a request, the second
+            // with its Pong.
+            let first = frames::read_frame(&mut stream, &limits).await.unwrap();
+            let request = Body::Mkdir(Box::default());
+            let mut out = Vec::new();
+            encoder
+                .frame(&mut out, first.header.request_id, &request, &[], &limits)
+                .unwrap();
+            stream.write_all(&out).await.unwrap();
+            let second = frames::read_frame(&mut stream, &limits).await.unwrap();
+            let pong = Body::Pong(Box::new(Pong { sent_at_us: 2 }));
+            out.clear();
+            encoder
+                .frame(&mut out, second.header.request_id, &pong, &[], &limits)
+                .unwrap();
+            stream.write_all(&out).await.unwrap();
+            let _ = frames::read_frame(&mut stream, &limits).await;
+        });
+        let link = MuxLink::connect(&addr, &key, CLUSTER, FrameLimits::CONTROL)
+            .await
+            .unwrap();
+        let refused = tokio::time::timeout(WAIT, link.call(&ping(1), &[]))
+            .await
+            .unwrap()
+            .err()
+            .expect("a request is no reply");
+        assert!(refused.to_string().contains("Mkdir"), "{refused}");
+        let reply = tokio::time::timeout(WAIT, link.call(&ping(2), &[]))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo_of(&reply), 2);
     }
 
     #[tokio::test]

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ringfs_wire::admit;
 use ringfs_wire::auth::{ClusterKey, Identity};
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::Encoder;
@@ -170,6 +171,13 @@ async fn exchange(stream: &mut TcpStream, body: &Body) -> Result<Body, ConnError
     if frame.header.request_id != 1 {
         return Err(ConnError::Protocol("reply to another request".into()));
     }
-    let body = frame.body()?;
-    Body::try_from(body).map_err(|e| ConnError::Message(e.to_string()))
+    // Copied only once `admit` has bounded what the copy reaches (shared
+    // offsets would repeat a table or string once per offset).
+    let kind = frame.header.kind;
+    if !admit::is_reply(kind) {
+        return Err(ConnError::Protocol(format!(
+            "{kind:?} in answer to a command, which is not a reply"
+        )));
+    }
+    admit::to_owned(frame.body()?, frame.meta.len()).map_err(|e| ConnError::Message(e.to_string()))
 }

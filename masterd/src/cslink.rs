@@ -139,7 +139,14 @@ fn chunks_reported(master: &Master, node: u64) -> u64 {
         .map_or(0, |s| s.chunk_count)
 }
 
-pub async fn heartbeat(master: &Master, h: Heartbeat) -> Body {
+/// A heartbeat's report is taken only for the node its connection speaks
+/// for (`conn_node_id`: the handshake's id, or the one a registration on
+/// the connection settled), as a registration's is: otherwise a
+/// chunkserver could report chunks for, or keep alive, another node.
+pub async fn heartbeat(master: &Master, h: Heartbeat, conn_node_id: u64) -> Body {
+    if let Err(refusal) = heartbeat_speaks_for(conn_node_id, h.node_id) {
+        return refusal;
+    }
     let node = h.node_id;
     let known = {
         let mut reg = master.registry();
@@ -183,6 +190,18 @@ pub async fn heartbeat(master: &Master, h: Heartbeat) -> Body {
     }))
 }
 
+fn heartbeat_speaks_for(conn_node_id: u64, node_id: u64) -> Result<(), Body> {
+    if node_id == conn_node_id {
+        return Ok(());
+    }
+    let why = if conn_node_id == 0 {
+        format!("a heartbeat for node {node_id} on a connection not yet registered as any node")
+    } else {
+        format!("connection authenticated as node {conn_node_id} heartbeats as {node_id}")
+    };
+    Err(refuse(ErrorCode::BadRequest, why))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +212,23 @@ mod tests {
             used_bytes,
             healthy: true,
             ..DataDir::default()
+        }
+    }
+
+    #[test]
+    fn a_heartbeat_speaks_only_for_its_connections_node() {
+        assert!(heartbeat_speaks_for(7, 7).is_ok());
+        // Unregistered on both sides: the registry answers (NotFound).
+        assert!(heartbeat_speaks_for(0, 0).is_ok());
+        for (conn, claimed) in [(7, 8), (0, 8), (7, 0)] {
+            match heartbeat_speaks_for(conn, claimed) {
+                Err(Body::ErrorReply(e)) => {
+                    assert_eq!(e.code, ErrorCode::BadRequest);
+                    let message = e.message.unwrap_or_default();
+                    assert!(message.contains(&claimed.to_string()), "{message}");
+                }
+                other => panic!("{conn} as {claimed}: {other:?}"),
+            }
         }
     }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use ringfs_wire::auth::Identity;
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::{Encoder, error_body};
-use ringfs_wire::msg::{Body, ErrorCode, PeerKind, RaftReply, RaftRequest, RaftRpc};
+use ringfs_wire::msg::{
+    Body, BodyRef, ErrorCode, MessageKind, PeerKind, RaftReply, RaftRequest, RaftRpc,
+};
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -86,21 +88,36 @@ async fn serve(master: &Arc<Master>, mut stream: TcpStream) -> Result<(), ConnEr
     loop {
         let frame = conn::read_frame(&mut stream, &limits).await?;
         let id = frame.header.request_id;
-        let request = frame
-            .body()
-            .and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string())));
-        let (reply, data) = match request {
-            _ if !known => (
-                error_body(
-                    ErrorCode::AuthFailed,
-                    format!(
-                        "the peer port serves the masters of the config; {:?} {} is not one",
-                        peer.kind, peer.node_id
-                    ),
+        // Refused on the header alone, before anything is copied: a peer
+        // not of the config, and any kind but RaftRequest.
+        let request = if !known {
+            Err(error_body(
+                ErrorCode::AuthFailed,
+                format!(
+                    "the peer port serves the masters of the config; {:?} {} is not one",
+                    peer.kind, peer.node_id
                 ),
-                Vec::new(),
-            ),
-            Ok(Body::RaftRequest(r)) => match answer(master, peer.node_id, &r, &frame.data).await {
+            ))
+        } else if frame.header.kind != MessageKind::RaftRequest {
+            Err(error_body(
+                ErrorCode::BadRequest,
+                format!(
+                    "the peer port takes RaftRequest, not {:?}",
+                    frame.header.kind
+                ),
+            ))
+        } else {
+            // Copied without `admit`: its only vector holds u32s, so
+            // shared offsets cannot multiply it.
+            match frame.body() {
+                Ok(BodyRef::RaftRequest(r)) => RaftRequest::try_from(r)
+                    .map_err(|e| error_body(ErrorCode::BadFrame, e.to_string())),
+                Ok(_) => Err(error_body(ErrorCode::BadFrame, "not a RaftRequest")),
+                Err(e) => Err(error_body(ErrorCode::BadFrame, e.to_string())),
+            }
+        };
+        let (reply, data) = match request {
+            Ok(r) => match answer(master, peer.node_id, &r, &frame.data).await {
                 Ok(data) => (
                     Body::RaftReply(Box::new(RaftReply {
                         rpc: r.rpc,
@@ -110,16 +127,14 @@ async fn serve(master: &Arc<Master>, mut stream: TcpStream) -> Result<(), ConnEr
                 ),
                 Err((code, why)) => (error_body(code, why), Vec::new()),
             },
-            Ok(_) => (
-                error_body(ErrorCode::BadRequest, "the peer port takes RaftRequest"),
-                Vec::new(),
-            ),
-            Err(e) => {
-                master
-                    .metrics
-                    .bad_frames
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                (error_body(ErrorCode::BadFrame, e.to_string()), Vec::new())
+            Err(refusal) => {
+                if matches!(&refusal, Body::ErrorReply(e) if e.code == ErrorCode::BadFrame) {
+                    master
+                        .metrics
+                        .bad_frames
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                (refusal, Vec::new())
             }
         };
         if let Err(e) = conn::encode_frame(&mut encoder, &mut out, id, &reply, &data, &limits) {

@@ -30,6 +30,7 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
     VoteRequest, VoteResponse,
 };
+use ringfs_wire::admit;
 use ringfs_wire::auth::{ClusterKey, Identity};
 use ringfs_wire::checksum::block_checksums;
 use ringfs_wire::frame::FrameLimits;
@@ -191,7 +192,8 @@ impl PeerConn {
         if frame.header.request_id != 1 {
             return Err(ConnError::Protocol("reply to another request".into()));
         }
-        let reply = match Body::try_from(frame.body()?) {
+        // Copied only once `admit` has bounded what the copy reaches.
+        let reply = match admit::to_owned(frame.body()?, frame.meta.len()) {
             Ok(b) => b,
             Err(e) => return Err(ConnError::Message(e.to_string())),
         };

@@ -11,10 +11,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ringfs_wire::admit;
 use ringfs_wire::auth::Identity;
 use ringfs_wire::frame::FrameLimits;
 use ringfs_wire::message::{Encoder, error_body};
-use ringfs_wire::msg::{Body, ErrorCode, PeerKind};
+use ringfs_wire::msg::{Body, ErrorCode, MessageKind, PeerKind};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -106,38 +107,87 @@ async fn serve_chunkserver(
 ) -> Result<(), ConnError> {
     let limits = FrameLimits::CONTROL;
     let mut encoder = Encoder::new();
+    // The node this connection speaks for: the handshake's id, or, for a
+    // fresh chunkserver (0), the id its registration here settled. Every
+    // Register and Heartbeat after that must be that node's.
+    let mut node_id = peer.node_id;
     loop {
         let frame = conn::read_frame(&mut stream, &limits).await?;
         let id = frame.header.request_id;
-        let reply = match frame
-            .body()
-            .and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string())))
-        {
+        let reply = match chunkserver_request(master, &frame) {
             Ok(Body::Register(r)) => {
                 master.metrics.count("register", true);
-                cslink::register(master, *r, peer.node_id).await
+                let reply = cslink::register(master, *r, node_id).await;
+                if let Body::RegisterReply(r) = &reply {
+                    node_id = r.node_id;
+                }
+                reply
             }
             Ok(Body::Heartbeat(h)) => {
                 master.metrics.count("heartbeat", true);
-                cslink::heartbeat(master, *h).await
+                cslink::heartbeat(master, *h, node_id).await
             }
             Ok(Body::Ping(p)) => Body::Pong(Box::new(ringfs_wire::msg::Pong {
                 sent_at_us: p.sent_at_us,
             })),
-            Ok(_) => error_body(
-                ErrorCode::BadRequest,
-                "a chunkserver sends Register and Heartbeat",
+            Ok(other) => error_body(
+                ErrorCode::Internal,
+                format!(
+                    "{:?} got past the chunkserver port's filter",
+                    MessageKind::of_body(&other)
+                ),
             ),
-            Err(e) => {
-                master
-                    .metrics
-                    .bad_frames
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                error_body(ErrorCode::BadFrame, e.to_string())
-            }
+            Err(refusal) => refusal,
         };
         conn::write_frame(&mut stream, &mut encoder, id, &reply, &[], &limits).await?;
     }
+}
+
+/// The body of a chunkserver's frame, or the error that answers it. The
+/// kind is checked on the header, before the meta is read: a kind this
+/// port does not take is never copied, whatever it holds.
+fn chunkserver_request(master: &Master, frame: &conn::Frame) -> Result<Body, Body> {
+    match frame.header.kind {
+        MessageKind::Register | MessageKind::Heartbeat | MessageKind::Ping => {
+            admitted(master, frame)
+        }
+        kind => Err(error_body(
+            ErrorCode::BadRequest,
+            format!("a chunkserver sends Register, Heartbeat or Ping, not {kind:?}"),
+        )),
+    }
+}
+
+/// The body of a client's frame, or the error that answers it; as
+/// [`chunkserver_request`], for the requests of `client_api`.
+fn client_request(master: &Master, frame: &conn::Frame) -> Result<Body, Body> {
+    let kind = frame.header.kind;
+    if !admit::is_client_request(kind) {
+        return Err(error_body(
+            ErrorCode::BadRequest,
+            format!("the client port takes client requests, not {kind:?}"),
+        ));
+    }
+    admitted(master, frame)
+}
+
+/// `frame`'s body, copied only once `admit` has bounded what the copy
+/// reaches: planus lets many offsets share one table or string, and the
+/// copy repeats it for each.
+fn admitted(master: &Master, frame: &conn::Frame) -> Result<Body, Body> {
+    let owned = match frame.body() {
+        Ok(body) => {
+            admit::to_owned(body, frame.meta.len()).map_err(|e| error_body(e.code(), e.to_string()))
+        }
+        Err(e) => Err(error_body(ErrorCode::BadFrame, e.to_string())),
+    };
+    if owned.is_err() {
+        master
+            .metrics
+            .bad_frames
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    owned
 }
 
 async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), ConnError> {
@@ -179,21 +229,10 @@ async fn serve_client(master: &Arc<Master>, stream: TcpStream) -> Result<(), Con
             Err(e) => break Err(e),
         };
         let id = frame.header.request_id;
-        let body = match frame
-            .body()
-            .and_then(|b| Body::try_from(b).map_err(|e| ConnError::Message(e.to_string())))
-        {
+        let body = match client_request(master, &frame) {
             Ok(b) => b,
-            Err(e) => {
-                master
-                    .metrics
-                    .bad_frames
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                if tx
-                    .send((id, error_body(ErrorCode::BadFrame, e.to_string())))
-                    .await
-                    .is_err()
-                {
+            Err(refusal) => {
+                if tx.send((id, refusal)).await.is_err() {
                     break Ok(());
                 }
                 continue;

@@ -27,6 +27,24 @@ pub const META_BYTES_PROTOCOL_MAX: u32 = 64 << 20;
 /// Largest data section any peer may announce, whatever its configuration.
 pub const DATA_BYTES_PROTOCOL_MAX: u32 = 256 << 20;
 
+/// Longest reason a handshake refusal carries: it may quote what the
+/// unauthenticated peer sent (its cluster id), and must still fit
+/// [`FrameLimits::HANDSHAKE`].
+pub const HANDSHAKE_REASON_MAX_BYTES: usize = 1024;
+
+/// `reason` cut to at most [`HANDSHAKE_REASON_MAX_BYTES`], on a character
+/// boundary.
+pub fn handshake_reason(reason: &str) -> &str {
+    if reason.len() <= HANDSHAKE_REASON_MAX_BYTES {
+        return reason;
+    }
+    let mut end = HANDSHAKE_REASON_MAX_BYTES;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
 /// Per-connection limits, checked before any allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
@@ -45,6 +63,17 @@ impl FrameLimits {
     pub const DATA: FrameLimits = FrameLimits {
         max_meta_bytes: 1 << 20,
         max_data_bytes: 16 << 20,
+    };
+    /// The handshake (Hello, Challenge, Proof, Welcome, or the ErrorReply
+    /// that refuses it), read before the peer is authenticated, so an
+    /// unknown peer cannot make us allocate more than this. The messages
+    /// are a cluster id (≤ 64 bytes), two 32-byte nonces, a 32-byte proof
+    /// and a few integers; an ErrorReply's message is cut to
+    /// [`HANDSHAKE_REASON_MAX_BYTES`] by the senders, so 4 KiB leaves
+    /// ample room for flatbuffers overhead.
+    pub const HANDSHAKE: FrameLimits = FrameLimits {
+        max_meta_bytes: 4 << 10,
+        max_data_bytes: 0,
     };
 
     /// Limits above the protocol maximum are clamped to it.
@@ -272,4 +301,33 @@ pub fn encode_frame(
     out.extend_from_slice(meta);
     out.extend_from_slice(data);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Encoder, error_body};
+    use crate::msg::{Body, ErrorCode};
+
+    #[test]
+    fn the_largest_handshake_messages_fit_handshake_limits() {
+        let mut out = Vec::new();
+        let reason = "é".repeat(10_000);
+        let cut = handshake_reason(&reason);
+        assert!(cut.len() <= HANDSHAKE_REASON_MAX_BYTES && cut.len() > 1000);
+        let body = error_body(ErrorCode::WrongCluster, cut);
+        Encoder::new()
+            .frame(&mut out, 1, &body, &[], &FrameLimits::HANDSHAKE)
+            .expect("a refusal with the longest reason fits");
+        let hello = Body::Hello(Box::new(crate::msg::Hello {
+            cluster_id: Some("x".repeat(crate::config::CLUSTER_ID_MAX_BYTES)),
+            client_nonce: Some(vec![7; 32]),
+            ..Default::default()
+        }));
+        out.clear();
+        Encoder::new()
+            .frame(&mut out, 1, &hello, &[], &FrameLimits::HANDSHAKE)
+            .expect("a Hello fits");
+        assert_eq!(handshake_reason("short"), "short");
+    }
 }

@@ -13,6 +13,7 @@
 //! No I/O (beyond reading the config and key files) and no async runtime:
 //! masterd (tokio) and chunkd (compio) drive these from their own runtimes.
 
+pub mod admit;
 pub mod auth;
 pub mod checksum;
 pub mod config;
