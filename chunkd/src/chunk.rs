@@ -82,8 +82,16 @@ impl DataDir {
         self.chunks_dir.join(format!("{handle:016x}.meta"))
     }
 
+    /// A temporary name no other writer of this process holds: a clone
+    /// and a compaction of the same handle, or a retry after a failed
+    /// create, each get their own file (created exclusively), so one can
+    /// never rename another's half-written bytes, or a longer stale file's
+    /// tail, into place. Start-up removes every `.meta.tmp` left behind.
     pub fn meta_tmp_path(&self, handle: u64) -> PathBuf {
-        self.chunks_dir.join(format!("{handle:016x}.meta.tmp"))
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.chunks_dir
+            .join(format!("{handle:016x}-{n:x}.meta.tmp"))
     }
 
     pub fn data_path(&self, handle: u64, data_file_id: u64) -> PathBuf {
@@ -1823,7 +1831,7 @@ pub(crate) async fn write_meta_file_with<T>(
     let path = dir.meta_path(base.handle);
     let ctx = |what: &str| format!("{what} {}", tmp.display());
     let write_tmp = async {
-        let file = dio::open_direct(&tmp, true, true)
+        let file = dio::create_new_direct(&tmp, true)
             .await
             .map_err(|e| ChunkError::io(ctx("creating"), e))?;
         // O_DSYNC: the write returns once the bytes and the size that reads
@@ -1833,10 +1841,22 @@ pub(crate) async fn write_meta_file_with<T>(
         Ok::<_, ChunkError>(file)
     };
     let (file, along) = futures_util::future::join(write_tmp, alongside).await;
-    let (file, along) = (file?, along?);
-    compio::fs::rename(&tmp, &path)
-        .await
-        .map_err(|e| ChunkError::io(ctx("renaming"), e))?;
+    let renamed = match (file, along) {
+        (Ok(file), Ok(along)) => compio::fs::rename(&tmp, &path)
+            .await
+            .map(|()| (file, along))
+            .map_err(|e| ChunkError::io(ctx("renaming"), e)),
+        (Err(e), _) | (_, Err(e)) => Err(e),
+    };
+    let (file, along) = match renamed {
+        Ok(v) => v,
+        Err(e) => {
+            // Names are never reused, so a failed attempt (a full disk,
+            // say) must not leave its file behind until the next start.
+            let _ = compio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
     dir.sync_chunks_dir().await?;
     Ok((file, log_end, along))
 }

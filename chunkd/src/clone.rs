@@ -30,6 +30,9 @@ pub async fn clone_chunk(core: &Rc<Core>, cmd: &CloneChunk) -> ChunkResult<()> {
         // Already here (a retried command), or newer: nothing to pull.
         return Ok(());
     }
+    // Held to the end: a second clone (or a create) of the handle would
+    // write the same temporary meta file.
+    let _cloning = core.store.begin_clone(cmd.handle)?;
     let source = cmd
         .source
         .as_ref()
@@ -181,6 +184,10 @@ async fn pull(
                 rr.offset, reply.data_len
             )));
         }
+        if let Err(why) = check_piece(offset, reply.data_len, chunk_length) {
+            pooled.restore(bufs);
+            return Err(failed(why));
+        }
         length = Some(chunk_length);
         let piece_crcs = rr.block_crcs.unwrap_or_default();
         let got = reply.data_len;
@@ -258,4 +265,51 @@ async fn pull(
         )));
     }
     Ok((length, crcs, allocated))
+}
+
+/// A piece's CRCs are of whole 64 KiB blocks from its offset, and the
+/// clone's CRC table is their concatenation: so every piece must start on
+/// a block and be whole blocks, but for the chunk's last, which ends
+/// exactly at the chunk's length.
+fn check_piece(offset: u64, got: u64, chunk_length: u64) -> Result<(), String> {
+    let block = BLOCK_BYTES as u64;
+    if !offset.is_multiple_of(block) {
+        return Err(format!("piece at {offset} is not 64 KiB aligned"));
+    }
+    let end = offset.checked_add(got);
+    let Some(end) = end.filter(|&end| end <= chunk_length) else {
+        return Err(format!(
+            "piece of {got} bytes at {offset} runs past the chunk's length {chunk_length}"
+        ));
+    };
+    if !got.is_multiple_of(block) && end != chunk_length {
+        return Err(format!(
+            "piece of {got} bytes at {offset} is neither whole 64 KiB blocks nor the chunk's end ({chunk_length})"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_piece;
+
+    const B: u64 = 64 * 1024;
+
+    #[test]
+    fn pieces_must_be_whole_blocks_from_a_block_or_end_the_chunk() {
+        // Whole blocks, or a short last piece ending at the length.
+        assert!(check_piece(0, 8 * B, 20 * B + 7).is_ok());
+        assert!(check_piece(8 * B, 12 * B + 7, 20 * B + 7).is_ok());
+        assert!(check_piece(0, 100, 100).is_ok());
+        assert!(check_piece(0, 0, 0).is_ok());
+        // A short piece mid-chunk would shift every later block.
+        assert!(check_piece(0, 8 * B - 1, 20 * B).is_err());
+        // So would an unaligned offset, however it came about.
+        assert!(check_piece(B + 1, B, 20 * B).is_err());
+        assert!(check_piece(100, 0, 100).is_err());
+        // Past the length the source itself announced.
+        assert!(check_piece(0, 2 * B, B).is_err());
+        assert!(check_piece(u64::MAX - B + 1, 2 * B, u64::MAX).is_err());
+    }
 }

@@ -122,6 +122,17 @@ pub async fn open_direct(path: &Path, create: bool, dsync: bool) -> io::Result<c
         .await
 }
 
+/// Creates `path`, which must not exist (`O_EXCL`), for direct I/O.
+pub async fn create_new_direct(path: &Path, dsync: bool) -> io::Result<compio::fs::File> {
+    compio::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .custom_flags(direct_flags(dsync))
+        .open(path)
+        .await
+}
+
 pub fn align_up(n: u64, align: u64) -> u64 {
     debug_assert!(align.is_power_of_two());
     n.div_ceil(align) * align

@@ -80,7 +80,7 @@ impl EpochStore {
         let mut highest = 0;
         for dir in dirs {
             let path = dir.join(EPOCH_FILE);
-            match fs::read(&path) {
+            match read_epoch_file(&path) {
                 Ok(bytes) => {
                     let e = decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
                     highest = highest.max(e);
@@ -140,6 +140,18 @@ pub enum AdmitError {
     Io(String),
 }
 
+/// Reads at most one byte more than an epoch file has, so a damaged
+/// (or huge, sparse) file costs no memory; `decode` refuses any length
+/// but [`EPOCH_BYTES`].
+fn read_epoch_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::with_capacity(EPOCH_BYTES + 1);
+    File::open(path)?
+        .take(EPOCH_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
 fn write_atomically(dir: &Path, epoch: u64) -> std::io::Result<()> {
     let tmp = dir.join(EPOCH_TMP_FILE);
     let mut f = File::create(&tmp)?;
@@ -180,6 +192,30 @@ mod tests {
         assert_eq!(reopened.highest(), 5);
         fs::write(d2.path().join(EPOCH_FILE), b"junk").unwrap();
         assert!(EpochStore::open(&dirs).is_err());
+    }
+
+    #[test]
+    fn a_huge_sparse_epoch_file_is_refused_without_reading_it() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join(EPOCH_FILE);
+        // A valid epoch followed by a 1 TiB hole: reading it whole would
+        // exhaust memory; only its first bytes may be read.
+        let f = File::create(&path).unwrap();
+        (&f).write_all(&encode(9)).unwrap();
+        f.set_len(1 << 40).unwrap();
+        drop(f);
+        let err = EpochStore::open(&[d.path().to_path_buf()])
+            .err()
+            .expect("an epoch file longer than its format is damaged");
+        assert!(err.contains(&format!("{} bytes", EPOCH_BYTES + 1)), "{err}");
+        // The bounded read still takes a valid file.
+        fs::write(&path, encode(9)).unwrap();
+        assert_eq!(
+            EpochStore::open(&[d.path().to_path_buf()])
+                .unwrap()
+                .highest(),
+            9
+        );
     }
 }
 

@@ -201,12 +201,27 @@ pub struct Store {
     /// The order the scrubber takes chunks in (`crate::scrub`).
     pub scrub_order: crate::scrub::ScrubOrder,
     chunks: RefCell<BTreeMap<u64, Rc<Chunk>>>,
+    /// Handles a create or a clone is writing new files for: both write
+    /// the handle's meta file under one temporary name, so two at once
+    /// could mix their files.
     creating: RefCell<HashSet<u64>>,
     next_dir: std::cell::Cell<usize>,
     pub chunk_size_bytes: u64,
     pub log_bytes: u32,
     /// Bytes of each data dir's filesystem that no new chunk may take.
     pub reserved_bytes: u64,
+}
+
+/// A clone's claim on its handle; see [`Store::begin_clone`].
+pub struct Cloning<'a> {
+    store: &'a Store,
+    handle: u64,
+}
+
+impl Drop for Cloning<'_> {
+    fn drop(&mut self) {
+        self.store.creating.borrow_mut().remove(&self.handle);
+    }
 }
 
 /// Bytes of a data dir's filesystem ringfs may still use: what an
@@ -387,7 +402,7 @@ impl Store {
         }
         if !self.creating.borrow_mut().insert(handle) {
             return Err(ChunkError::Busy(format!(
-                "chunk {handle:#x} is being created"
+                "chunk {handle:#x} is being created or cloned"
             )));
         }
         let r = self.create_inner(handle, version).await;
@@ -395,6 +410,21 @@ impl Store {
         let chunk = Rc::new(r?);
         self.put(&mut self.chunks.borrow_mut(), chunk.clone());
         Ok(chunk)
+    }
+
+    /// Claims `handle` for a clone until the guard drops (also when the
+    /// clone's future is dropped half way). A create or another clone of
+    /// the handle meanwhile gets `Busy`.
+    pub fn begin_clone(&self, handle: u64) -> ChunkResult<Cloning<'_>> {
+        if !self.creating.borrow_mut().insert(handle) {
+            return Err(ChunkError::Busy(format!(
+                "chunk {handle:#x} is being created or cloned"
+            )));
+        }
+        Ok(Cloning {
+            store: self,
+            handle,
+        })
     }
 
     async fn create_inner(&self, handle: u64, version: u64) -> ChunkResult<Chunk> {
@@ -552,6 +582,47 @@ pub(crate) fn grow_allocation(
     })
 }
 
+/// The largest meta file any layout allows (the largest chunk with the
+/// largest log): about 16 MiB.
+fn meta_file_bytes_max() -> u64 {
+    MetaLayout::new(meta::MAX_CHUNK_SIZE_BYTES, meta::MAX_LOG_BYTES)
+        .map(|l| l.file_bytes)
+        .expect("the largest chunk and log sizes make a valid layout")
+}
+
+/// Reads a whole meta file, refusing one longer than any layout allows
+/// before reading it: a damaged (or sparse, huge) file must not take the
+/// memory of a start-up that reads thousands of them. The caller checks
+/// the length against the file's own layout once its base is decoded.
+fn read_meta_file(path: &Path) -> ChunkResult<Vec<u8>> {
+    use std::io::Read;
+    let max = meta_file_bytes_max();
+    let ctx = |what: &str| format!("{what} {}", path.display());
+    let file = std::fs::File::open(path).map_err(|e| ChunkError::io(ctx("opening"), e))?;
+    let size = file
+        .metadata()
+        .map_err(|e| ChunkError::io(ctx("stat"), e))?
+        .len();
+    let too_long = |size: u64| {
+        ChunkError::Internal(format!(
+            "{} is {size} bytes, longer than any meta file ({max} bytes)",
+            path.display()
+        ))
+    };
+    if size > max {
+        return Err(too_long(size));
+    }
+    // One byte more than allowed tells a file that grew since the stat.
+    let mut bytes = Vec::with_capacity(size as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ChunkError::io(ctx("reading"), e))?;
+    if bytes.len() as u64 > max {
+        return Err(too_long(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
 /// Decodes, replays and checks one chunk; see the recovery argument in
 /// docs/design/006-chunk-meta-file.md.
 async fn recover_chunk(
@@ -560,8 +631,7 @@ async fn recover_chunk(
     found: &FoundChunk,
     stats: &mut RecoveryStats,
 ) -> ChunkResult<Chunk> {
-    let bytes = std::fs::read(&found.meta_path)
-        .map_err(|e| ChunkError::io(format!("reading {}", found.meta_path.display()), e))?;
+    let bytes = read_meta_file(&found.meta_path)?;
     let bad =
         |e: meta::MetaError| ChunkError::Internal(format!("{}: {e}", found.meta_path.display()));
     let base = MetaBase::decode(&bytes).map_err(bad)?;
@@ -573,6 +643,13 @@ async fn recover_chunk(
         )));
     }
     let layout: MetaLayout = base.layout();
+    if bytes.len() as u64 > layout.file_bytes {
+        return Err(ChunkError::Internal(format!(
+            "{} is longer than the {} bytes its layout allows",
+            found.meta_path.display(),
+            layout.file_bytes
+        )));
+    }
     let log_start = layout.log_offset as usize;
     let log_end = (layout.log_offset + layout.log_bytes) as usize;
     if bytes.len() < log_start {

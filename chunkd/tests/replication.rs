@@ -301,3 +301,128 @@ fn pushed_data_flows_down_the_chain_and_the_order_names_it() {
     let r = client.call(&bad, &data[..100]).unwrap();
     assert_eq!(r.error_code(), Some(ErrorCode::ChecksumMismatch));
 }
+
+#[test]
+fn pushes_without_data_or_with_a_bad_chain_are_refused() {
+    let env = Env::new(CHUNK);
+    let cs = env.start(&[env.data_dir("cs0")], &["--cores", "2"]);
+    let mut client = cs.conn(&env, PeerKind::Client);
+    let data = pattern(3, 1000);
+    let push = |seq, chain: Vec<ringfs_wire::msg::Replica>, crcs| {
+        Body::PushData(Box::new(ringfs_wire::msg::PushData {
+            data_id: Some(ringfs_wire::msg::RequestId { client_id: 9, seq }),
+            chain: Some(chain),
+            block_crcs: Some(crcs),
+        }))
+    };
+    let crcs = ringfs_wire::checksum::block_checksums(&data);
+    // No data: it would hold no buffer, so no limit would bound it.
+    let r = client.call(&push(1, Vec::new(), Vec::new()), &[]).unwrap();
+    assert_eq!(
+        r.error_code(),
+        Some(ErrorCode::BadRequest),
+        "{:?}",
+        r.error()
+    );
+    // A chain longer than any replication factor.
+    let long: Vec<_> = (0..17)
+        .map(|i| ringfs_wire::msg::Replica {
+            node_id: 100 + i,
+            addr: Some(format!("127.0.0.1:{}", 1000 + i)),
+            rack: None,
+        })
+        .collect();
+    let r = client.call(&push(2, long, crcs.clone()), &data).unwrap();
+    assert_eq!(
+        r.error_code(),
+        Some(ErrorCode::BadRequest),
+        "{:?}",
+        r.error()
+    );
+    // A chain naming one node twice: the data would loop back to it.
+    let twice = vec![replica_of(&cs, 12), replica_of(&cs, 12)];
+    let r = client.call(&push(3, twice, crcs.clone()), &data).unwrap();
+    assert_eq!(
+        r.error_code(),
+        Some(ErrorCode::BadRequest),
+        "{:?}",
+        r.error()
+    );
+    // Nothing refused was kept; the connection still serves.
+    let r = client.call(&push(4, Vec::new(), crcs), &data).unwrap();
+    match &r.body {
+        Body::PushDataReply(p) => assert_eq!(p.stored_by.as_ref().map(|s| s.len()), Some(1)),
+        other => panic!("{other:?}"),
+    }
+}
+
+fn clone_from_addr(
+    master: &mut ringfs_client::conn::Conn,
+    handle: u64,
+    addr: &str,
+) -> ringfs_client::conn::Response {
+    let source = ringfs_wire::msg::Replica {
+        node_id: 11,
+        addr: Some(addr.to_owned()),
+        rack: None,
+    };
+    master
+        .call(
+            &Body::CloneChunk(Box::new(ringfs_wire::msg::CloneChunk {
+                epoch: 1,
+                handle,
+                version: 1,
+                source: Some(Box::new(source)),
+            })),
+            &[],
+        )
+        .unwrap()
+}
+
+#[test]
+fn a_chunk_being_cloned_is_busy_for_another_clone_or_a_create() {
+    let env = Env::new(CHUNK);
+    let cs = env.start(&[env.data_dir("cs0")], &["--cores", "1"]);
+    // A source that accepts and never answers: the clone waits in its
+    // handshake (bounded) while the others arrive.
+    let source = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let source_addr = source.local_addr().unwrap().to_string();
+    let handle = 0x65;
+    let first = {
+        let mut m = cs.conn(&env, PeerKind::Master);
+        let addr = source_addr.clone();
+        std::thread::spawn(move || clone_from_addr(&mut m, handle, &addr))
+    };
+    // Accepted: the first clone is under way (the thread's call is bounded
+    // by chunkd's handshake timeout, so this accept is too).
+    source.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    let held = loop {
+        match source.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "chunkd never connected"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    };
+    let mut m = cs.conn(&env, PeerKind::Master);
+    let r = clone_from_addr(&mut m, handle, &source_addr);
+    assert_eq!(r.error_code(), Some(ErrorCode::Busy), "{:?}", r.error());
+    let r = create(&mut m, 1, handle, 1);
+    assert_eq!(r.error_code(), Some(ErrorCode::Busy), "{:?}", r.error());
+    // The first ends (its source never answered), and so does its claim.
+    let r = first.join().unwrap();
+    assert_eq!(
+        r.error_code(),
+        Some(ErrorCode::ReplicaFailed),
+        "{:?}",
+        r.error()
+    );
+    drop(held);
+    expect_ok(&create(&mut m, 1, handle, 1));
+}
