@@ -31,6 +31,11 @@ pub const MIN_APPLIED_WAIT: Duration = Duration::from_secs(2);
 pub const LIST_LIMIT_MAX: u32 = 10_000;
 /// Files examined per Fsck call (paged beyond that).
 pub const FSCK_FILES_PER_CALL_MAX: u32 = 10_000;
+/// Work per Fsck call: one unit per file or directory walked plus one per
+/// chunk examined. A call holds the state's read lock (and the registry's)
+/// throughout; this bounds it where the file count does not (empty
+/// directories, files of many chunks).
+pub const FSCK_WORK_PER_CALL_MAX: u64 = 1_000_000;
 
 fn error(code: ErrorCode, message: impl Into<String>) -> Body {
     Body::ErrorReply(Box::new(ErrorReply {
@@ -137,7 +142,8 @@ fn owner_of(o: Option<String>) -> String {
     if o.is_empty() {
         o.push_str("nobody");
     }
-    o.truncate(OWNER_BYTES_MAX);
+    // `truncate` panics inside a multi-byte char: cut at the boundary below.
+    o.truncate(o.floor_char_boundary(OWNER_BYTES_MAX));
     o
 }
 
@@ -181,6 +187,9 @@ async fn mutate(master: &Master, op: Op, reply: impl FnOnce(Done) -> Body) -> Bo
     if !master.is_leader() {
         return not_leader(master);
     }
+    if let Err(refusal) = bounded(&op) {
+        return refusal;
+    }
     match master.proposer.propose(op).await {
         Ok(c) => match c.outcome {
             Ok(done) => reply(done),
@@ -188,6 +197,13 @@ async fn mutate(master: &Master, op: Op, reply: impl FnOnce(Done) -> Body) -> Bo
         },
         Err(e) => propose_error(master, e),
     }
+}
+
+/// The refusal of an op whose client-supplied fields are over their
+/// bounds; such an op is never proposed ([`Op::check_bounds`]).
+fn bounded(op: &Op) -> Result<(), Body> {
+    op.check_bounds()
+        .map_err(|e| error(Fail::TooLarge.code(), format!("{} refused: {e}", op.kind())))
 }
 
 fn stamp_ack(master: &Master) -> Body {
@@ -821,80 +837,365 @@ fn report_bad_replica(master: &Master, r: &ringfs_wire::msg::ReportBadReplica) {
     tracing::warn!(handle = r.handle, node = r.node_id, reason = ?r.reason, ?mark, "client reported a bad replica");
 }
 
-/// Walks files under `path` in path order, reporting unhealthy chunks.
+/// Walks files under `path`, reporting unhealthy chunks; one page per call.
 fn fsck(master: &Master, path: &str, start_after: &str, limit: u32) -> Body {
     let state = master.shared.read();
     let root = match state.ns.lookup(path) {
         Ok(i) => i,
         Err(f) => return fail(f),
     };
-    let limit = limit.clamp(1, FSCK_FILES_PER_CALL_MAX) as usize;
-    // Depth-first in name order, so `start_after` (a path) resumes a walk.
-    let base = if path.ends_with('/') {
-        path.trim_end_matches('/').to_string()
-    } else {
-        path.to_string()
-    };
-    let mut stack: Vec<(String, u64)> = vec![(base, root)];
+    let files_max = u64::from(limit.clamp(1, FSCK_FILES_PER_CALL_MAX));
     let mut files = Vec::new();
-    let mut checked = 0u64;
-    let mut more = false;
     let reg = master.registry();
-    while let Some((p, ino)) = stack.pop() {
-        let Some(node) = state.ns.get(ino) else {
-            continue;
-        };
-        match &node.kind {
-            Kind::Dir(d) => {
-                for (name, &child) in d.children.iter().rev() {
-                    stack.push((format!("{p}/{name}"), child));
-                }
-            }
-            Kind::File(f) => {
-                if !start_after.is_empty() && p.as_str() <= start_after {
-                    continue;
-                }
-                if checked as usize == limit {
-                    more = true;
-                    break;
-                }
-                checked += 1;
-                let mut unhealthy = Vec::new();
-                for (index, &handle) in f.chunks.iter().enumerate() {
-                    let version = state.chunks.get(handle).map_or(0, |c| c.version);
-                    let locs = reg.replicas(handle);
-                    let count = |pred: &dyn Fn(&crate::registry::Location) -> bool| {
-                        locs.iter().filter(|l| pred(l)).count() as u8
-                    };
-                    let live = reg.good_replicas(handle, version).len() as u8;
-                    let corrupt = count(&|l| l.state == ReplicaState::Corrupt);
-                    let stale = count(&|l| l.version < version);
-                    if live < node.replication || corrupt > 0 || stale > 0 {
-                        unhealthy.push(FsckChunk {
-                            index: index as u64,
-                            handle,
-                            version,
-                            goal: node.replication,
-                            live_replicas: live,
-                            corrupt_replicas: corrupt,
-                            stale_replicas: stale,
-                        });
-                    }
-                }
-                if !unhealthy.is_empty() {
-                    files.push(FsckFile {
-                        path: Some(p.clone()),
-                        unhealthy_chunks: Some(unhealthy),
-                        chunk_count: f.chunks.len() as u64,
+    let walked = fsck_walk(
+        &state.ns,
+        path,
+        root,
+        start_after,
+        files_max,
+        FSCK_WORK_PER_CALL_MAX,
+        |p, node, f| {
+            let mut unhealthy = Vec::new();
+            for (index, &handle) in f.chunks.iter().enumerate() {
+                let version = state.chunks.get(handle).map_or(0, |c| c.version);
+                let locs = reg.replicas(handle);
+                let count = |pred: &dyn Fn(&crate::registry::Location) -> bool| {
+                    locs.iter().filter(|l| pred(l)).count() as u8
+                };
+                let live = reg.good_replicas(handle, version).len() as u8;
+                let corrupt = count(&|l| l.state == ReplicaState::Corrupt);
+                let stale = count(&|l| l.version < version);
+                if live < node.replication || corrupt > 0 || stale > 0 {
+                    unhealthy.push(FsckChunk {
+                        index: index as u64,
+                        handle,
+                        version,
+                        goal: node.replication,
+                        live_replicas: live,
+                        corrupt_replicas: corrupt,
+                        stale_replicas: stale,
                     });
                 }
             }
-        }
-    }
+            if !unhealthy.is_empty() {
+                files.push(FsckFile {
+                    path: Some(p.to_string()),
+                    unhealthy_chunks: Some(unhealthy),
+                    chunk_count: f.chunks.len() as u64,
+                });
+            }
+            f.chunks.len() as u64
+        },
+    );
+    let walked = match walked {
+        Ok(w) => w,
+        Err(why) => return error(ErrorCode::BadRequest, why),
+    };
     Body::FsckReply(Box::new(FsckReply {
         files: Some(files),
-        files_checked: checked,
-        more,
+        files_checked: walked.files_checked,
+        more: walked.more,
         stamp: Some(master.stamp()),
+        next_after: walked.more.then_some(walked.next_after),
     }))
+}
+
+/// Where an fsck page ended.
+#[derive(Debug, PartialEq, Eq)]
+pub struct FsckWalked {
+    pub files_checked: u64,
+    /// Nodes are left: resume with `start_after = next_after`.
+    pub more: bool,
+    /// The last node walked (file or directory).
+    pub next_after: String,
+}
+
+type Children<'s> = std::collections::btree_map::Range<'s, compact_str::CompactString, u64>;
+
+/// A directory being walked. `spine`: its path is a proper prefix of the
+/// resume cursor, so only the children from the cursor's next component
+/// on are left to walk.
+struct FsckFrame<'s> {
+    path: String,
+    children: Children<'s>,
+    spine: bool,
+    depth: usize,
+}
+
+fn children_from<'s>(d: &'s crate::namespace::Dir, from: Option<&str>) -> Children<'s> {
+    match from {
+        Some(name) => d
+            .children
+            .range::<str, _>((std::ops::Bound::Included(name), std::ops::Bound::Unbounded)),
+        None => d.children.range::<str, _>(..),
+    }
+}
+
+/// Walks the tree under `path` (inode `root`) depth first, each
+/// directory's names in byte order, calling `check` on every file; that is
+/// the order of paths compared component by component, so `start_after`
+/// (the `next_after` of the previous page) resumes right after the last
+/// node walked. The walk descends straight to the cursor instead of
+/// skipping over everything before it, and stops after `files_max` files
+/// or `work_max` units of work (one per node plus what `check` returns:
+/// its chunks), so one call holds the state lock for a bounded time
+/// whatever the tree looks like. Every call walks at least one node, so
+/// paging ends. Before 2026-11-22 the client resumed from the last
+/// unhealthy file and the master compared whole path strings, whose order
+/// is not the walk's ('/' sorts after '.').
+pub fn fsck_walk<'s>(
+    ns: &'s crate::namespace::Namespace,
+    path: &str,
+    root: u64,
+    start_after: &str,
+    files_max: u64,
+    work_max: u64,
+    mut check: impl FnMut(&str, &'s Inode, &'s crate::namespace::File) -> u64,
+) -> Result<FsckWalked, String> {
+    let base = path.trim_end_matches('/');
+    let cursor: Vec<&str> = if start_after.is_empty() {
+        Vec::new()
+    } else {
+        match start_after
+            .strip_prefix(base)
+            .and_then(|r| r.strip_prefix('/'))
+        {
+            // Bounded: the cursor comes from the network. No tree is this
+            // deep (paths are bounded); a longer one resumes at a prefix.
+            Some(rest) => rest
+                .split('/')
+                .filter(|c| !c.is_empty())
+                .take(crate::types::PATH_BYTES_MAX)
+                .collect(),
+            None => return Err(format!("start_after {start_after:?} is not under {path:?}")),
+        }
+    };
+    let mut walked = FsckWalked {
+        files_checked: 0,
+        more: false,
+        next_after: String::new(),
+    };
+    let Some(node) = ns.get(root) else {
+        return Ok(walked);
+    };
+    let root_dir = match &node.kind {
+        Kind::File(f) => {
+            // A file named by `path` itself: one node, no cursor below it.
+            if cursor.is_empty() {
+                walked.files_checked = 1;
+                check(path, node, f);
+            }
+            return Ok(walked);
+        }
+        Kind::Dir(d) => d,
+    };
+    let mut stack = vec![FsckFrame {
+        path: base.to_string(),
+        children: children_from(root_dir, cursor.first().copied()),
+        spine: !cursor.is_empty(),
+        depth: 0,
+    }];
+    let mut work = 0u64;
+    while let Some(top) = stack.last_mut() {
+        let Some((name, &child)) = top.children.next() else {
+            stack.pop();
+            continue;
+        };
+        let on_spine = top.spine && cursor.get(top.depth) == Some(&name.as_str());
+        let depth = top.depth + 1;
+        let Some(node) = ns.get(child) else {
+            continue;
+        };
+        let child_path = format!("{}/{name}", top.path);
+        if on_spine {
+            // The cursor's own ancestors (or the cursor) were walked on an
+            // earlier page; of them only a directory's rest is left.
+            if let Kind::Dir(d) = &node.kind {
+                let spine = depth < cursor.len();
+                stack.push(FsckFrame {
+                    path: child_path,
+                    children: children_from(d, cursor.get(depth).copied().filter(|_| spine)),
+                    spine,
+                    depth,
+                });
+            }
+            continue;
+        }
+        let is_file = matches!(node.kind, Kind::File(_));
+        if work >= work_max || (is_file && walked.files_checked >= files_max) {
+            walked.more = true;
+            break;
+        }
+        work += 1;
+        match &node.kind {
+            Kind::Dir(d) => stack.push(FsckFrame {
+                path: child_path.clone(),
+                children: children_from(d, None),
+                spine: false,
+                depth,
+            }),
+            Kind::File(f) => {
+                walked.files_checked += 1;
+                work = work.saturating_add(check(&child_path, node, f));
+            }
+        }
+        walked.next_after = child_path;
+    }
+    Ok(walked)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::PATH_BYTES_MAX;
+
+    #[test]
+    fn owner_is_cut_at_a_char_boundary() {
+        // 63 ASCII bytes then a 3-byte char: byte 64 is inside it.
+        let owner = format!("{}€tail", "a".repeat(OWNER_BYTES_MAX - 1));
+        let got = owner_of(Some(owner));
+        assert_eq!(got, "a".repeat(OWNER_BYTES_MAX - 1));
+        let emoji = "😀".repeat(40);
+        let got = owner_of(Some(emoji));
+        assert_eq!(got, "😀".repeat(OWNER_BYTES_MAX / 4));
+        assert_eq!(owner_of(None), "nobody");
+        assert_eq!(owner_of(Some("é".into())), "é");
+    }
+
+    /// `mutate` answers this before it reaches the proposer.
+    #[test]
+    fn an_over_long_path_is_refused_as_too_large() {
+        let op = Op::Rename {
+            req: ReqId::default(),
+            src: format!("/{}", "x".repeat(16 << 20)),
+            dst: "/y".into(),
+            replace: false,
+            now_ns: 0,
+            trash_retention_ms: 0,
+        };
+        let Err(Body::ErrorReply(e)) = bounded(&op) else {
+            panic!("an over-long path was accepted");
+        };
+        assert_eq!(e.code, ErrorCode::TooLarge);
+        let msg = e.message.unwrap_or_default();
+        assert!(
+            msg.contains("source path") && msg.contains(&PATH_BYTES_MAX.to_string()),
+            "{msg}"
+        );
+    }
+
+    fn tree() -> State {
+        let mut state = State::new(1 << 20, 1);
+        let apply = |state: &mut State, op: Op| {
+            state.apply(&op).unwrap_or_else(|e| panic!("{op:?}: {e}"));
+        };
+        let mkdir = |path: &str| Op::Mkdir {
+            req: ReqId::default(),
+            path: path.into(),
+            parents: true,
+            mode: 0o755,
+            owner: "t".into(),
+            now_ns: 0,
+        };
+        let create = |path: &str| Op::Create {
+            req: ReqId::default(),
+            path: path.into(),
+            replication: 0,
+            exclusive: true,
+            mode: 0o644,
+            owner: "t".into(),
+            now_ns: 0,
+            trash_retention_ms: 0,
+        };
+        // '/' sorts after '.': "/d/b/x" comes after "/d/b.txt" as strings,
+        // before it in the walk.
+        for d in ["/d/b", "/d/empty1", "/d/empty2/deeper", "/e", "/m"] {
+            apply(&mut state, mkdir(d));
+        }
+        for f in ["/d/a", "/d/b/x", "/d/b/y", "/d/b.txt", "/d/c", "/e/f", "/z"] {
+            apply(&mut state, create(f));
+        }
+        for i in 0..25 {
+            apply(&mut state, create(&format!("/m/{i:03}")));
+        }
+        state
+    }
+
+    /// Pages through the whole walk as the CLI does; returns the files in
+    /// the order checked and the number of pages.
+    fn page_all(state: &State, path: &str, files_max: u64, work_max: u64) -> (Vec<String>, u64) {
+        let root = state.ns.lookup(path).unwrap();
+        let mut after = String::new();
+        let mut seen = Vec::new();
+        for pages in 1..=1000 {
+            let w = fsck_walk(
+                &state.ns,
+                path,
+                root,
+                &after,
+                files_max,
+                work_max,
+                |p, _, _| {
+                    seen.push(p.to_string());
+                    0
+                },
+            )
+            .unwrap();
+            assert!(w.files_checked <= files_max);
+            if !w.more {
+                return (seen, pages);
+            }
+            assert!(
+                w.next_after > String::new(),
+                "a page walks at least one node"
+            );
+            after = w.next_after;
+        }
+        panic!("paging did not end");
+    }
+
+    #[test]
+    fn fsck_pages_resume_in_walk_order_and_end() {
+        let state = tree();
+        let (all, pages) = page_all(&state, "/", u64::MAX, u64::MAX);
+        assert_eq!(pages, 1);
+        let mut want = vec!["/d/a", "/d/b/x", "/d/b/y", "/d/b.txt", "/d/c", "/e/f"];
+        let m: Vec<String> = (0..25).map(|i| format!("/m/{i:03}")).collect();
+        want.extend(m.iter().map(String::as_str));
+        want.push("/z");
+        assert_eq!(all, want);
+        // Any page size, by files or by work, checks each file once, in
+        // the same order, and ends.
+        for files_max in [1, 2, 3, 7] {
+            assert_eq!(page_all(&state, "/", files_max, u64::MAX).0, want);
+        }
+        for work_max in [1, 2, 5] {
+            let (got, pages) = page_all(&state, "/", u64::MAX, work_max);
+            assert_eq!(got, want, "work_max {work_max}");
+            assert!(pages > 1);
+        }
+        // A subtree, with and without a trailing slash.
+        for p in ["/d", "/d/"] {
+            assert_eq!(page_all(&state, p, 1, u64::MAX).0, want[..5]);
+        }
+        // A cursor that no longer exists resumes where it would sort.
+        let root = state.ns.lookup("/").unwrap();
+        let mut rest = Vec::new();
+        let w = fsck_walk(
+            &state.ns,
+            "/",
+            root,
+            "/d/bb/gone",
+            3,
+            u64::MAX,
+            |p, _, _| {
+                rest.push(p.to_string());
+                0
+            },
+        )
+        .unwrap();
+        assert_eq!(rest, ["/d/c", "/e/f", "/m/000"]);
+        assert!(w.more);
+        assert!(fsck_walk(&state.ns, "/d", root, "/e/f", 3, 9, |_, _, _| 0).is_err());
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 
-use crate::types::{NodeId, Op, Outcome, PROPOSAL_OPS_MAX, Proposal, Raft};
+use crate::types::{NodeId, Op, Outcome, PROPOSAL_BYTES_MAX, PROPOSAL_OPS_MAX, Proposal, Raft};
 
 /// Mutations waiting for a proposal; beyond this callers get `Busy`.
 pub const QUEUED_OPS_MAX: usize = 65_536;
@@ -67,6 +67,9 @@ pub struct Committed {
 
 struct Pending {
     op: Op,
+    /// `op`'s encoded size, measured by the caller's task rather than the
+    /// proposer's single one.
+    bytes: usize,
     reply: oneshot::Sender<Result<Committed, ProposeError>>,
 }
 
@@ -139,8 +142,9 @@ impl Proposer {
             wait_for_open(&mut self.gate.subscribe()).await?;
         }
         let (reply, rx) = oneshot::channel();
+        let bytes = op.encoded_bytes();
         self.tx
-            .try_send(Pending { op, reply })
+            .try_send(Pending { op, bytes, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => ProposeError::Busy,
                 mpsc::error::TrySendError::Closed(_) => {
@@ -169,6 +173,35 @@ async fn wait_for_open(gate: &mut watch::Receiver<Gate>) -> Result<(), ProposeEr
     }
 }
 
+/// A batch: `first`, then what `next` yields while the batch holds fewer
+/// than `ops_max` ops and the next one keeps it within `bytes_max`. The one
+/// that would go over is returned, to open the next batch: an entry over
+/// the log's record limit would stop Raft for good. `first` always goes in
+/// (alone if it is over by itself: client ops are bounded before they
+/// get here, `Op::check_bounds`), so every batch makes progress.
+fn fill<T>(
+    first: T,
+    mut next: impl FnMut() -> Option<T>,
+    bytes_of: impl Fn(&T) -> usize,
+    ops_max: usize,
+    bytes_max: usize,
+) -> (Vec<T>, Option<T>) {
+    let mut bytes = bytes_of(&first);
+    let mut batch = vec![first];
+    while batch.len() < ops_max {
+        let Some(p) = next() else {
+            break;
+        };
+        let b = bytes_of(&p);
+        if bytes.saturating_add(b) > bytes_max {
+            return (batch, Some(p));
+        }
+        bytes += b;
+        batch.push(p);
+    }
+    (batch, None)
+}
+
 async fn run(
     raft: Raft,
     mut rx: mpsc::Receiver<Pending>,
@@ -176,19 +209,29 @@ async fn run(
     mut gate: watch::Receiver<Gate>,
     in_flight: Arc<Semaphore>,
 ) {
-    while let Some(first) = rx.recv().await {
+    // The op that did not fit the previous proposal's bytes; it opens the next.
+    let mut carry: Option<Pending> = None;
+    loop {
+        let first = match carry.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
+        };
         // Wait for a slot before collecting: ops that arrive meanwhile join
         // this proposal instead of making their own.
         let Ok(mut permit) = in_flight.clone().acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
-        while batch.len() < PROPOSAL_OPS_MAX {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
-            }
-        }
+        let (batch, rest) = fill(
+            first,
+            || rx.try_recv().ok(),
+            |p| p.bytes,
+            PROPOSAL_OPS_MAX,
+            PROPOSAL_BYTES_MAX,
+        );
+        carry = rest;
         if *gate.borrow() != Gate::Open {
             // Queued before a handover began. The slot goes back while
             // they wait, or the handover's drain would wait for it.
@@ -255,5 +298,75 @@ async fn run(
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::ReqId;
+
+    fn rename(path_bytes: usize) -> Op {
+        Op::Rename {
+            req: ReqId::default(),
+            src: "s".repeat(path_bytes),
+            dst: "d".repeat(path_bytes),
+            replace: false,
+            now_ns: 0,
+            trash_retention_ms: 0,
+        }
+    }
+
+    /// Splits `ops` the way `run` does, carrying the op that did not fit.
+    fn batches(ops: Vec<Op>, ops_max: usize, bytes_max: usize) -> Vec<Vec<Op>> {
+        let mut queue = ops.into_iter();
+        let mut carry = None;
+        let mut out = Vec::new();
+        while let Some(first) = carry.take().or_else(|| queue.next()) {
+            let (b, rest) = fill(
+                first,
+                || queue.next(),
+                Op::encoded_bytes,
+                ops_max,
+                bytes_max,
+            );
+            carry = rest;
+            out.push(b);
+        }
+        out
+    }
+
+    /// The review's case: pipelined renames with huge paths (had they got
+    /// past the client checks) made one ~80 MiB entry. Split by bytes, no
+    /// proposal is over the bound and none is lost or reordered.
+    #[test]
+    fn batches_are_split_by_bytes() {
+        let ops: Vec<Op> = (0..5).map(|_| rename(1_500_000)).collect();
+        let one = ops[0].encoded_bytes();
+        assert!(one > 3_000_000 && one < PROPOSAL_BYTES_MAX, "{one}");
+        let got = batches(ops.clone(), PROPOSAL_OPS_MAX, PROPOSAL_BYTES_MAX);
+        assert_eq!(got.len(), 5, "each op over half the bound goes alone");
+        for b in &got {
+            let bytes: usize = b.iter().map(Op::encoded_bytes).sum();
+            assert!(bytes <= PROPOSAL_BYTES_MAX, "{bytes}");
+        }
+        assert_eq!(got.concat(), ops);
+
+        // Small ops still share a proposal up to the op bound.
+        let small: Vec<Op> = (0..PROPOSAL_OPS_MAX + 10).map(|_| rename(20)).collect();
+        let got = batches(small, PROPOSAL_OPS_MAX, PROPOSAL_BYTES_MAX);
+        let sizes: Vec<usize> = got.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [PROPOSAL_OPS_MAX, 10]);
+
+        // A bound between one and two ops: one op per batch; a bound
+        // below one op still takes it (alone), so the queue drains.
+        let mid: Vec<Op> = (0..3).map(|_| rename(100)).collect();
+        let one = mid[0].encoded_bytes();
+        for bound in [one, one * 2 - 1, 1] {
+            let got = batches(mid.clone(), PROPOSAL_OPS_MAX, bound);
+            assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [1, 1, 1]);
+        }
+        let got = batches(mid.clone(), PROPOSAL_OPS_MAX, one * 2);
+        assert_eq!(got.iter().map(Vec::len).collect::<Vec<_>>(), [2, 1]);
     }
 }

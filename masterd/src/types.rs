@@ -44,6 +44,13 @@ pub const NAME_BYTES_MAX: usize = 255;
 pub const OWNER_BYTES_MAX: usize = 64;
 /// Upper bound on chunks per file (16 Ki × 64 MiB = 1 TiB at the default size).
 pub const FILE_CHUNKS_MAX: u64 = 1 << 20;
+/// Upper bound on the encoded ops of one proposal. One log record holds at
+/// most 64 MiB (`oplog::format::RECORD_PAYLOAD_BYTES_MAX`: over it the log
+/// refuses the append and openraft stops for good) and one AppendEntries
+/// frame 64 MiB (`raftnet::PAYLOAD_BYTES_MAX`, up to 16 entries); 4 MiB
+/// keeps an entry far below both, and still takes 4096 typical ops (about
+/// 100 bytes each) in one proposal.
+pub const PROPOSAL_BYTES_MAX: usize = 4 << 20;
 
 /// Idempotency key of a mutation (wire `RequestId`); `client_id == 0` means none.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,6 +192,39 @@ impl Op {
         }
     }
 
+    /// The op's postcard size, as it is encoded in a proposal.
+    pub fn encoded_bytes(&self) -> usize {
+        // Size flavor: counts without allocating; an op always encodes.
+        postcard::serialize_with_flavor(self, postcard::ser_flavors::Size::default()).unwrap_or(0)
+    }
+
+    /// Refuses client-supplied fields above their bounds. Runs before the
+    /// op is proposed: apply would refuse them too, but only after the op
+    /// travelled through the log, and enough oversized ops in one proposal
+    /// made an entry the log cannot take, which stops Raft for good.
+    pub fn check_bounds(&self) -> Result<(), Oversized> {
+        match self {
+            Op::Mkdir { path, owner, .. } | Op::Create { path, owner, .. } => {
+                check_path("path", path)?;
+                check_len("owner", owner, OWNER_BYTES_MAX)
+            }
+            Op::Rename { src, dst, .. } => {
+                check_path("source path", src)?;
+                check_path("destination path", dst)
+            }
+            Op::Delete { path, .. } | Op::SetReplication { path, .. } => check_path("path", path),
+            Op::Restore { dst_path, .. } => check_path("destination path", dst_path),
+            // No client-supplied variable-size field; the master bounds
+            // replica lists and lease lists itself.
+            Op::Purge { .. }
+            | Op::AllocateChunk { .. }
+            | Op::GrantLease { .. }
+            | Op::CompleteFile { .. }
+            | Op::AssignNodeId { .. }
+            | Op::ExtendLeases { .. } => Ok(()),
+        }
+    }
+
     /// Short name, for metrics labels.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -201,6 +241,58 @@ impl Op {
             Op::AssignNodeId { .. } => "assign_node_id",
             Op::ExtendLeases { .. } => "extend_leases",
         }
+    }
+}
+
+/// A client-supplied field above its bound ([`Op::check_bounds`]); on
+/// the wire `TooLarge`, as apply would answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Oversized {
+    pub field: &'static str,
+    /// A path component rather than the whole path.
+    pub component: bool,
+    pub len_bytes: usize,
+    pub max_bytes: usize,
+}
+
+impl fmt::Display for Oversized {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let part = if self.component {
+            " has a name of"
+        } else {
+            " is"
+        };
+        write!(
+            f,
+            "{}{part} {} bytes, above the limit of {} bytes",
+            self.field, self.len_bytes, self.max_bytes
+        )
+    }
+}
+
+fn check_len(field: &'static str, value: &str, max_bytes: usize) -> Result<(), Oversized> {
+    if value.len() > max_bytes {
+        return Err(Oversized {
+            field,
+            component: false,
+            len_bytes: value.len(),
+            max_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Lengths only: the rest of a path's validity is apply's to judge.
+fn check_path(field: &'static str, path: &str) -> Result<(), Oversized> {
+    check_len(field, path, PATH_BYTES_MAX)?;
+    match path.split('/').map(str::len).max() {
+        Some(n) if n > NAME_BYTES_MAX => Err(Oversized {
+            field,
+            component: true,
+            len_bytes: n,
+            max_bytes: NAME_BYTES_MAX,
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -280,4 +372,69 @@ pub struct Applied {
     pub outcomes: Vec<Outcome>,
     /// The log index the outcomes were applied at (read-your-writes stamps).
     pub index: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rename(src: String, dst: String) -> Op {
+        Op::Rename {
+            req: ReqId::default(),
+            src,
+            dst,
+            replace: false,
+            now_ns: 0,
+            trash_retention_ms: 0,
+        }
+    }
+
+    #[test]
+    fn client_fields_over_their_bounds_are_refused() {
+        let long_path = format!("/{}", "a/".repeat(8 << 20));
+        let long_name = format!("/d/{}", "n".repeat(NAME_BYTES_MAX + 1));
+        let e = rename(long_path.clone(), "/x".into())
+            .check_bounds()
+            .unwrap_err();
+        assert_eq!((e.field, e.component), ("source path", false));
+        assert_eq!(
+            (e.len_bytes, e.max_bytes),
+            (long_path.len(), PATH_BYTES_MAX)
+        );
+        let e = rename("/x".into(), long_name.clone())
+            .check_bounds()
+            .unwrap_err();
+        assert_eq!((e.field, e.component), ("destination path", true));
+        assert_eq!(
+            e.to_string(),
+            format!("destination path has a name of 256 bytes, above the limit of 255 bytes")
+        );
+        let e = Op::Mkdir {
+            req: ReqId::default(),
+            path: "/ok".into(),
+            parents: false,
+            mode: 0,
+            owner: "o".repeat(OWNER_BYTES_MAX + 1),
+            now_ns: 0,
+        }
+        .check_bounds()
+        .unwrap_err();
+        assert_eq!(e.field, "owner");
+        let e = Op::Restore {
+            req: ReqId::default(),
+            trash_id: 1,
+            dst_path: long_path,
+            now_ns: 0,
+        }
+        .check_bounds()
+        .unwrap_err();
+        assert_eq!(e.field, "destination path");
+
+        // At the bounds, and invalid but short paths, go on to apply.
+        let name = "n".repeat(NAME_BYTES_MAX);
+        let at_bound = format!("/{}", [name.as_str(); 16].join("/"));
+        assert_eq!(at_bound.len(), PATH_BYTES_MAX);
+        assert_eq!(rename(at_bound.clone(), at_bound).check_bounds(), Ok(()));
+        assert_eq!(rename("relative".into(), "".into()).check_bounds(), Ok(()));
+    }
 }

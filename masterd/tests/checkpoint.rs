@@ -1186,3 +1186,49 @@ fn replace_in_steps(registry: &mut masterd::registry::Registry) -> (Duration, St
         }
     }
 }
+
+/// A counter at or below an id already in use would hand that id out
+/// again (a second inode with the same number): the decoder refuses it,
+/// naming the counter, even behind valid CRCs.
+#[test]
+fn a_counter_not_above_the_ids_in_use_is_refused() {
+    let state = rich_state();
+    let good = encode(&state, &meta(3)).expect("encode");
+    let (_, config_at, _) = layout(&good)
+        .into_iter()
+        .find(|(s, _, _)| *s == Section::Config)
+        .expect("config");
+    let max_inode = state.ns.inodes.iter().map(|(k, _)| k).max().unwrap();
+    let max_handle = state.chunks.chunks.iter().map(|(k, _)| k).max().unwrap();
+    let max_trash = *state.ns.trash.keys().last().unwrap();
+    let max_node = *state.nodes.values().max().unwrap();
+    let c = &state.counters;
+    for (name, at, max, now) in [
+        ("next_inode", 16, max_inode, c.next_inode),
+        ("next_handle", 24, max_handle, c.next_handle),
+        ("next_trash_id", 32, max_trash, c.next_trash_id),
+        ("next_node_id", 40, max_node, c.next_node_id),
+    ] {
+        assert!(now > max, "{name} {now} in a good state");
+        let at = (config_at + at) as usize;
+        assert_eq!(good[at..at + 8], now.to_le_bytes(), "{name} offset");
+        for value in [0, 1, max] {
+            let mut bad = good.clone();
+            bad[at..at + 8].copy_from_slice(&value.to_le_bytes());
+            reseal(&mut bad).expect("reseal");
+            let e = decode(&bad).expect_err("a counter not above the ids in use");
+            assert_eq!(e.part, Part::Assembly(Section::Config), "{e}");
+            assert_eq!(e.offset, at as u64, "{e}");
+            assert!(
+                e.to_string()
+                    .contains(&format!("{name} is {value}, not above")),
+                "{e}"
+            );
+        }
+        // Just above the largest id is enough.
+        let mut fine = good.clone();
+        fine[at..at + 8].copy_from_slice(&(max + 1).to_le_bytes());
+        reseal(&mut fine).expect("reseal");
+        decode(&fine).unwrap_or_else(|e| panic!("{name} = {}: {e}", max + 1));
+    }
+}

@@ -825,3 +825,49 @@ impl StoreBuilder<TypeConfig, OpLog, MiniSm, tempfile::TempDir> for Builder {
 fn openraft_storage_suite() {
     Suite::<TypeConfig, OpLog, MiniSm, Builder, tempfile::TempDir>::test_all(Builder).unwrap();
 }
+
+/// A torn tail that reaches the committed index saved in the meta file is
+/// damage after acknowledgement: open refuses instead of cutting it. One
+/// wholly past it is cut as before.
+#[tokio::test]
+async fn a_damaged_tail_at_or_below_committed_is_refused() {
+    for (committed, refused) in [(12, true), (11, false), (5, false)] {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = open(dir.path());
+            for i in 1..=12 {
+                append(&mut log, vec![entry(i, 1)]).await;
+            }
+            log.save_committed(Some(lid(1, committed))).await.unwrap();
+        }
+        let seg = segments(dir.path()).pop().unwrap();
+        let bytes = fs::read(&seg).unwrap();
+        let last = *scan_segment(&bytes).unwrap().records.last().unwrap();
+        assert_eq!(last.index, 12);
+        let cut = last.offset + 10;
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&seg)
+            .unwrap()
+            .set_len(cut)
+            .unwrap();
+        match OpLog::open_with(dir.path(), small()) {
+            Err(OpLogError::Corrupt { path, reason, .. }) if refused => {
+                assert_eq!(path, seg);
+                assert!(
+                    reason.contains("committed entries 12..=12"),
+                    "committed {committed}: {reason}"
+                );
+                // Nothing was cut: a restore from a peer sees what was there.
+                assert_eq!(fs::metadata(&seg).unwrap().len(), cut);
+            }
+            Ok(mut log) if !refused => {
+                assert_eq!(all(&mut log).await, entries(1..=11, 1));
+                assert_eq!(fs::metadata(&seg).unwrap().len(), last.offset);
+                assert_eq!(log.read_committed().await.unwrap(), Some(lid(1, committed)));
+            }
+            Err(e) => panic!("committed {committed}: {e}"),
+            Ok(_) => panic!("committed {committed}: a committed entry was cut"),
+        }
+    }
+}

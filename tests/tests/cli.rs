@@ -223,3 +223,80 @@ fn a_full_cluster_refuses_new_chunks_with_no_space() {
     assert_eq!(cli.json(&["stat", "/a/big"])["complete"], false);
     assert_eq!(cli.json(&["stat", "/a/empty"])["complete"], true);
 }
+
+/// `fsck` pages through the master's walk by its cursor: an unhealthy
+/// file past the first page (1000 files) is found, and one before a full
+/// page of healthy files does not make it ask for the same page forever.
+#[test]
+fn fsck_pages_past_healthy_files_and_ends() {
+    let env = Env::new(&Options {
+        default_replication: 1,
+        ..Options::default()
+    });
+    let _m = start_master(&env);
+    let _cs = start_chunkd(&env, "cs1", "r");
+    let mut c = env.client();
+    wait_for(TIMEOUT, "a chunkserver to register", || {
+        (!c.status().chunkservers.unwrap_or_default().is_empty()).then_some(())
+    });
+    // A goal of two with one chunkserver: under-replicated for good (a
+    // replica reported corrupt can come back with the server's report).
+    let spoil = |c: &mut Client, path: &str| {
+        c.create(path).unwrap();
+        let ino = c.inode(path);
+        c.allocate(ino, 0).unwrap();
+        c.set_replication(path, 2, false).unwrap();
+    };
+    c.mkdir("/a", false).unwrap();
+    c.mkdir("/b", false).unwrap();
+    c.mkdir("/c", false).unwrap();
+    spoil(&mut c, "/a/bad");
+    for i in 0..1001 {
+        c.create(&format!("/b/f{i:04}")).unwrap();
+    }
+    spoil(&mut c, "/c/bad");
+
+    let mut child = Command::new(binary("ringfs"))
+        .arg("--config")
+        .arg(&env.config)
+        .args(["--json", "fsck", "/"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fsck did not finish within {TIMEOUT:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success(), "unhealthy files make fsck fail");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON ({e}): {} / {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    assert_eq!(report["files_checked"].as_u64(), Some(1003), "{report}");
+    assert_eq!(report["healthy"], false);
+    let paths: Vec<&str> = report["unhealthy_files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/a/bad", "/c/bad"], "{report}");
+
+    // Healthy files only, more than a page: all checked, exit 0.
+    let b = cli_json_ok(&env, &["fsck", "/b"]);
+    assert_eq!(b["files_checked"].as_u64(), Some(1001), "{b}");
+    assert_eq!(b["healthy"], true);
+}
+
+fn cli_json_ok(env: &Env, args: &[&str]) -> Value {
+    Cli { env }.json(args)
+}

@@ -162,3 +162,36 @@ fn bad_frames_and_wrong_key_are_refused() {
     c2.mkdir("/still-serving", false).unwrap();
     assert!(m.is_running());
 }
+
+/// Paths over the bounds are refused before they are proposed: the
+/// proposal count does not move, and the reply is `TooLarge`. Before,
+/// a few pipelined renames of 16 MiB paths made one log entry too large
+/// for the log, which stopped the leader's Raft for good.
+#[test]
+fn oversized_paths_are_refused_before_proposing() {
+    let env = Env::new(&Options::default());
+    let _m = start_master(&env);
+    let mut c = env.client();
+    c.mkdir("/d", false).unwrap();
+    let proposals = || metric(&env.master_http, "ringfs_master_proposals_total");
+    let before = proposals();
+    // The test connection's frames hold 1 MiB of meta: two 400 KiB paths.
+    let huge = format!("/{}", "x".repeat(400 << 10));
+    let long_name = format!("/d/{}", "n".repeat(256));
+    let just_over = format!("/dd{}", "/n".repeat(2047));
+    assert_eq!(just_over.len(), 4097);
+    for (src, dst) in [
+        (huge.as_str(), huge.as_str()),
+        ("/d", long_name.as_str()),
+        ("/d", just_over.as_str()),
+    ] {
+        let e = c.rename(src, dst, false).unwrap_err();
+        assert_eq!(e.code, ErrorCode::TooLarge, "{:?}", e.message);
+    }
+    assert_eq!(code(&c.mkdir(&huge, true)), Some(ErrorCode::TooLarge));
+    assert_eq!(code(&c.create(&long_name)), Some(ErrorCode::TooLarge));
+    assert_eq!(proposals(), before, "nothing was proposed");
+    // The master goes on taking writes.
+    c.mkdir("/d/ok", false).unwrap();
+    assert_eq!(proposals(), before + 1);
+}

@@ -21187,7 +21187,8 @@ mod root {
         pub struct Fsck {
             /// The field `path` in the table `Fsck`
             pub path: ::core::option::Option<::planus::alloc::string::String>,
-            ///  Resume after this path; empty = from the start.
+            ///  Resume after this path in the walk's order (depth first, names in
+            ///  byte order): a reply's `next_after`. Empty = from the start.
             pub start_after: ::core::option::Option<::planus::alloc::string::String>,
             /// The field `limit` in the table `Fsck`
             pub limit: u32,
@@ -21533,7 +21534,7 @@ mod root {
         /// The table `FsckChunk` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `FsckChunk` in the file `wire/schema/master.fbs:261`
+        /// * Table `FsckChunk` in the file `wire/schema/master.fbs:262`
         #[derive(
             Clone,
             Debug,
@@ -22094,7 +22095,7 @@ mod root {
         /// The table `FsckFile` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `FsckFile` in the file `wire/schema/master.fbs:271`
+        /// * Table `FsckFile` in the file `wire/schema/master.fbs:272`
         #[derive(
             Clone,
             Debug,
@@ -22481,7 +22482,7 @@ mod root {
         /// The table `FsckReply` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `FsckReply` in the file `wire/schema/master.fbs:278`
+        /// * Table `FsckReply` in the file `wire/schema/master.fbs:279`
         #[derive(
             Clone,
             Debug,
@@ -22502,6 +22503,9 @@ mod root {
             pub more: bool,
             /// The field `stamp` in the table `FsckReply`
             pub stamp: ::core::option::Option<self::ReadStamp>,
+            ///  With `more`: the last path walked (file or directory, healthy or
+            ///  not), to send as the next call's `start_after`.
+            pub next_after: ::core::option::Option<::planus::alloc::string::String>,
         }
 
         #[allow(clippy::derivable_impls)]
@@ -22512,6 +22516,7 @@ mod root {
                     files_checked: 0,
                     more: false,
                     stamp: ::core::default::Default::default(),
+                    next_after: ::core::default::Default::default(),
                 }
             }
         }
@@ -22532,13 +22537,17 @@ mod root {
                 field_files_checked: impl ::planus::WriteAsDefault<u64, u64>,
                 field_more: impl ::planus::WriteAsDefault<bool, bool>,
                 field_stamp: impl ::planus::WriteAsOptional<self::ReadStamp>,
+                field_next_after: impl ::planus::WriteAsOptional<
+                    ::planus::Offset<::core::primitive::str>,
+                >,
             ) -> ::planus::Offset<Self> {
                 let prepared_files = field_files.prepare(builder);
                 let prepared_files_checked = field_files_checked.prepare(builder, &0);
                 let prepared_more = field_more.prepare(builder, &false);
                 let prepared_stamp = field_stamp.prepare(builder);
+                let prepared_next_after = field_next_after.prepare(builder);
 
-                let mut table_writer: ::planus::table_writer::TableWriter<12> =
+                let mut table_writer: ::planus::table_writer::TableWriter<14> =
                     ::core::default::Default::default();
                 if prepared_files_checked.is_some() {
                     table_writer.write_entry::<u64>(1);
@@ -22549,6 +22558,9 @@ mod root {
                 if prepared_files.is_some() {
                     table_writer
                         .write_entry::<::planus::Offset<[::planus::Offset<self::FsckFile>]>>(0);
+                }
+                if prepared_next_after.is_some() {
+                    table_writer.write_entry::<::planus::Offset<str>>(4);
                 }
                 if prepared_more.is_some() {
                     table_writer.write_entry::<bool>(2);
@@ -22566,6 +22578,11 @@ mod root {
                         }
                         if let ::core::option::Option::Some(prepared_files) = prepared_files {
                             object_writer.write::<_, _, 4>(&prepared_files);
+                        }
+                        if let ::core::option::Option::Some(prepared_next_after) =
+                            prepared_next_after
+                        {
+                            object_writer.write::<_, _, 4>(&prepared_next_after);
                         }
                         if let ::core::option::Option::Some(prepared_more) = prepared_more {
                             object_writer.write::<_, _, 1>(&prepared_more);
@@ -22606,6 +22623,7 @@ mod root {
                     self.files_checked,
                     self.more,
                     self.stamp,
+                    &self.next_after,
                 )
             }
         }
@@ -22699,6 +22717,26 @@ mod root {
         }
 
         impl<T0, T1, T2, T3> FsckReplyBuilder<(T0, T1, T2, T3)> {
+            /// Setter for the [`next_after` field](FsckReply#structfield.next_after).
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn next_after<T4>(self, value: T4) -> FsckReplyBuilder<(T0, T1, T2, T3, T4)>
+            where
+                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            {
+                let (v0, v1, v2, v3) = self.0;
+                FsckReplyBuilder((v0, v1, v2, v3, value))
+            }
+
+            /// Sets the [`next_after` field](FsckReply#structfield.next_after) to null.
+            #[inline]
+            #[allow(clippy::type_complexity)]
+            pub fn next_after_as_null(self) -> FsckReplyBuilder<(T0, T1, T2, T3, ())> {
+                self.next_after(())
+            }
+        }
+
+        impl<T0, T1, T2, T3, T4> FsckReplyBuilder<(T0, T1, T2, T3, T4)> {
             /// Finish writing the builder to get an [Offset](::planus::Offset) to a serialized [FsckReply].
             #[inline]
             pub fn finish(self, builder: &mut ::planus::Builder) -> ::planus::Offset<FsckReply>
@@ -22714,8 +22752,9 @@ mod root {
                 T1: ::planus::WriteAsDefault<u64, u64>,
                 T2: ::planus::WriteAsDefault<bool, bool>,
                 T3: ::planus::WriteAsOptional<self::ReadStamp>,
+                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
             > ::planus::WriteAs<::planus::Offset<FsckReply>>
-            for FsckReplyBuilder<(T0, T1, T2, T3)>
+            for FsckReplyBuilder<(T0, T1, T2, T3, T4)>
         {
             type Prepared = ::planus::Offset<FsckReply>;
 
@@ -22730,8 +22769,9 @@ mod root {
                 T1: ::planus::WriteAsDefault<u64, u64>,
                 T2: ::planus::WriteAsDefault<bool, bool>,
                 T3: ::planus::WriteAsOptional<self::ReadStamp>,
+                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
             > ::planus::WriteAsOptional<::planus::Offset<FsckReply>>
-            for FsckReplyBuilder<(T0, T1, T2, T3)>
+            for FsckReplyBuilder<(T0, T1, T2, T3, T4)>
         {
             type Prepared = ::planus::Offset<FsckReply>;
 
@@ -22749,12 +22789,13 @@ mod root {
                 T1: ::planus::WriteAsDefault<u64, u64>,
                 T2: ::planus::WriteAsDefault<bool, bool>,
                 T3: ::planus::WriteAsOptional<self::ReadStamp>,
-            > ::planus::WriteAsOffset<FsckReply> for FsckReplyBuilder<(T0, T1, T2, T3)>
+                T4: ::planus::WriteAsOptional<::planus::Offset<::core::primitive::str>>,
+            > ::planus::WriteAsOffset<FsckReply> for FsckReplyBuilder<(T0, T1, T2, T3, T4)>
         {
             #[inline]
             fn prepare(&self, builder: &mut ::planus::Builder) -> ::planus::Offset<FsckReply> {
-                let (v0, v1, v2, v3) = &self.0;
-                FsckReply::create(builder, v0, v1, v2, v3)
+                let (v0, v1, v2, v3, v4) = &self.0;
+                FsckReply::create(builder, v0, v1, v2, v3, v4)
             }
         }
 
@@ -22796,6 +22837,14 @@ mod root {
             ) -> ::planus::Result<::core::option::Option<self::ReadStampRef<'a>>> {
                 self.0.access(3, "FsckReply", "stamp")
             }
+
+            /// Getter for the [`next_after` field](FsckReply#structfield.next_after).
+            #[inline]
+            pub fn next_after(
+                &self,
+            ) -> ::planus::Result<::core::option::Option<&'a ::core::primitive::str>> {
+                self.0.access(4, "FsckReply", "next_after")
+            }
         }
 
         impl<'a> ::core::fmt::Debug for FsckReplyRef<'a> {
@@ -22808,6 +22857,11 @@ mod root {
                 f.field("more", &self.more());
                 if let ::core::option::Option::Some(field_stamp) = self.stamp().transpose() {
                     f.field("stamp", &field_stamp);
+                }
+                if let ::core::option::Option::Some(field_next_after) =
+                    self.next_after().transpose()
+                {
+                    f.field("next_after", &field_next_after);
                 }
                 f.finish()
             }
@@ -22827,6 +22881,7 @@ mod root {
                     files_checked: ::core::convert::TryInto::try_into(value.files_checked()?)?,
                     more: ::core::convert::TryInto::try_into(value.more()?)?,
                     stamp: value.stamp()?.map(::core::convert::Into::into),
+                    next_after: value.next_after()?.map(::core::convert::Into::into),
                 })
             }
         }
@@ -22907,7 +22962,7 @@ mod root {
         ///  Graceful leadership transfer; to = 0 lets the leader pick.
         ///
         /// Generated from these locations:
-        /// * Table `AdminFailover` in the file `wire/schema/master.fbs:286`
+        /// * Table `AdminFailover` in the file `wire/schema/master.fbs:290`
         #[derive(
             Clone,
             Debug,
@@ -23170,7 +23225,7 @@ mod root {
         /// The enum `MembershipOp` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Enum `MembershipOp` in the file `wire/schema/master.fbs:290`
+        /// * Enum `MembershipOp` in the file `wire/schema/master.fbs:294`
         #[derive(
             Copy,
             Clone,
@@ -23343,7 +23398,7 @@ mod root {
         /// The table `AdminMembership` in the namespace `ringfs`
         ///
         /// Generated from these locations:
-        /// * Table `AdminMembership` in the file `wire/schema/master.fbs:296`
+        /// * Table `AdminMembership` in the file `wire/schema/master.fbs:300`
         #[derive(
             Clone,
             Debug,
@@ -23677,7 +23732,7 @@ mod root {
         ///  Drain a chunkserver: re-replicate everything it holds, then mark it removable.
         ///
         /// Generated from these locations:
-        /// * Table `AdminDecommission` in the file `wire/schema/master.fbs:302`
+        /// * Table `AdminDecommission` in the file `wire/schema/master.fbs:306`
         #[derive(
             Clone,
             Debug,

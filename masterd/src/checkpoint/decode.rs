@@ -71,6 +71,8 @@ struct Inodes {
     /// The largest owner index used, with the inode and file offset that
     /// used it, so the owners cross-check is O(1).
     max_owner: Option<(u32, u64, u64)>,
+    /// The largest handle in any file's chunk list, for the counter check.
+    max_handle: Option<u64>,
 }
 
 /// One directory's entries, in name order, with the file offset of its
@@ -178,6 +180,18 @@ pub fn decode_with(bytes: &[u8], parallel: bool) -> Result<(State, CheckpointMet
             format!("entry {name:?} of directory {parent} names missing inode {child}"),
         ));
     }
+    check_counters(
+        &small,
+        inode_recs.last().map(|r| le64(r, 0)),
+        sec(Section::Chunks)
+            .bytes
+            .as_chunks::<CHUNK_BYTES>()
+            .0
+            .last()
+            .map(|r| le64(r, 0))
+            .max(inodes.max_handle),
+        sec(Section::Config).entry.offset,
+    )?;
     drop(dirents.edges);
     for (parent, at, children) in dirents.groups {
         let err = |what: String| DecodeError::new(Part::Assembly(Section::Dirents), at, what);
@@ -204,6 +218,45 @@ pub fn decode_with(bytes: &[u8], parallel: bool) -> Result<(State, CheckpointMet
         last_membership: small.membership,
     };
     Ok((state, meta))
+}
+
+/// Each counter must be above every id already in use: the state machine
+/// hands out the counter's value as a new id, and one already taken would
+/// make two inodes (chunks, trash entries, chunkservers) share it.
+/// `max_handle` covers the chunk table and the files' chunk lists.
+fn check_counters(
+    small: &Small,
+    max_inode: Option<u64>,
+    max_handle: Option<u64>,
+    config_at: u64,
+) -> Result<(), DecodeError> {
+    let c = &small.counters;
+    let max_node = small.nodes.values().copied().max();
+    // (counter, its value, offset in the config record, what, largest in use)
+    let checks = [
+        ("next_inode", c.next_inode, 16, "inode", max_inode),
+        ("next_handle", c.next_handle, 24, "chunk handle", max_handle),
+        (
+            "next_trash_id",
+            c.next_trash_id,
+            32,
+            "trash id",
+            small.trash.last_key_value().map(|(&id, _)| id),
+        ),
+        ("next_node_id", c.next_node_id, 40, "node id", max_node),
+    ];
+    for (name, next, at, what, max) in checks {
+        if let Some(max) = max
+            && next <= max
+        {
+            return Err(DecodeError::new(
+                Part::Assembly(Section::Config),
+                config_at + at,
+                format!("counter {name} is {next}, not above {what} {max} already in use"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A scoped thread, or the job's result when no thread could be made (a
@@ -565,6 +618,7 @@ fn decode_inodes(s: Sec<'_>, chunks: Sec<'_>) -> Result<Inodes, DecodeError> {
     let mut handles = handles.iter();
     let mut map = PagedMap::new();
     let mut max_owner: Option<(u32, u64, u64)> = None;
+    let mut max_handle: Option<u64> = None;
     let mut prev = None;
     let mut handles_used = 0usize;
     for (i, r) in recs.iter().enumerate() {
@@ -604,6 +658,7 @@ fn decode_inodes(s: Sec<'_>, chunks: Sec<'_>) -> Result<Inodes, DecodeError> {
                     .by_ref()
                     .take(n)
                     .map(|h| u64::from_le_bytes(*h))
+                    .inspect(|&h| max_handle = max_handle.max(Some(h)))
                     .collect();
                 handles_used += n;
                 Kind::File(File {
@@ -638,7 +693,11 @@ fn decode_inodes(s: Sec<'_>, chunks: Sec<'_>) -> Result<Inodes, DecodeError> {
             format!("{} handles belong to no file", handles.len()),
         ));
     }
-    Ok(Inodes { map, max_owner })
+    Ok(Inodes {
+        map,
+        max_owner,
+        max_handle,
+    })
 }
 
 fn decode_dirents(s: Sec<'_>) -> Result<Dirents, DecodeError> {

@@ -13,9 +13,11 @@ pub const SEGMENT_HEADER_BYTES: usize = 32;
 /// `b"RGOR"`: one log record.
 pub const RECORD_MAGIC: [u8; 4] = *b"RGOR";
 pub const RECORD_HEADER_BYTES: usize = 48;
-/// Upper bound on one entry's postcard bytes. A proposal is at most
-/// `PROPOSAL_OPS_MAX` (4096) ops of at most two 4 KiB paths each, about
-/// 34 MB; the bound leaves room and keeps record offsets within a u32.
+/// Upper bound on one entry's postcard bytes. The proposer keeps a
+/// proposal's ops within `PROPOSAL_BYTES_MAX` (4 MiB), and the client API
+/// refuses paths over 4 KiB before proposing: an entry over this bound is
+/// refused by the log, which stops Raft for good. The bound leaves room
+/// and keeps record offsets within a u32.
 pub const RECORD_PAYLOAD_BYTES_MAX: usize = 64 << 20;
 /// Default size at which the writer starts a new segment: large enough that
 /// rolls (each costs a seal fsync, a header fsync and a dir fsync) are rare,

@@ -173,6 +173,32 @@ pub(super) fn recover(dir: &Path, stats: &OpLogStats) -> Result<Recovered, OpLog
                     format!("{:?} in a segment that has a successor", scan.tail),
                 ));
             }
+            // A torn write was never acknowledged, so it holds nothing at
+            // or below the committed index persisted in the meta file (the
+            // writer saves it only after the appends queued before it are
+            // durable). Entries that are must have been damaged after they
+            // were acknowledged: refused, not cut, so the operator restores
+            // this master from a peer (design 010, "Open").
+            let kept = scan
+                .records
+                .last()
+                .map_or(first.saturating_sub(1), |r| r.index);
+            let safe = kept.max(purged_index.unwrap_or(0));
+            if let Some(c) = meta.committed
+                && c.index > safe
+            {
+                return Err(corrupt(
+                    scan.end,
+                    format!(
+                        "{:?} tail: cutting it would drop committed entries {}..={} \
+                         (the meta file says index {} is committed); refusing to start",
+                        scan.tail,
+                        safe + 1,
+                        c.index,
+                        c.index
+                    ),
+                ));
+            }
             tracing::warn!(
                 "op log: {}: cutting {} bytes after offset {} ({:?}): an interrupted write",
                 path.display(),

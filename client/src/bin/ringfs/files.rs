@@ -18,6 +18,11 @@ const LIST_ENTRIES_MAX: usize = 10_000_000;
 const RECURSION_DIRS_MAX: usize = 1_000_000;
 /// Files `fsck` asks about per request.
 const FSCK_PAGE_FILES: u32 = 1_000;
+/// Requests one `fsck` makes. A page walks at least one file or directory,
+/// so this is far above any tree a master holds at its page size.
+const FSCK_PAGES_MAX: u64 = 10_000_000;
+/// Unhealthy files `fsck` holds and lists; beyond it they are counted only.
+const FSCK_UNHEALTHY_LISTED_MAX: usize = 100_000;
 
 #[derive(Args)]
 pub struct PutArgs {
@@ -300,16 +305,21 @@ pub async fn fsck(client: &Client, path: &str, json: bool) -> Outcome {
     let mut after = String::new();
     let mut checked = 0u64;
     let mut unhealthy = Vec::new();
-    // Pages until the master says there is no more; each page advances
-    // `after`, so this ends.
+    let mut unhealthy_count = 0u64;
+    // Pages resume from the master's cursor: the last node its walk
+    // reached, healthy or not (resuming from the last unhealthy file
+    // stopped after one page of healthy files, or repeated one forever).
+    let mut pages = 0u64;
     loop {
+        pages += 1;
+        if pages > FSCK_PAGES_MAX {
+            return Err(Failure::Other(format!(
+                "fsck of {path} did not finish in {FSCK_PAGES_MAX} requests"
+            )));
+        }
         let page = client.fsck_page(path, &after, FSCK_PAGE_FILES).await?;
         checked += page.files_checked;
-        let files = page.files.unwrap_or_default();
-        if let Some(last) = files.last() {
-            after = last.path.clone().unwrap_or_default();
-        }
-        for f in files {
+        for f in page.files.unwrap_or_default() {
             let chunks: Vec<_> = f
                 .unhealthy_chunks
                 .unwrap_or_default()
@@ -324,17 +334,32 @@ pub async fn fsck(client: &Client, path: &str, json: bool) -> Outcome {
                 })
                 .collect();
             if !chunks.is_empty() {
-                unhealthy.push(json!({"path": f.path, "chunk_count": f.chunk_count, "unhealthy_chunks": chunks}));
+                unhealthy_count += 1;
+                if unhealthy.len() < FSCK_UNHEALTHY_LISTED_MAX {
+                    unhealthy.push(json!({"path": f.path, "chunk_count": f.chunk_count, "unhealthy_chunks": chunks}));
+                }
             }
         }
-        if !page.more || after.is_empty() {
+        if !page.more {
             break;
         }
+        // The cursor must move forward, or paging would never end (a
+        // master from before the cursor existed sends none).
+        match page.next_after {
+            Some(next) if !next.is_empty() && next != after => after = next,
+            _ => {
+                return Err(Failure::Other(format!(
+                    "fsck of {path}: the master said there is more but gave no new place to resume \
+                     (after {after:?}); is it older than this client?"
+                )));
+            }
+        }
     }
-    let healthy = unhealthy.is_empty();
+    let healthy = unhealthy_count == 0;
     show::print(
         json,
-        &json!({"path": path, "files_checked": checked, "healthy": healthy, "unhealthy_files": unhealthy}),
+        &json!({"path": path, "files_checked": checked, "healthy": healthy,
+                "unhealthy_file_count": unhealthy_count, "unhealthy_files": unhealthy}),
         || {
             let mut s = String::new();
             for f in &unhealthy {
@@ -352,7 +377,7 @@ pub async fn fsck(client: &Client, path: &str, json: bool) -> Outcome {
                 if healthy {
                     "healthy".to_string()
                 } else {
-                    format!("{} with unhealthy chunks", unhealthy.len())
+                    format!("{unhealthy_count} with unhealthy chunks")
                 }
             ));
             s
@@ -362,8 +387,7 @@ pub async fn fsck(client: &Client, path: &str, json: bool) -> Outcome {
         Ok(())
     } else {
         Err(Failure::Other(format!(
-            "{} unhealthy file(s)",
-            unhealthy.len()
+            "{unhealthy_count} unhealthy file(s)"
         )))
     }
 }
