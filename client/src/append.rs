@@ -66,7 +66,12 @@ impl Appender {
             let location = self.location().await?;
             match self.try_once(&location, record, &crcs).await {
                 Ok(offset) => {
-                    return Ok(location.index * self.client.chunk_size_bytes() + offset);
+                    let chunk_size = self.client.chunk_size_bytes();
+                    return record_file_offset(location.index, chunk_size, offset, record.len())
+                        .map_err(|reason| Error::Protocol {
+                            what: self.path.clone(),
+                            reason,
+                        });
                 }
                 Err(Error::Refused {
                     code: ErrorCode::ChunkFull,
@@ -161,6 +166,55 @@ impl Appender {
             Body::AppendChunkReply(r) => Ok(r.offset),
             Body::ErrorReply(e) => Err(Error::from_reply(&self.path, &e)),
             other => Err(unexpected(&self.path, &other)),
+        }
+    }
+}
+
+/// The file offset of a record of `len` bytes that the primary placed at
+/// `offset` in chunk `index`. The primary's offset is checked, not
+/// trusted: a record that does not end inside its chunk, or a file offset
+/// past `u64`, is a protocol error, never a wrapped number.
+fn record_file_offset(
+    index: u64,
+    chunk_size: u64,
+    offset: u64,
+    len: usize,
+) -> std::result::Result<u64, String> {
+    let ends_at = offset.checked_add(len as u64);
+    if ends_at.is_none_or(|e| e > chunk_size) {
+        return Err(format!(
+            "the primary placed a {len}-byte record at {offset}, past the end of a {chunk_size}-byte chunk"
+        ));
+    }
+    index
+        .checked_mul(chunk_size)
+        .and_then(|start| start.checked_add(offset))
+        .ok_or_else(|| format!("chunk {index} at offset {offset} is past any file length"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u64 = 64 << 20;
+
+    #[test]
+    fn a_record_offset_must_end_inside_its_chunk() {
+        assert_eq!(record_file_offset(0, CHUNK, 0, 10), Ok(0));
+        assert_eq!(record_file_offset(2, CHUNK, 5, 10), Ok(2 * CHUNK + 5));
+        assert_eq!(
+            record_file_offset(1, CHUNK, CHUNK - 10, 10),
+            Ok(2 * CHUNK - 10)
+        );
+        for (index, offset, len) in [
+            (0, CHUNK - 9, 10),
+            (0, CHUNK, 1),
+            (0, u64::MAX, 1),
+            (u64::MAX, 0, 1),
+            (u64::MAX / CHUNK + 1, 0, 1),
+        ] {
+            let e = record_file_offset(index, CHUNK, offset, len);
+            assert!(e.is_err(), "chunk {index} offset {offset} len {len}: {e:?}");
         }
     }
 }

@@ -99,7 +99,18 @@ impl Reader {
         let Some(last) = self.chunks.chunks.last() else {
             return Ok(0);
         };
-        let before = (self.chunks.chunks.len() as u64 - 1) * self.client.chunk_size_bytes();
+        let chunk_size = self.client.chunk_size_bytes();
+        // The master's chunk list is trusted for its count, not for
+        // arithmetic: a count that overflows is a protocol error.
+        let before = (self.chunks.chunks.len() as u64 - 1)
+            .checked_mul(chunk_size)
+            .ok_or_else(|| Error::Protocol {
+                what: self.what.clone(),
+                reason: format!(
+                    "{} chunks of {chunk_size} bytes overflow a file length",
+                    self.chunks.chunks.len()
+                ),
+            })?;
         let mut best = None;
         for r in last.replicas.as_deref().unwrap_or_default() {
             let Some(addr) = r.addr.as_deref() else {
@@ -114,13 +125,25 @@ impl Reader {
                 && let Some(report) = info.report
                 && report.version >= last.version
             {
+                // A replica that claims more than a chunk holds is at fault
+                // like one that does not answer: the others decide.
+                let n = match reported_chunk_length(report.length_bytes, chunk_size) {
+                    Ok(n) => n,
+                    Err(reason) => {
+                        tracing::debug!(what = %self.what, node = r.node_id, %reason, "replica's chunk length refused; asking the next");
+                        continue;
+                    }
+                };
                 // Replicas agree on acknowledged data; the longest holds
                 // everything any of them acknowledged.
-                best = Some(best.unwrap_or(0).max(report.length_bytes));
+                best = Some(best.unwrap_or(0).max(n));
             }
         }
         match best {
-            Some(n) => Ok(before + n),
+            Some(n) => before.checked_add(n).ok_or_else(|| Error::Protocol {
+                what: self.what.clone(),
+                reason: format!("{before} bytes before the last chunk and {n} in it overflow"),
+            }),
             None if last.replicas.as_deref().unwrap_or_default().is_empty() => Ok(before),
             None => Err(Error::unavailable(
                 &self.what,
@@ -136,8 +159,7 @@ impl Reader {
         if offset >= end {
             return Ok(Vec::new());
         }
-        let pieces = self.pieces(offset, end);
-        let parts: Vec<Vec<u8>> = stream::iter(pieces)
+        let parts: Vec<Vec<u8>> = stream::iter(self.pieces(offset, end))
             .map(|(o, n)| self.read_piece(o, n))
             .buffered(self.client.options().pieces_in_flight)
             .try_collect()
@@ -179,18 +201,13 @@ impl Reader {
     }
 
     /// `[offset, end)` cut into pieces that stay inside one chunk.
-    fn pieces(&self, offset: u64, end: u64) -> Vec<(u64, u64)> {
-        let chunk = self.client.chunk_size_bytes();
-        let piece = self.client.options().piece_bytes as u64;
-        let mut out = Vec::new();
-        let mut at = offset;
-        while at < end {
-            let to_chunk_end = chunk - at % chunk;
-            let n = piece.min(to_chunk_end).min(end - at);
-            out.push((at, n));
-            at += n;
-        }
-        out
+    fn pieces(&self, offset: u64, end: u64) -> impl Iterator<Item = (u64, u64)> + use<> {
+        pieces(
+            offset,
+            end,
+            self.client.chunk_size_bytes(),
+            self.client.options().piece_bytes as u64,
+        )
     }
 
     /// One piece inside one chunk, from the first replica that serves it
@@ -356,5 +373,76 @@ impl Reader {
         }
         out[..have].copy_from_slice(&data[from..from + have]);
         Ok(out)
+    }
+}
+
+/// `[offset, end)` cut into pieces of at most `piece` bytes that stay
+/// inside one `chunk`-byte chunk. Lazy: a file's length may come from a
+/// replica's report, and a list of its pieces would be as long as the
+/// file is large; the readers take a few at a time.
+fn pieces(offset: u64, end: u64, chunk: u64, piece: u64) -> impl Iterator<Item = (u64, u64)> {
+    // Zero sizes would never advance; the options refuse them, this keeps
+    // the iterator finite regardless.
+    let (chunk, piece) = (chunk.max(1), piece.max(1));
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let to_chunk_end = chunk - at % chunk;
+        let n = piece.min(to_chunk_end).min(end - at);
+        let this = (at, n);
+        at += n;
+        Some(this)
+    })
+}
+
+/// A replica's reported length of a chunk, refused past the chunk size: a
+/// replica cannot hold more, and the file's length is built on it.
+fn reported_chunk_length(length_bytes: u64, chunk_size: u64) -> std::result::Result<u64, String> {
+    if length_bytes > chunk_size {
+        return Err(format!(
+            "reports {length_bytes} bytes in a chunk of {chunk_size}"
+        ));
+    }
+    Ok(length_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: u64 = 64 << 20;
+    const PIECE: u64 = 4 << 20;
+
+    #[test]
+    fn pieces_stay_inside_chunks_and_cover_the_range() {
+        let got: Vec<_> = pieces(CHUNK - 100, CHUNK + PIECE + 5, CHUNK, PIECE).collect();
+        assert_eq!(
+            got,
+            vec![(CHUNK - 100, 100), (CHUNK, PIECE), (CHUNK + PIECE, 5)]
+        );
+        assert_eq!(pieces(10, 10, CHUNK, PIECE).count(), 0);
+        assert_eq!(pieces(0, 1, 0, 0).collect::<Vec<_>>(), vec![(0, 1)]);
+    }
+
+    #[test]
+    fn pieces_of_a_huge_length_are_made_as_they_are_taken() {
+        // The largest length a file can claim: no list of its pieces is
+        // built, only the ones taken.
+        let mut all = pieces(0, u64::MAX, CHUNK, PIECE);
+        assert_eq!(all.next(), Some((0, PIECE)));
+        assert_eq!(all.next(), Some((PIECE, PIECE)));
+        let last = pieces(u64::MAX - 3, u64::MAX, CHUNK, PIECE).collect::<Vec<_>>();
+        assert_eq!(last, vec![(u64::MAX - 3, 3)]);
+    }
+
+    #[test]
+    fn a_chunk_length_past_the_chunk_size_is_refused() {
+        assert_eq!(reported_chunk_length(0, CHUNK), Ok(0));
+        assert_eq!(reported_chunk_length(CHUNK, CHUNK), Ok(CHUNK));
+        let e = reported_chunk_length(CHUNK + 1, CHUNK).unwrap_err();
+        assert!(e.contains(&(CHUNK + 1).to_string()), "{e}");
+        assert!(reported_chunk_length(u64::MAX, CHUNK).is_err());
     }
 }
