@@ -219,11 +219,18 @@ pub async fn write_simple(
 /// connection, and whatever waits on it, forever.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn handshake_timed_out() -> ConnError {
-    ConnError::Io(io::Error::new(
-        io::ErrorKind::TimedOut,
-        format!("handshake not done within {HANDSHAKE_TIMEOUT:?}"),
-    ))
+/// Runs one side of a handshake within [`HANDSHAKE_TIMEOUT`].
+async fn within_handshake_timeout(
+    exchange: impl std::future::Future<Output = Result<Identity, ConnError>>,
+) -> Result<Identity, ConnError> {
+    compio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            ConnError::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("handshake not done within {HANDSHAKE_TIMEOUT:?}"),
+            ))
+        })?
 }
 
 /// The acceptor side of the handshake (Hello → Challenge → Proof →
@@ -235,10 +242,7 @@ pub async fn accept_handshake(
     cluster_id: &str,
     me: Identity,
 ) -> Result<Identity, ConnError> {
-    let exchange = accept_handshake_unbounded(stream, key, cluster_id, me);
-    compio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| handshake_timed_out())?
+    within_handshake_timeout(accept_handshake_unbounded(stream, key, cluster_id, me)).await
 }
 
 async fn accept_handshake_unbounded(
@@ -313,10 +317,7 @@ pub async fn initiate_handshake(
     cluster_id: &str,
     me: Identity,
 ) -> Result<Identity, ConnError> {
-    let exchange = initiate_handshake_unbounded(stream, key, cluster_id, me);
-    compio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| handshake_timed_out())?
+    within_handshake_timeout(initiate_handshake_unbounded(stream, key, cluster_id, me)).await
 }
 
 async fn initiate_handshake_unbounded(
