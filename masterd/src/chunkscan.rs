@@ -390,7 +390,12 @@ impl Scan {
     /// Clones for the most urgent queued chunks: at most `budget` of them,
     /// no server taking part in more than `per_server_max` (counting
     /// `busy`, the clones already running), none for a chunk `cloning`
-    /// already. Chunks found at their goal (or gone) leave the queue.
+    /// already, and none for a chunk under a lease (or one being granted):
+    /// its primary forwards only to the chain it was leased with, so a copy
+    /// taken mid-write would stay short at the current version and still
+    /// count as good. Such a chunk waits in the queue for the lease to end;
+    /// a later lease bumps the version, so a copy racing it ends up stale.
+    /// Chunks found at their goal (or gone) leave the queue.
     pub fn plan_clones(
         &mut self,
         v: &View<'_>,
@@ -435,7 +440,7 @@ impl Scan {
                 settled.push(handle);
                 continue;
             }
-            if cloning(handle) {
+            if cloning(handle) || (v.leased)(handle) || v.settling(handle) {
                 continue;
             }
             let free = |n: &NodeId| busy.get(n).copied().unwrap_or(0) < per_server_max;
@@ -783,6 +788,35 @@ mod tests {
         scan.plan_clones(&v, 8, 8, &mut Default::default(), |_| true);
         assert_eq!(scan.needed.len(), 2);
         assert!(scan.needed.since(3).is_none());
+    }
+
+    #[test]
+    fn a_chunk_under_a_lease_is_not_cloned_until_the_lease_ends() {
+        use ReplicaState::Ok;
+        let s = state(1);
+        let mut reg = Registry::default();
+        register(&mut reg, 1, 10, &[report(1, 2, Ok)]);
+        register(&mut reg, 2, 10, &[]);
+        let now = Instant::now();
+        let v = view(&s, &reg, now);
+        let mut scan = Scan::default();
+        whole_pass(&mut scan, &v, &mut Vec::new());
+        assert_eq!(scan.needed.len(), 1);
+        let leased = View {
+            leased: &|h| h == 1,
+            ..view(&s, &reg, now)
+        };
+        let orders = scan.plan_clones(&leased, 8, 8, &mut Default::default(), |_| false);
+        assert!(orders.is_empty(), "a write may be running: {orders:?}");
+        let granting = View {
+            granting: &|h| h == 1,
+            ..view(&s, &reg, now)
+        };
+        let orders = scan.plan_clones(&granting, 8, 8, &mut Default::default(), |_| false);
+        assert!(orders.is_empty(), "a lease is being granted: {orders:?}");
+        assert_eq!(scan.needed.len(), 1, "it stays queued");
+        let orders = scan.plan_clones(&v, 8, 8, &mut Default::default(), |_| false);
+        assert_eq!(orders, vec![(1, 2, 1, 2)]);
     }
 
     #[test]
