@@ -7,7 +7,7 @@ use ringfs_wire::msg::{ErrorCode, ErrorReply};
 
 use crate::frames::ConnError;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what}: not found")]
     NotFound { what: String },

@@ -63,6 +63,10 @@ pub struct Writer {
     slots: Arc<Slots>,
     /// Bytes acknowledged by every replica.
     acked_bytes: u64,
+    /// The first piece's failure. Once set, nothing more is sent and every
+    /// call returns it: the failed piece's bytes will never be
+    /// acknowledged, so the file can only stay incomplete.
+    failed: Option<Error>,
 }
 
 impl Client {
@@ -78,6 +82,7 @@ impl Client {
             in_flight: JoinSet::new(),
             slots: Arc::default(),
             acked_bytes: 0,
+            failed: None,
         })
     }
 }
@@ -94,6 +99,7 @@ impl Writer {
 
     /// Queues `data`; returns once it is in flight (not yet durable).
     pub async fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.check_failed()?;
         while !data.is_empty() {
             let want = self.next_piece_len() - self.buf.len();
             let take = want.min(data.len());
@@ -117,6 +123,7 @@ impl Writer {
     /// Takes in the pieces that finished (failing on the first error) and
     /// returns the bytes acknowledged by every replica so far.
     pub fn progress(&mut self) -> Result<u64> {
+        self.check_failed()?;
         while let Some(done) = self.in_flight.try_join_next() {
             self.reaped(done)?;
         }
@@ -164,12 +171,21 @@ impl Writer {
         };
         // The file stays incomplete: a reader never mistakes it for whole.
         self.in_flight.abort_all();
+        self.failed = Some(failed.clone());
         Err(failed)
+    }
+
+    fn check_failed(&self) -> Result<()> {
+        match &self.failed {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
     }
 
     /// Sends what is buffered, waits until every byte is durable on every
     /// replica, then marks the file complete with its final length.
     pub async fn close(mut self) -> Result<Attr> {
+        self.check_failed()?;
         if !self.buf.is_empty() {
             self.send_piece().await?;
         }

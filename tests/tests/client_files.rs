@@ -271,6 +271,69 @@ fn chunkserver_killed_during_a_put() {
     drop(cs.remove(1));
 }
 
+/// A piece that fails for good leaves the writer failed: later writes,
+/// `progress` and `close` return that error (no panic, nothing more
+/// sent), and the file stays incomplete.
+#[test]
+fn a_failed_piece_fails_the_writer_for_good() {
+    let opts = Options {
+        chunk_size_bytes: 1 << 20,
+        ..Options::default()
+    };
+    let env = Env::new(&opts);
+    let _m = start_master(&env);
+    let mut cs = start_chunkd(&env, "cs1", "r");
+    let rt = runtime();
+    let fs = fs_client(
+        &env,
+        ClientOptions {
+            piece_bytes: 256 << 10,
+            pieces_in_flight: 2,
+            write_attempts: 2,
+            data_call_timeout: Duration::from_secs(2),
+            retry: ringfs_client::masters::RetryPolicy {
+                deadline: Duration::from_secs(3),
+                attempt_timeout: Duration::from_secs(2),
+                ..ringfs_client::masters::RetryPolicy::default()
+            },
+            ..ClientOptions::default()
+        },
+    );
+    let piece = pattern(3, 256 * KIB);
+    rt.block_on(async {
+        let create = CreateOptions {
+            replication: 1,
+            ..CreateOptions::default()
+        };
+        let mut w = fs.writer("/f", create).await.unwrap();
+        w.write(&piece).await.unwrap();
+        let deadline = std::time::Instant::now() + TIMEOUT;
+        while w.progress().unwrap() < piece.len() as u64 {
+            assert!(std::time::Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The only chunkserver is gone: the next pieces fail for good.
+        cs.kill9();
+        let mut first = None;
+        for _ in 0..64 {
+            match w.write(&piece).await.and_then(|()| w.progress()) {
+                Ok(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => {
+                    first = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let first = first.expect("a write fails once its only replica is gone");
+        assert_eq!(w.write(&piece).await.unwrap_err().to_string(), first);
+        assert_eq!(w.progress().unwrap_err().to_string(), first);
+        assert_eq!(w.close().await.unwrap_err().to_string(), first);
+    });
+    let mut c = env.client();
+    let attr = c.stat("/f").unwrap();
+    assert!(!attr.complete, "the file stays incomplete: {attr:?}");
+}
+
 #[test]
 fn corrupted_replica_is_read_around_reported_and_replaced() {
     let opts = Options {
