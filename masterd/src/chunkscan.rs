@@ -390,12 +390,15 @@ impl Scan {
     /// Clones for the most urgent queued chunks: at most `budget` of them,
     /// no server taking part in more than `per_server_max` (counting
     /// `busy`, the clones already running), none for a chunk `cloning`
-    /// already, and none for a chunk under a lease (or one being granted):
-    /// its primary forwards only to the chain it was leased with, so a copy
-    /// taken mid-write would stay short at the current version and still
-    /// count as good. Such a chunk waits in the queue for the lease to end;
-    /// a later lease bumps the version, so a copy racing it ends up stale.
-    /// Chunks found at their goal (or gone) leave the queue.
+    /// already, and none for a chunk of a file being written that is under
+    /// a lease (or has one being granted): its primary forwards only to the
+    /// chain it was leased with, so a copy taken mid-write would stay short
+    /// at the current version and still count as good. Such a chunk waits
+    /// in the queue until its writer is done and the lease ends; a later
+    /// lease bumps the version, so a copy racing it ends up stale. (A
+    /// complete file's chunks are cloned under a lease: only a record
+    /// append could still mutate them.) Chunks found at their goal (or
+    /// gone) leave the queue.
     pub fn plan_clones(
         &mut self,
         v: &View<'_>,
@@ -430,17 +433,16 @@ impl Scan {
                 settled.push(handle);
                 continue;
             };
-            let goal = v
-                .state
-                .ns
-                .get(chunk.inode)
-                .map_or(0, |i| usize::from(i.replication));
+            let inode = v.state.ns.get(chunk.inode);
+            let goal = inode.map_or(0, |i| usize::from(i.replication));
+            let being_written = inode
+                .is_some_and(|i| matches!(&i.kind, crate::namespace::Kind::File(f) if !f.complete));
             let good = v.reg.good_replicas(handle, chunk.version);
             if good.len() >= goal || good.is_empty() {
                 settled.push(handle);
                 continue;
             }
-            if cloning(handle) || (v.leased)(handle) || v.settling(handle) {
+            if cloning(handle) || (being_written && ((v.leased)(handle) || v.settling(handle))) {
                 continue;
             }
             let free = |n: &NodeId| busy.get(n).copied().unwrap_or(0) < per_server_max;
@@ -791,9 +793,17 @@ mod tests {
     }
 
     #[test]
-    fn a_chunk_under_a_lease_is_not_cloned_until_the_lease_ends() {
+    fn a_chunk_being_written_is_not_cloned_until_its_lease_ends() {
         use ReplicaState::Ok;
-        let s = state(1);
+        let mut s = state(1);
+        let set_complete = |s: &mut State, complete: bool| {
+            let ino = s.chunks.get(1).unwrap().inode;
+            match &mut s.ns.get_mut(ino).unwrap().kind {
+                Kind::File(f) => f.complete = complete,
+                Kind::Dir(_) => unreachable!(),
+            }
+        };
+        set_complete(&mut s, false);
         let mut reg = Registry::default();
         register(&mut reg, 1, 10, &[report(1, 2, Ok)]);
         register(&mut reg, 2, 10, &[]);
@@ -816,6 +826,14 @@ mod tests {
         assert!(orders.is_empty(), "a lease is being granted: {orders:?}");
         assert_eq!(scan.needed.len(), 1, "it stays queued");
         let orders = scan.plan_clones(&v, 8, 8, &mut Default::default(), |_| false);
+        assert_eq!(orders, vec![(1, 2, 1, 2)], "the lease ended");
+        // A complete file's chunk is repaired under a lease.
+        set_complete(&mut s, true);
+        let leased = View {
+            leased: &|h| h == 1,
+            ..view(&s, &reg, now)
+        };
+        let orders = scan.plan_clones(&leased, 8, 8, &mut Default::default(), |_| false);
         assert_eq!(orders, vec![(1, 2, 1, 2)]);
     }
 
