@@ -134,6 +134,10 @@ fn allocation_spreads_over_racks_and_leases_are_exclusive() {
 fn dead_chunkserver_is_re_replicated() {
     let opts = Options {
         chunkserver_timeout_ms: 1_000,
+        // The file stays open under the allocation's lease, and a chunk of
+        // a file being written is cloned only once its lease has ended
+        // (a copy taken mid-write would miss later writes).
+        lease_duration_ms: 3_000,
         ..Options::default()
     };
     let env = Env::new(&opts);
